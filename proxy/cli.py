@@ -1,0 +1,59 @@
+"""Command line: flags + env + TOML -> Settings -> uvicorn."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecache", description="A caching edge for video and large files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the edge server")
+    serve.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
+    serve.add_argument("--origin", help="origin directory (default ./assets)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (default 8080)")
+    serve.add_argument("--workers", help="worker processes (default 1)")
+    serve.add_argument("--cache-dir", dest="cache_dir", help="cache directory (default ./.edgecache)")
+    serve.add_argument("--log-level", dest="log_level", help="critical|error|warning|info|debug")
+    return parser
+
+
+def run_server(settings: Settings) -> None:
+    """Run uvicorn with the settings; N workers are N real processes."""
+    os.environ[RESOLVED_ENV] = dump_resolved(settings)
+    uvicorn.run(
+        "proxy.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        proxy_headers=False,  # X-Forwarded-* are trusted only where configured
+        server_header=False,  # the app sends one Server header itself
+        date_header=False,  # ... and one Date
+        timeout_keep_alive=settings.keepalive_timeout,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    config_file = args.pop("config")
+    try:
+        settings = load_settings(flags=args, config_file=config_file)
+    except ConfigError as e:
+        print(f"edgecache: {e}", file=sys.stderr)
+        return 2
+    if command == "serve":
+        run_server(settings)
+    return 0

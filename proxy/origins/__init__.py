@@ -1,0 +1,1 @@
+"""Origins: where the bytes really live."""
