@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -24,6 +25,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options every edgecache server runs with (also used by the tests)."""
+    return dict(
+        loop="uvloop",
+        http="httptools",  # llhttp: rejects CL+TE, duplicate lengths, obs-fold with 400
+        lifespan="on",
+        proxy_headers=False,  # X-Forwarded-* are trusted only where configured
+        server_header=False,  # the app sends one Server header itself
+        date_header=False,  # ... and one Date
+        timeout_keep_alive=settings.keepalive_timeout,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+    )
+
+
 def run_server(settings: Settings) -> None:
     """Run uvicorn with the settings; N workers are N real processes."""
     os.environ[RESOLVED_ENV] = dump_resolved(settings)
@@ -33,15 +49,7 @@ def run_server(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        proxy_headers=False,  # X-Forwarded-* are trusted only where configured
-        server_header=False,  # the app sends one Server header itself
-        date_header=False,  # ... and one Date
-        timeout_keep_alive=settings.keepalive_timeout,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
+        **uvicorn_options(settings),
     )
 
 

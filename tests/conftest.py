@@ -1,0 +1,131 @@
+"""Shared fixtures: an origin directory, the app in-process, and a real uvicorn on loopback."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from proxy.app import create_app
+from proxy.cli import uvicorn_options
+from proxy.config import Settings
+
+SAMPLE_SIZE = 3 * 1024 * 1024 + 12345  # several chunks, not a multiple of any
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes where every offset differs from its neighbours."""
+    block = bytes((i * 7 + seed + (i >> 8)) & 0xFF for i in range(65536 + 251))
+    reps = size // len(block) + 1
+    return (block * reps)[:size]
+
+
+@pytest.fixture
+def origin_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "origin"
+    (root / "video").mkdir(parents=True)
+    (root / "video" / "clip.mp4").write_bytes(pattern(SAMPLE_SIZE))
+    (root / "small.txt").write_bytes(b"hello, edge\n")
+    (root / "empty.bin").write_bytes(b"")
+    (root / ".secret").write_bytes(b"dotfile")
+    (root / "dir").mkdir()
+    (root / "dir" / "a b.webm").write_bytes(pattern(1000, 3))
+    (tmp_path / "outside.txt").write_bytes(b"outside the root")
+    os.symlink(tmp_path / "outside.txt", root / "escape.txt")
+    os.symlink(root / "small.txt", root / "inside-link.txt")
+    return root
+
+
+@pytest.fixture
+def settings(origin_dir: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        origin=str(origin_dir),
+        cache_dir=str(tmp_path / "cache"),
+        chunk_size=256 * 1024,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@pytest.fixture
+async def client(settings: Settings) -> Iterator[httpx.AsyncClient]:
+    """The app in-process (buffered: for correctness, not streaming)."""
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
+        yield c
+
+
+class RunningServer:
+    """A real uvicorn server in a thread, on a loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings), **uvicorn_options(settings))
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "RunningServer":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[RunningServer]:
+    with RunningServer(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def make_server():
+    """Start servers with other settings; all are stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def start(settings: Settings, **changes: object) -> RunningServer:
+        running = RunningServer(dataclasses.replace(settings, **changes)).__enter__()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.__exit__(None, None, None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+
+@pytest.fixture(params=["in-process", "uvicorn"])
+async def edge(request: pytest.FixtureRequest, settings: Settings) -> Iterator[httpx.AsyncClient]:
+    """The same client API against the app in-process and through a real uvicorn."""
+    if request.param == "in-process":
+        transport = httpx.ASGITransport(app=create_app(settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
+            yield c
+    else:
+        with RunningServer(settings) as running:
+            async with httpx.AsyncClient(base_url=running.url) as c:
+                yield c

@@ -1,0 +1,73 @@
+"""Header formatting: HTTP-dates, entity-tags, media types."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from proxy.http.headers import content_type_for, format_http_date, make_etag, parse_http_date
+
+
+def test_imf_fixdate_is_gmt() -> None:
+    assert format_http_date(784111777) == "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert format_http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+@given(st.integers(0, 253402300799))
+def test_dates_round_trip(seconds: int) -> None:
+    assert parse_http_date(format_http_date(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 784111777),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 784111777),
+        ("Sun Nov  6 08:49:37 1994", 784111777),
+        ("Sun, 06 Nov 1994 08:49:37 UTC", None),
+        ("Sun, 6 Nov 1994 08:49:37 GMT", None),
+        ("Sun, 31 Feb 1994 08:49:37 GMT", None),
+        ("Sun, 06 Nov 1994 25:49:37 GMT", None),
+        ("Sun, 06 Foo 1994 08:49:37 GMT", None),
+        ("", None),
+        ("784111777", None),
+    ],
+)
+def test_parse_http_date(value: str, expected: int | None) -> None:
+    assert parse_http_date(value) == expected
+
+
+def test_rfc850_two_digit_year_uses_now() -> None:
+    now_2026 = 1795000000
+    # more than 50 years ahead: the past century (RFC 9110 section 5.6.7)
+    assert parse_http_date("Tuesday, 01-Jan-80 00:00:00 GMT", now=now_2026) == parse_http_date(
+        "Tue, 01 Jan 1980 00:00:00 GMT"
+    )
+    assert parse_http_date("Friday, 01-Jan-60 00:00:00 GMT", now=now_2026) == parse_http_date(
+        "Fri, 01 Jan 2060 00:00:00 GMT"
+    )
+
+
+def test_etag_is_strong_hex_of_mtime_and_size() -> None:
+    assert make_etag(0x18EB4B1B97FC7E2C, 47546) == '"18eb4b1b97fc7e2c-b9ba"'
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("a.mp4", "video/mp4"),
+        ("seg-1.m4s", "video/iso.segment"),
+        ("a.webm", "video/webm"),
+        ("A.MKV", "video/x-matroska"),
+        ("a.mov", "video/quicktime"),
+        ("index.m3u8", "application/vnd.apple.mpegurl"),
+        ("seg.ts", "video/mp2t"),
+        ("manifest.mpd", "application/dash+xml"),
+        ("notes.txt", "text/plain; charset=utf-8"),
+        ("p.png", "image/png"),
+        ("noext", "application/octet-stream"),
+        ("dir.d/noext", "application/octet-stream"),
+        ("x.unknownext", "application/octet-stream"),
+    ],
+)
+def test_content_type_for(name: str, expected: str) -> None:
+    assert content_type_for(name) == expected

@@ -1,0 +1,50 @@
+"""Request paths to safe relative paths."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from proxy.paths import BadPath, HiddenPath, clean_path
+
+
+@pytest.mark.parametrize(
+    "url_path, expected",
+    [
+        ("/video/a.mp4", "video/a.mp4"),
+        ("//video///a.mp4", "video/a.mp4"),
+        ("/", ""),
+        ("/dir/a b.webm", "dir/a b.webm"),
+        ("/%2e%2e", "%2e%2e"),  # double-encoded: a literal name, not a traversal
+    ],
+)
+def test_clean_path_accepts(url_path: str, expected: str) -> None:
+    assert clean_path(url_path) == expected
+
+
+@pytest.mark.parametrize(
+    "url_path",
+    ["/../etc/passwd", "/a/../../b", "/a/./b", "/..", "/a\\..\\b", "/a\x00b", "/a\nb", "/a\x7fb",
+     "/" + "a" * 256, "/a" * 2100],
+)
+def test_clean_path_rejects(url_path: str) -> None:
+    with pytest.raises(BadPath):
+        clean_path(url_path)
+
+
+def test_dotfiles_hidden_unless_allowed() -> None:
+    with pytest.raises(HiddenPath):
+        clean_path("/.git/config")
+    with pytest.raises(HiddenPath):
+        clean_path("/a/.env")
+    assert clean_path("/.well-known/x", allow_dotfiles=True) == ".well-known/x"
+
+
+@given(st.text(max_size=60))
+def test_clean_path_never_escapes(url_path: str) -> None:
+    try:
+        rel = clean_path(url_path, allow_dotfiles=True)
+    except (BadPath, HiddenPath):
+        return
+    parts = rel.split("/") if rel else []
+    assert ".." not in parts and "." not in parts and "" not in parts
+    assert not rel.startswith("/") and "\\" not in rel and "\x00" not in rel
