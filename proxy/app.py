@@ -1,7 +1,10 @@
 """The Starlette app: routes and lifespan. Thin: request -> facts -> service -> response."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -11,19 +14,24 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
+from .auth import write_denial
 from .config import Settings, settings_for_worker
-from .http.conditional import Conditions
 from .middleware import EdgeHeaders
+from .origins.base import Origin, Target
 from .origins.local import LocalOrigin
+from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path
-from .service import EdgeService, Reply, RequestFacts
-from .streaming import send_plan
+from .service import EdgeService, ProxyRequest, Reply
+from .store.disk import Store, StoreErrors
+from .streaming import send_response
 
+log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
+_PATH_SAFE = "/!$&'()*+,;=:@~"
 
 
 class ReplyResponse(Response):
-    """Streams a service Reply; the origin file is closed however the send ends."""
+    """Streams a service Reply; whatever it holds open is closed however the send ends."""
 
     def __init__(self, reply: Reply, head: bool) -> None:
         self.reply = reply
@@ -32,9 +40,10 @@ class ReplyResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await send_plan(self.reply.plan, self.reply.reader, receive, send, head=self.head)
+            chunks = None if self.head else self.reply.chunks
+            await send_response(self.reply.status, self.reply.headers, chunks, receive, send)
         finally:
-            self.reply.close()
+            await self.reply.close()
 
 
 class AnyMethod:
@@ -48,22 +57,47 @@ class AnyMethod:
         await response(scope, receive, send)
 
 
-def _joined(request: Request, name: str) -> str | None:
-    """A field's value with repeated lines joined as one list (RFC 9110 section 5.3)."""
-    values = request.headers.getlist(name)
-    return ", ".join(values) if values else None
-
-
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
+def make_origin(settings: Settings) -> Origin:
+    if settings.origin_is_http:
+        return UpstreamOrigin(
+            settings.origin,
+            connect_timeout=settings.origin_connect_timeout,
+            read_timeout=settings.origin_read_timeout,
+            response_timeout=settings.origin_response_timeout,
+        )
+    return LocalOrigin(
+        settings.origin,
+        chunk_size=settings.chunk_size,
+        cache_control=settings.cache_control,
+        max_ranges=settings.max_ranges,
+        allow_dotfiles=settings.serve_dotfiles,
+    )
+
+
+def open_store(settings: Settings) -> Store | None:
+    """The disk cache, or None when it is off (directory origin only) or cannot be opened."""
+    if not settings.cache_enabled and not settings.origin_is_http:
+        return None
+    try:
+        store = Store(settings.cache_dir, settings.cache_size_limit)
+        store.sweep_parts(older_than=120)
+        return store
+    except StoreErrors as e:
+        log.error("cache directory %s unusable, serving from the origin only: %s", settings.cache_dir, e)
+        return None
+
+
 def create_app(settings: Settings) -> Starlette:
-    origin = LocalOrigin(settings.origin, chunk_size=settings.chunk_size, allow_dotfiles=settings.serve_dotfiles)
-    service = EdgeService(settings, origin)
+    origin = make_origin(settings)
+    service = EdgeService(settings, origin, open_store(settings))
 
     async def serve(request: Request, url_path: str) -> Response:
-        if request.method not in READ_METHODS:
+        method = request.method
+        if method not in READ_METHODS and not settings.origin_is_http:
             return _text(405, "Method Not Allowed", {"Allow": ", ".join(READ_METHODS)})
         try:
             path = clean_path(url_path, allow_dotfiles=settings.serve_dotfiles)
@@ -71,22 +105,19 @@ def create_app(settings: Settings) -> Starlette:
             return _text(400, f"Bad Request: {e}")
         except HiddenPath:
             return _text(404, "Not Found")
-        facts = RequestFacts(
-            method=request.method,
-            path=path,
-            conditions=Conditions(
-                if_match=_joined(request, "if-match"),
-                if_none_match=_joined(request, "if-none-match"),
-                if_modified_since=_joined(request, "if-modified-since"),
-                if_unmodified_since=_joined(request, "if-unmodified-since"),
-                if_range=_joined(request, "if-range"),
-            ),
-            range=_joined(request, "range"),
-        )
-        reply = await service.fetch(facts)
-        if reply is None:
-            return _text(404, "Not Found")
-        return ReplyResponse(reply, head=request.method == "HEAD")
+        if method not in READ_METHODS:
+            client = request.client.host if request.client else None
+            denial = write_denial(settings.tokens, client, request.headers.get("authorization"))
+            if denial:
+                return _text(denial[0], f"{'Unauthorized' if denial[0] == 401 else 'Forbidden'}: {denial[1]}")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        target = Target(path=path, raw="/" + quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else ""))
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        body: AsyncIterator[bytes] | None = None
+        if method not in READ_METHODS:
+            body = request.stream()
+        reply = await service.handle(ProxyRequest(method, target, headers, body))
+        return ReplyResponse(reply, head=method == "HEAD")
 
     async def content(request: Request) -> Response:
         return await serve(request, request.path_params["path"])
@@ -104,9 +135,10 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     async def health(request: Request) -> Response:
-        ok = origin.healthy()
+        ok = await origin.healthy()
         return JSONResponse(
-            {"status": "ok" if ok else "origin unavailable", "version": __version__},
+            {"status": "ok" if ok else "origin unavailable", "version": __version__,
+             "origin": origin.kind, "cache": service.store is not None},
             status_code=200 if ok else 503,
             headers={"Cache-Control": "no-store"},
         )
@@ -133,7 +165,15 @@ def create_app(settings: Settings) -> Starlette:
             server=settings.server_name,
         )
     ]
-    return Starlette(routes=routes, middleware=middleware)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await service.aclose()
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.service = service
+    return app
 
 
 def app_from_env() -> Starlette:

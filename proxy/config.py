@@ -28,6 +28,19 @@ class Settings:
     port: int = 8080
     workers: int = 1
     cache_dir: str = "./.edgecache"
+    cache_enabled: bool = True
+    cache_size_limit: int = 20 * 1024**3
+    block_size: int = 4 * 1024**2
+    max_object_size: int = 10 * 1024**3
+    origin_connect_timeout: float = 5.0
+    origin_read_timeout: float = 30.0
+    origin_response_timeout: float = 15.0
+    default_ttls: str = ""
+    heuristic_fraction: float = 0.1
+    heuristic_max_ttl: int = 86400
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+    write_tokens: str = ""
     chunk_size: int = 512 * 1024
     cache_control: str = "public, max-age=3600"
     max_ranges: int = 16
@@ -44,9 +57,36 @@ class Settings:
         for check in _CHECKS:
             check(self)
 
+    @property
+    def origin_is_http(self) -> bool:
+        return self.origin.startswith(("http://", "https://"))
+
+    @property
+    def ttl_rules(self) -> tuple[tuple[str, int], ...]:
+        """default_ttls 'GLOB=SECONDS, ...' as pairs, in order."""
+        return _parse_ttls(self.default_ttls)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.write_tokens.split(",") if t.strip())
+
+
+def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
+    rules = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        pattern, eq, seconds = item.rpartition("=")
+        if not eq or not pattern.strip() or not seconds.strip().isdigit():
+            raise ConfigError(
+                f"invalid setting 'default_ttls': expected 'GLOB=SECONDS, ...' (got {item.strip()!r})"
+            )
+        rules.append((pattern.strip(), int(seconds)))
+    return tuple(rules)
+
 
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_FIELDS = {"chunk_size", "max_header_bytes"}
+_SIZE_FIELDS = {"chunk_size", "max_header_bytes", "cache_size_limit", "block_size", "max_object_size"}
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
@@ -93,12 +133,53 @@ def _header_value(name: str):
     return check
 
 
+def _origin(s: Settings) -> None:
+    if "://" in s.origin and not s.origin_is_http:
+        raise ConfigError(f"invalid setting 'origin': only http:// and https:// URLs or a directory (got {s.origin!r})")
+    if s.origin_is_http:
+        rest = s.origin.split("://", 1)[1]
+        host = rest.split("/", 1)[0]
+        if not host or "@" in host or "?" in rest or "#" in rest:
+            raise ConfigError(
+                f"invalid setting 'origin': expected http(s)://host[:port][/base] (got {s.origin!r})"
+            )
+
+
+def _cache_sizes(s: Settings) -> None:
+    if s.block_size * 64 > s.cache_size_limit:
+        raise ConfigError("invalid setting 'block_size': must be at most 1/64 of cache_size_limit")
+    if s.max_object_size > s.cache_size_limit // 2:
+        raise ConfigError("invalid setting 'max_object_size': must be at most half of cache_size_limit")
+    _parse_ttls(s.default_ttls)
+
+
+def _positive(name: str, high: float):
+    def check(s: Settings) -> None:
+        value = getattr(s, name)
+        if not 0 < value <= high:
+            raise ConfigError(f"invalid setting '{name}': must be more than 0 and at most {high:g} (got {value})")
+
+    return check
+
+
 _CHECKS = [
     _nonempty("origin"),
+    _origin,
     _nonempty("host"),
     _between("port", 0, 65535),
     _between("workers", 1, 64),
     _nonempty("cache_dir"),
+    _between("cache_size_limit", 64 * 1024**2, 2**60),
+    _between("block_size", 64 * 1024, 256 * 1024**2),
+    _between("max_object_size", 1, 2**60),
+    _cache_sizes,
+    _positive("origin_connect_timeout", 3600),
+    _positive("origin_read_timeout", 3600),
+    _positive("origin_response_timeout", 3600),
+    _positive("heuristic_fraction", 1),
+    _between("heuristic_max_ttl", 0, 2**31),
+    _between("stale_while_revalidate", 0, 2**31),
+    _between("stale_if_error", 0, 2**31),
     _between("chunk_size", 4096, 16 * 1024 * 1024),
     _header_value("cache_control"),
     _between("max_ranges", 1, 1000),
@@ -133,11 +214,15 @@ def _coerce(name: str, value: Any) -> Any:
             if name in _SIZE_FIELDS:
                 return parse_size(str(value))
             return int(str(value).strip())
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value) if isinstance(value, (int, float)) else float(str(value).strip())
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(value)
         return str(value)
     except ValueError:
-        expected = {bool: "true or false", int: "a whole number", str: "a string"}[kind]
+        expected = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[kind]
         if name in _SIZE_FIELDS:
             expected = "a size in bytes (e.g. 524288 or 512KiB)"
         raise ConfigError(f"invalid setting '{name}': expected {expected} (got {value!r})") from None

@@ -118,9 +118,11 @@ def anyio_backend() -> str:
 
 
 
-@pytest.fixture(params=["in-process", "uvicorn"])
+@pytest.fixture(params=["in-process", "uvicorn", "uvicorn-uncached"])
 async def edge(request: pytest.FixtureRequest, settings: Settings) -> Iterator[httpx.AsyncClient]:
-    """The same client API against the app in-process and through a real uvicorn."""
+    """The same client API against the app in-process and through a real uvicorn, cached or not."""
+    if request.param == "uvicorn-uncached":
+        settings = dataclasses.replace(settings, cache_enabled=False)
     if request.param == "in-process":
         transport = httpx.ASGITransport(app=create_app(settings))
         async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:

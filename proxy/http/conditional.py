@@ -52,6 +52,21 @@ class Conditions:
     if_range: str | None = None
 
 
+def conditions_from(headers: list[tuple[str, str]]) -> Conditions:
+    """The conditional fields of a request, repeated lines joined (RFC 9110 section 5.3)."""
+    lines: dict[str, list[str]] = {}
+    for name, value in headers:
+        lines.setdefault(name.lower(), []).append(value)
+    field = lambda name: ", ".join(lines[name]) if name in lines else None  # noqa: E731
+    return Conditions(
+        if_match=field("if-match"),
+        if_none_match=field("if-none-match"),
+        if_modified_since=field("if-modified-since"),
+        if_unmodified_since=field("if-unmodified-since"),
+        if_range=field("if-range"),
+    )
+
+
 def _if_match(field: str, current: ETag | None) -> bool:
     """RFC 9110 section 13.1.1: '*' is true when a representation exists."""
     if field.strip() == "*":

@@ -129,3 +129,21 @@ def content_type_for(name: str) -> str:
     if media is None:
         return "application/octet-stream"
     return f"{media}; charset=utf-8" if media in _TEXT_CHARSET else media
+
+
+# RFC 9110 section 7.6.1: connection-specific fields, never forwarded or stored.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+     "proxy-authenticate", "proxy-authorization"}
+)
+
+
+def end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers without hop-by-hop fields, including those named in Connection."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]

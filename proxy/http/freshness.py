@@ -1,0 +1,204 @@
+"""RFC 9111 for a shared cache, as pure functions: storing, freshness, age, reuse."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from .headers import parse_http_date, split_list
+
+Headers = list[tuple[str, str]]
+
+# RFC 9110 section 15.1: status codes that are heuristically cacheable.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# Statuses this cache knows how to store (final, understood; section 3 of RFC 9111).
+UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307, 400, 403, 500, 502, 503, 504}
+MAX_DELTA = 2**31  # RFC 9111 section 1.2.2: delta-seconds overflow to 2^31
+
+
+def get(headers: Headers, name: str) -> str | None:
+    """All lines of a field joined as one list value, or None."""
+    values = [v for n, v in headers if n.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def cache_control(value: str | None) -> dict[str, str | None]:
+    """Directives of a Cache-Control field, lower-cased; the first occurrence wins (section 4.2.1)."""
+    directives: dict[str, str | None] = {}
+    for member in split_list(value or ""):
+        name, eq, arg = member.partition("=")
+        name = name.strip().lower()
+        if not name or name in directives:
+            continue
+        arg = arg.strip()
+        if eq and len(arg) >= 2 and arg[0] == arg[-1] == '"':
+            arg = arg[1:-1].replace('\\"', '"')
+        directives[name] = arg if eq else None
+    return directives
+
+
+def delta_seconds(value: str | None) -> int | None:
+    """A delta-seconds argument; None when missing or invalid (section 1.2.2)."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return min(int(value), MAX_DELTA)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Operator defaults; each one is a documented deviation from the RFC's defaults."""
+
+    heuristic_fraction: float = 0.1
+    heuristic_max: int = 86400
+    default_ttls: tuple[tuple[str, int], ...] = ()  # (glob on the path, seconds) when the origin says nothing
+    stale_while_revalidate: int = 0
+    stale_if_error: int = 0
+
+
+def storable(
+    method: str, request_headers: Headers, status: int, response_headers: Headers
+) -> bool:
+    """May a shared cache store this response? (RFC 9111 section 3, 3.5)."""
+    if method != "GET" or status not in UNDERSTOOD_STATUSES:
+        return False
+    req = cache_control(get(request_headers, "cache-control"))
+    res = cache_control(get(response_headers, "cache-control"))
+    if "no-store" in req or "no-store" in res or "private" in res:
+        return False
+    if (get(response_headers, "vary") or "").strip() == "*":
+        return False
+    if get(request_headers, "authorization") is not None and not (
+        {"public", "must-revalidate", "s-maxage"} & res.keys()
+    ):
+        return False
+    explicit = {"public", "max-age", "s-maxage"} & res.keys() or get(response_headers, "expires") is not None
+    return bool(explicit) or status in HEURISTIC_STATUSES
+
+
+def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
+    """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2)."""
+    cc = cache_control(get(headers, "cache-control"))
+    for directive in ("s-maxage", "max-age"):
+        if directive in cc:
+            return delta_seconds(cc[directive]) or 0  # invalid: treat as stale
+    expires = get(headers, "expires")
+    if expires is not None:
+        expiry = parse_http_date(expires, now=response_time)
+        if expiry is None:
+            return 0  # an invalid Expires (e.g. "0") means already expired
+        date = parse_http_date(get(headers, "date"), now=response_time)
+        return max(0.0, expiry - (date if date is not None else response_time))
+    for pattern, ttl in policy.default_ttls:
+        if fnmatch.fnmatchcase(path, pattern):
+            return ttl
+    if status in HEURISTIC_STATUSES or "public" in cc:
+        last_modified = parse_http_date(get(headers, "last-modified"), now=response_time)
+        date = parse_http_date(get(headers, "date"), now=response_time)
+        if last_modified is not None:
+            base = date if date is not None else response_time
+            return min(max(0.0, (base - last_modified) * policy.heuristic_fraction), policy.heuristic_max)
+    return 0
+
+
+def current_age(headers: Headers, request_time: float, response_time: float, now: float) -> float:
+    """RFC 9111 section 4.2.3."""
+    date = parse_http_date(get(headers, "date"), now=response_time)
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    age_value = delta_seconds((get(headers, "age") or "").split(",")[0].strip()) or 0
+    corrected_age_value = age_value + (response_time - request_time)
+    return max(apparent_age, corrected_age_value) + (now - response_time)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """How a stored response may answer a request.
+
+    kind: 'fresh' (serve), 'stale-ok' (serve stale: client's max-stale or
+    stale-while-revalidate; `background` says whether to refresh it), or
+    'revalidate' (ask the origin first). `stale_if_error` says whether a stale
+    copy may answer if the origin fails. `ttl` is lifetime - age (RFC 9211).
+    """
+
+    kind: str
+    ttl: float
+    background: bool = False
+    stale_if_error: bool = False
+
+
+def reuse(
+    request_headers: Headers,
+    status: int,
+    headers: Headers,
+    lifetime: float,
+    age: float,
+    policy: Policy,
+) -> Reuse:
+    """May the stored response be reused for this request? (RFC 9111 section 4, 4.2.4, RFC 5861)."""
+    res = cache_control(get(headers, "cache-control"))
+    req_cc_value = get(request_headers, "cache-control")
+    req = cache_control(req_cc_value)
+    if req_cc_value is None and "no-cache" in (get(request_headers, "pragma") or "").lower():
+        req = {"no-cache": None}  # RFC 9111 section 5.4: Pragma only without Cache-Control
+    ttl = lifetime - age
+    may_serve_stale = not ({"must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"} & res.keys())
+    swr = _window(res.get("stale-while-revalidate"), policy.stale_while_revalidate)
+    sie = _window(req.get("stale-if-error"), _window(res.get("stale-if-error"), policy.stale_if_error))
+    stale_if_error = may_serve_stale and -ttl <= sie
+    # Section 5.2.2.4 / 5.2.1.4: no-cache always goes to the origin first.
+    if "no-cache" in res or "no-cache" in req:
+        return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
+    max_age = delta_seconds(req.get("max-age")) if "max-age" in req else None
+    min_fresh = delta_seconds(req.get("min-fresh")) or 0
+    if max_age is not None and age > max_age:
+        return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
+    if ttl - min_fresh > 0:
+        return Reuse("fresh", ttl)
+    if may_serve_stale and "max-stale" in req:
+        allowed = req["max-stale"]
+        if allowed is None or -ttl <= (delta_seconds(allowed) or 0):
+            return Reuse("stale-ok", ttl)
+    if may_serve_stale and ttl <= 0 and -ttl <= swr and "min-fresh" not in req and max_age is None:
+        return Reuse("stale-ok", ttl, background=True, stale_if_error=stale_if_error)
+    return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
+
+
+def _window(directive_value: str | None, default: int) -> int:
+    seconds = delta_seconds(directive_value)
+    return seconds if seconds is not None else default
+
+
+def only_if_cached(request_headers: Headers) -> bool:
+    """RFC 9111 section 5.2.1.7."""
+    return "only-if-cached" in cache_control(get(request_headers, "cache-control"))
+
+
+def request_forbids_storing(request_headers: Headers) -> bool:
+    return "no-store" in cache_control(get(request_headers, "cache-control"))
+
+
+def vary_fields(headers: Headers) -> tuple[str, ...]:
+    """The request fields a response varies on, lower-cased and sorted."""
+    return tuple(sorted({f.lower() for f in split_list(get(headers, "vary") or "")}))
+
+
+def vary_key(fields: tuple[str, ...], request_headers: Headers) -> str:
+    """The secondary cache key: the request's values for the Vary fields (section 4.1).
+
+    Values are normalised by joining lines and collapsing whitespace after commas.
+    """
+    parts = []
+    for name in fields:
+        value = get(request_headers, name)
+        normal = None if value is None else ",".join(m.strip() for m in value.split(","))
+        parts.append(f"{name}={normal!r}")
+    return "\n".join(parts)
+
+
+# RFC 9111 section 3.2 / 4.3.4: fields a 304 must not replace in the stored response.
+_NOT_UPDATED = frozenset({"content-length", "content-range", "content-encoding", "transfer-encoding"})
+
+
+def merge_304(stored: Headers, fresh: Headers) -> Headers:
+    """Stored headers updated with those of a 304 (RFC 9111 section 4.3.4)."""
+    replace = {n.lower() for n, _ in fresh if n.lower() not in _NOT_UPDATED}
+    kept = [(n, v) for n, v in stored if n.lower() not in replace]
+    return kept + [(n, v) for n, v in fresh if n.lower() in replace]

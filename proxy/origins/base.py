@@ -1,0 +1,59 @@
+"""What every origin offers: an HTTP exchange with a streamed response body."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..http.freshness import Headers
+
+
+class BodyAborted(Exception):
+    """A body could not be completed (a changed version, a short file): the connection is cut."""
+
+
+class OriginError(Exception):
+    """The origin could not be asked: `timeout` (504) or `unreachable` (502)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return 504 if self.kind == "timeout" else 502
+
+
+@dataclass
+class OriginResponse:
+    status: int
+    headers: Headers  # end-to-end fields only
+    body: AsyncIterator[bytes]
+    close: Callable[[], Awaitable[None]]
+
+    def header(self, name: str) -> str | None:
+        values = [v for n, v in self.headers if n.lower() == name]
+        return ", ".join(values) if values else None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request asks the origin for."""
+
+    path: str  # cleaned relative path ('video/a.mp4'), for a directory origin
+    raw: str  # the percent-encoded path and query as received ('/video/a.mp4?x=1')
+
+
+class Origin(Protocol):
+    kind: str
+
+    def cache_key(self, target: Target) -> str: ...
+
+    async def request(
+        self, method: str, target: Target, headers: Headers, body: AsyncIterator[bytes] | None = None
+    ) -> OriginResponse: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,85 @@
+"""An upstream HTTP origin, reached with one pooled httpx client; nothing else is ever contacted."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+
+from ..http.freshness import Headers
+from ..http.headers import end_to_end
+from .base import OriginError, OriginResponse, Target
+
+VIA = "1.1 edgecache"
+
+
+class UpstreamOrigin:
+    kind = "http"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        response_timeout: float,
+        max_connections: int = 100,
+    ) -> None:
+        url = httpx.URL(base_url)
+        self.scheme, self.host, self.port = url.scheme, url.host, url.port
+        self.base_path = url.raw_path.decode("ascii").split("?")[0].rstrip("/")
+        self.response_timeout = response_timeout
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,  # redirects go back to the client
+            trust_env=False,  # no proxy from the environment: only the configured origin
+        )
+
+    def cache_key(self, target: Target) -> str:
+        return target.raw
+
+    def _url(self, target: Target) -> httpx.URL:
+        # The host is fixed here: no request path or header can steer it elsewhere.
+        return httpx.URL(scheme=self.scheme, host=self.host, port=self.port,
+                         raw_path=(self.base_path + target.raw).encode("ascii"))
+
+    async def request(
+        self, method: str, target: Target, headers: Headers, body: AsyncIterator[bytes] | None = None
+    ) -> OriginResponse:
+        """Send the request; the response body streams. Raises OriginError."""
+        outgoing = [(n, v) for n, v in end_to_end(headers) if n.lower() not in ("host", "content-length")]
+        length = next((v for n, v in headers if n.lower() == "content-length"), None)
+        if length is not None:
+            outgoing.append(("Content-Length", length))
+        outgoing.append(("Via", VIA))
+        request = self.client.build_request(method, self._url(target), headers=outgoing, content=body)
+        try:
+            with anyio.fail_after(self.response_timeout):
+                response = await self.client.send(request, stream=True)
+        except TimeoutError:
+            raise OriginError("timeout", f"no response within {self.response_timeout:g}s") from None
+        except httpx.TimeoutException as e:
+            raise OriginError("timeout", type(e).__name__) from None
+        except (httpx.HTTPError, OSError) as e:
+            raise OriginError("unreachable", type(e).__name__) from None
+        response_headers = end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw])
+        response_headers.append(("Via", VIA))
+        return OriginResponse(response.status_code, response_headers, _body(response), response.aclose)
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The raw body bytes, as the origin sent them (no decoding); errors become OriginError."""
+    try:
+        async for chunk in response.aiter_raw():
+            yield chunk
+    except httpx.TimeoutException as e:
+        raise OriginError("timeout", f"body: {type(e).__name__}") from None
+    except (httpx.HTTPError, OSError) as e:
+        raise OriginError("unreachable", f"body: {type(e).__name__}") from None

@@ -1,0 +1,139 @@
+"""diskcache behind a small synchronous API. Call it from a worker thread, once per block."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from typing import IO
+
+import diskcache
+from diskcache.core import MODE_BINARY, UNKNOWN
+
+from .objects import CachedObject
+
+log = logging.getLogger("edgecache.store")
+# Errors that mean "the store cannot help now": serve from the origin instead.
+StoreErrors = (OSError, sqlite3.Error, diskcache.Timeout)
+
+
+class FinishedPart:
+    """A complete, length-checked part file to be moved into the cache (not copied)."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+
+class BlockDisk(diskcache.Disk):
+    """Stores a FinishedPart by renaming it into place (same filesystem), in one step."""
+
+    def store(self, value, read, key=UNKNOWN):  # type: ignore[no-untyped-def]
+        if isinstance(value, FinishedPart):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.replace(value.path, full_path)
+            return value.size, MODE_BINARY, filename, None
+        return super().store(value, read, key=key)
+
+
+class Store:
+    """Metadata and blocks in one LRU cache with a size limit; leases in another that never evicts."""
+
+    def __init__(self, directory: str, size_limit: int) -> None:
+        self.directory = directory
+        self.parts_dir = os.path.join(directory, "parts")
+        os.makedirs(self.parts_dir, exist_ok=True)
+        self.objects = diskcache.Cache(
+            os.path.join(directory, "objects"),
+            disk=BlockDisk,
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            cull_limit=10,
+            timeout=5,
+        )
+        self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
+
+    def close(self) -> None:
+        self.objects.close()
+        self.leases.close()
+
+    # --- metadata ---------------------------------------------------------
+    def get(self, key: str) -> object | None:
+        return self.objects.get(key)
+
+    def put(self, key: str, value: object) -> None:
+        self.objects.set(key, value)
+
+    def delete(self, *keys: str) -> None:
+        for key in keys:
+            self.objects.delete(key)
+
+    def get_object(self, key: str) -> CachedObject | None:
+        value = self.objects.get(key)
+        return value if isinstance(value, CachedObject) else None
+
+    # --- blocks -------------------------------------------------------------
+    def open_block(self, key: str, length: int) -> IO[bytes] | bytes | None:
+        """The stored block (an open file, or bytes), or None; a wrong length counts as missing."""
+        value = self.objects.get(key, read=True)
+        if value is None:
+            return None
+        actual = len(value) if isinstance(value, bytes) else os.fstat(value.fileno()).st_size
+        if actual != length:
+            if not isinstance(value, bytes):
+                value.close()
+            log.warning("block %s has %d bytes, expected %d: dropped", key, actual, length)
+            self.objects.delete(key)
+            return None
+        return value
+
+    def has_block(self, key: str) -> bool:
+        return key in self.objects
+
+    def new_part(self) -> tuple[int, str]:
+        """A new part file for a block being filled: (fd, path)."""
+        path = os.path.join(self.parts_dir, f"{secrets.token_hex(16)}.part")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return fd, path
+
+    def publish_block(self, key: str, path: str, size: int) -> None:
+        """Make a complete block visible (atomic: readers see it whole or not at all)."""
+        self.objects.set(key, FinishedPart(path, size), read=True)
+
+    def sweep_parts(self, older_than: float) -> int:
+        """Remove part files left by crashed fills (kill -9): never visible, just clutter."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for name in os.listdir(self.parts_dir):
+            path = os.path.join(self.parts_dir, name)
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                pass
+        return removed
+
+    # --- leases (single flight across processes) -----------------------------
+    def take_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """True for exactly one caller until the lease is released or expires."""
+        return self.leases.add(name, owner, expire=ttl)
+
+    def renew_lease(self, name: str, owner: str, ttl: float) -> None:
+        with self.leases.transact():
+            if self.leases.get(name) == owner:
+                self.leases.set(name, owner, expire=ttl)
+
+    def lease_holder(self, name: str) -> str | None:
+        return self.leases.get(name)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self.leases.transact():
+            if self.leases.get(name) == owner:
+                self.leases.delete(name)
+
+    # --- enumeration (purge) ---------------------------------------------------
+    def keys(self) -> list[str]:
+        return [k for k in self.objects.iterkeys() if isinstance(k, str)]
