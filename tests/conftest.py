@@ -63,16 +63,16 @@ async def client(settings: Settings) -> Iterator[httpx.AsyncClient]:
 
 
 class RunningServer:
-    """A real uvicorn server in a thread, on a loopback port."""
+    """A real uvicorn server in a thread, on a loopback port (edgecache, or any ASGI app)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, app=None) -> None:  # type: ignore[no-untyped-def]
         self.settings = settings
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), **uvicorn_options(settings))
+        config = uvicorn.Config(app or create_app(settings), **uvicorn_options(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
@@ -131,3 +131,28 @@ async def edge(request: pytest.FixtureRequest, settings: Settings) -> Iterator[h
         with RunningServer(settings) as running:
             async with httpx.AsyncClient(base_url=running.url) as c:
                 yield c
+
+
+@pytest.fixture
+def upstream(settings: Settings) -> Iterator[tuple["Upstream", RunningServer]]:  # noqa: F821
+    """A counting upstream origin on a loopback port."""
+    from tests.upstream import Upstream
+
+    origin = Upstream()
+    with RunningServer(dataclasses.replace(settings, server_name=""), app=origin) as running:
+        yield origin, running
+
+
+@pytest.fixture
+def http_settings(settings: Settings, upstream) -> Settings:  # type: ignore[no-untyped-def]
+    """edgecache settings with the upstream as its origin, small blocks."""
+    _, running = upstream
+    return dataclasses.replace(
+        settings,
+        origin=running.url,
+        block_size=256 * 1024,
+        cache_size_limit=64 * 1024 * 1024,
+        max_object_size=32 * 1024 * 1024,
+        chunk_size=64 * 1024,
+        origin_response_timeout=3.0,
+    )
