@@ -264,24 +264,27 @@ class BlockSource:
             os.close(fd)
 
     # --- filling -------------------------------------------------------------
-    async def _start_fill(
+    async def _start_fill(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> Progress | None:
+        """Take the block's lease and start filling it in the background; None if another fill has it."""
+        progress = await self.claim(obj, index)
+        if progress is not None:
+            self.fill(obj, target, headers, index, progress)
+        return progress
+
+    def fill(
         self,
         obj: CachedObject,
         target: Target,
         headers: Headers,
         index: int,
+        progress: Progress,
         response: OriginResponse | None = None,
-    ) -> Progress | None:
-        """Take the block's lease and start filling it in the background; None if another fill has it."""
-        progress = await self._claim(obj, index)
-        if progress is None:
-            if response is not None:
-                await response.close()
-            return None
+    ) -> None:
+        """Fill a claimed block in the background, from `response` if one is already open."""
         self._spawn(self._run_fill(obj, target, headers, index, progress, response))
-        return progress
 
-    async def _claim(self, obj: CachedObject, index: int) -> Progress | None:
+    async def claim(self, obj: CachedObject, index: int) -> Progress | None:
+        """The lease and part file for filling a block; None when another fill has it or it is stored."""
         key = obj.block_key(index)
         if key in self._active:
             return None
@@ -368,7 +371,7 @@ class BlockSource:
                 view = view[len(piece):]
                 pos += len(piece)
                 if index not in owned and whole and pos - len(piece) == block_start:
-                    claimed = await self._claim(obj, index)
+                    claimed = await self.claim(obj, index)
                     if claimed is not None:
                         owned[index] = claimed
                 if whole:
@@ -408,6 +411,10 @@ class BlockSource:
             self._active.pop(progress.key, None)
             await _thread(self.store.release_lease, progress.lease, progress.path)
             _unlink(progress.path)
+
+    def abandon(self, progress: Progress) -> None:
+        """Give up a claimed block without filling it."""
+        self._fail({0: progress}, FillFailed("fill abandoned", local=True))
 
     def _fail(self, owned: dict[int, Progress], error: FillFailed) -> None:
         for progress in owned.values():

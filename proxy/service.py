@@ -354,20 +354,23 @@ class EdgeService:
             block_size=self.settings.block_size,
             stream_only=size > self.settings.max_object_size,
         )
+        assert self.blocks is not None
+        index = first_block if response.status == 206 else 0
+        # Claim the block before the metadata is visible, so no other worker fetches it again.
+        progress = await self.blocks.claim(obj, index) if size and not obj.stream_only else None
         if not await self._put_meta(primary, req.headers, obj):
+            if progress is not None:
+                self.blocks.abandon(progress)
             return await self._uncacheable(req, response)
         if old is not None and old.validator != obj.validator:
             self._spawn(self._drop_blocks(old))
         if obj.stream_only:
             await response.close()
             return _Fetched(obj, await self._forward(req), response.status)
-        assert self.blocks is not None
-        if size == 0:
+        if progress is None:
             await response.close()
-        elif response.status == 206:
-            await self.blocks._start_fill(obj, req.target, req.headers, first_block, response)
         else:
-            await self.blocks._start_fill(obj, req.target, req.headers, 0, response)
+            self.blocks.fill(obj, req.target, req.headers, index, progress, response)
         return _Fetched(obj, None, response.status, stored=True)
 
     async def _store_other(
