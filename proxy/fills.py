@@ -26,7 +26,7 @@ from .store.objects import CachedObject
 
 log = logging.getLogger("edgecache.fill")
 
-LEASE_TTL = 20.0  # seconds; renewed while a fill makes progress, so only a dead fill expires
+LEASE_TTL = 6.0  # seconds; renewed every 2 s while a fill runs, so only a dead fill's lease expires
 REMOTE_POLL = 0.005  # seconds between size checks of another process's part file
 LEASE_CHECK = 0.5  # seconds between checks that another process's fill is alive
 
@@ -170,6 +170,7 @@ class BlockSource:
         lease = "f|" + key
         pos = lo
         attempts = 0
+        give_up = time.monotonic() + 3 * LEASE_TTL
         while pos < hi:
             attempts += 1
             if attempts > 5:
@@ -194,11 +195,16 @@ class BlockSource:
                     pos += len(chunk)
                     yield chunk
             except _Abandoned:
+                # Not a failure of ours: our own fill is renaming its part into the store,
+                # or another process's fill ended (or died, and its lease will expire).
+                attempts -= 1
                 if progress is not None:
-                    # Our own fill is renaming its part into the store: wait for it to finish.
-                    attempts -= 1
                     if not (progress.done or progress.error):
                         await progress.wait()
+                elif time.monotonic() > give_up:
+                    raise FillFailed(f"block {index} of {obj.key}: another worker's fill is stuck") from None
+                else:
+                    await anyio.sleep(0.05)
                 continue
             except StoreErrors as e:
                 raise FillFailed(f"store: {e}", local=True) from None
@@ -312,6 +318,7 @@ class BlockSource:
         response: OriginResponse | None,
     ) -> None:
         owned = {index: progress}
+        renewer = asyncio.get_running_loop().create_task(self._renew(owned))
         try:
             start, end = obj.block_span(index)
             if response is None:
@@ -335,10 +342,21 @@ class BlockSource:
             self._fail(owned, FillFailed("fill cancelled"))
             raise
         finally:
+            renewer.cancel()
             self._full_body.pop(obj.key, None)
             if response is not None:
                 with anyio.CancelScope(shield=True):
                     await response.close()
+
+    async def _renew(self, owned: dict[int, Progress]) -> None:
+        """Keep the leases of a live fill from expiring, however slow the origin is."""
+        while True:
+            await anyio.sleep(LEASE_TTL / 3)
+            for progress in list(owned.values()):
+                try:
+                    await _thread(self.store.renew_lease, progress.lease, progress.path, LEASE_TTL)
+                except StoreErrors as e:
+                    log.warning("lease not renewed: %s", e)
 
     def _check(self, obj: CachedObject, response: OriginResponse, start: int, end: int) -> int:
         """Where the response body starts in the object; FillFailed if it is not our version."""
@@ -361,7 +379,6 @@ class BlockSource:
     ) -> None:
         """Write the body into the owned blocks; in a whole body, claim later blocks on the way."""
         pending: dict[int, bytearray] = {}
-        next_renew = time.monotonic() + LEASE_TTL / 3
         async for chunk in response.body:
             view = memoryview(chunk)
             while view:
@@ -389,10 +406,6 @@ class BlockSource:
                     pending.pop(index, None)
             if not owned and not whole:
                 return
-            if time.monotonic() >= next_renew:
-                next_renew = time.monotonic() + LEASE_TTL / 3
-                for progress in owned.values():
-                    await _thread(self.store.renew_lease, progress.lease, progress.path, LEASE_TTL)
         if owned:
             raise FillFailed(f"origin body ended at byte {pos} of {obj.size}")
 

@@ -268,6 +268,10 @@ class EdgeService:
         try:
             if await anyio.to_thread.run_sync(self.store.take_lease, lease, owner, ttl):
                 self._spawn(self._release_after_fetch(lease, owner, primary))
+                # Another worker may have stored it between our lookup and our lease.
+                found, _ = await self._lookup(primary, req.headers)
+                if found is not None and (obj is None or found.response_time != obj.response_time):
+                    return found
                 return None
             deadline = time.monotonic() + ttl
             while time.monotonic() < deadline:
