@@ -142,7 +142,7 @@ def reuse(
     may_serve_stale = not ({"must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"} & res.keys())
     swr = _window(res.get("stale-while-revalidate"), policy.stale_while_revalidate)
     sie = _window(req.get("stale-if-error"), _window(res.get("stale-if-error"), policy.stale_if_error))
-    stale_if_error = may_serve_stale and -ttl <= sie
+    stale_if_error = may_serve_stale and sie > 0 and -ttl <= sie
     # Section 5.2.2.4 / 5.2.1.4: no-cache always goes to the origin first.
     if "no-cache" in res or "no-cache" in req:
         return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
@@ -156,7 +156,7 @@ def reuse(
         allowed = req["max-stale"]
         if allowed is None or -ttl <= (delta_seconds(allowed) or 0):
             return Reuse("stale-ok", ttl)
-    if may_serve_stale and ttl <= 0 and -ttl <= swr and "min-fresh" not in req and max_age is None:
+    if may_serve_stale and swr > 0 and -ttl <= swr and "min-fresh" not in req and max_age is None:
         return Reuse("stale-ok", ttl, background=True, stale_if_error=stale_if_error)
     return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
 
