@@ -30,6 +30,7 @@ from .streaming import plan_chunks
 log = logging.getLogger("edgecache")
 
 INLINE_MAX = 256 * 1024  # largest non-200 body stored inline in its metadata
+UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight to the origin
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # Stored header fields the edge generates itself when it serves a stored object.
 _GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "content-range",
@@ -149,8 +150,15 @@ class EdgeService:
     async def _read(self, req: ProxyRequest) -> Reply:
         primary = self.origin.cache_key(req.target)
         obj, fwd = await self._lookup(primary, req.headers)
-        if obj is not None and obj.stream_only:
-            return await self._relay(req, "bypass", detail="too large")
+        if obj is not None and obj.passthrough is not None:
+            if obj.passthrough == "too large" or time.time() - obj.response_time < UNCACHEABLE_TTL:
+                return await self._relay(req, "bypass", detail=obj.passthrough)
+            obj = None  # remembered as uncacheable long enough ago: ask again
+        if obj is not None and not _may_answer(obj, req.headers):
+            obj = None
+        if obj is None and not fr.only_if_cached(req.headers) and _request_prevents_storing(req.headers):
+            # Authorization or no-store: the response cannot be stored, forward the request as it is.
+            return await self._relay(req, fwd)
         if obj is None:
             if fr.only_if_cached(req.headers):
                 return text_reply(504, "Gateway Timeout: not in cache (only-if-cached)",
@@ -195,8 +203,8 @@ class EdgeService:
                                         cache_status(fwd=fwd, fwd_status=fetched.status), "MISS")
         served = fetched.obj
         assert served is not None
-        if served.stream_only:
-            return await self._relay(req, "bypass", detail="too large")
+        if served.passthrough is not None:
+            return await self._relay(req, "bypass", detail=served.passthrough)
         status = cache_status(
             fwd=fwd,
             fwd_status=None if fetched.collapsed else fetched.status,
@@ -339,8 +347,8 @@ class EdgeService:
     ) -> _Fetched:
         size = _representation_size(response)
         headers = [(n, v) for n, v in response.headers if n.lower() not in ("content-length", "content-range")]
-        if size is None or not fr.storable("GET", req.headers, 200, headers) or fr.request_forbids_storing(req.headers):
-            return await self._uncacheable(req, response)
+        if size is None or not fr.storable("GET", req.headers, 200, headers):
+            return await self._uncacheable(req, primary, response, response_time)
         origin_etag = response.header("etag")
         last_modified = parse_http_date(response.header("last-modified"), now=response_time)
         vary = fr.vary_fields(headers)
@@ -356,19 +364,19 @@ class EdgeService:
             request_time=request_time,
             response_time=response_time,
             block_size=self.settings.block_size,
-            stream_only=size > self.settings.max_object_size,
+            passthrough="too large" if size > self.settings.max_object_size else None,
         )
         assert self.blocks is not None
         index = first_block if response.status == 206 else 0
         # Claim the block before the metadata is visible, so no other worker fetches it again.
-        progress = await self.blocks.claim(obj, index) if size and not obj.stream_only else None
+        progress = await self.blocks.claim(obj, index) if size and obj.passthrough is None else None
         if not await self._put_meta(primary, req.headers, obj):
             if progress is not None:
                 self.blocks.abandon(progress)
-            return await self._uncacheable(req, response)
+            return await self._uncacheable(req, primary, response, None)
         if old is not None and old.validator != obj.validator:
             self._spawn(self._drop_blocks(old))
-        if obj.stream_only:
+        if obj.passthrough is not None:
             await response.close()
             return _Fetched(obj, await self._forward(req), response.status)
         if progress is None:
@@ -384,11 +392,9 @@ class EdgeService:
         """A response other than the representation (3xx, 404, 5xx...): stored inline when small."""
         length = response.header("content-length")
         size = int(length) if length and length.isdigit() else None
-        if (
-            size is None or size > INLINE_MAX or fr.request_forbids_storing(req.headers)
-            or not fr.storable("GET", req.headers, response.status, response.headers)
-        ):
-            return await self._uncacheable(req, response)
+        if size is None or size > INLINE_MAX or not fr.storable("GET", req.headers, response.status, response.headers):
+            remember = response.status < 400 and size is not None and size <= INLINE_MAX
+            return await self._uncacheable(req, primary, response, response_time if remember else None)
         body = bytearray()
         async for chunk in response.body:
             body += chunk
@@ -416,12 +422,23 @@ class EdgeService:
             self._spawn(self._drop_blocks(old))
         return _Fetched(obj, None, response.status, stored=stored)
 
-    async def _uncacheable(self, req: ProxyRequest, response: OriginResponse) -> _Fetched:
+    async def _uncacheable(
+        self, req: ProxyRequest, primary: str, response: OriginResponse, remember_at: float | None
+    ) -> _Fetched:
         """Not storable: relay the response when it answers the client's request, else ask again.
 
         A 206 holds our block, not what the client asked for; anything else answers
-        any GET (a server may ignore Range, RFC 9110 section 14.2).
+        any GET (a server may ignore Range, RFC 9110 section 14.2). With
+        `remember_at`, a marker (no content) sends the next requests for a while
+        straight to the origin, without the block request first.
         """
+        if remember_at is not None:
+            marker = CachedObject(
+                key=meta_key(primary, ""), status=response.status, headers=[], size=0, etag=None,
+                origin_etag=None, last_modified=None, request_time=remember_at, response_time=remember_at,
+                block_size=self.settings.block_size, passthrough="uncacheable",
+            )
+            await self._put_meta(primary, req.headers, marker)
         if response.status == 206:
             await response.close()
             forwarded = await self._forward(req)
@@ -552,6 +569,17 @@ def _first_block(range_field: str | None, block_size: int) -> int:
     if not firsts or len(firsts) < len(specs or []):
         return 0
     return min(firsts) // block_size
+
+
+def _request_prevents_storing(headers: Headers) -> bool:
+    return fr.get(headers, "authorization") is not None or fr.request_forbids_storing(headers)
+
+
+def _may_answer(obj: CachedObject, headers: Headers) -> bool:
+    """A stored response answers a request with Authorization only if it says so (RFC 9111 section 3.5)."""
+    if fr.get(headers, "authorization") is None:
+        return True
+    return bool({"public", "must-revalidate", "s-maxage"} & fr.cache_control(fr.get(obj.headers, "cache-control")).keys())
 
 
 def _revalidation_headers(obj: CachedObject) -> Headers:

@@ -26,7 +26,9 @@ class CachedObject:
     response_time: float
     block_size: int
     body: bytes | None = None
-    stream_only: bool = False  # larger than the configured maximum: metadata only, bytes pass through
+    # Not cached, only remembered: "too large" (over the maximum object size) or
+    # "uncacheable" (the origin forbade storing); such requests go straight through.
+    passthrough: str | None = None
 
     @property
     def validator(self) -> str:
