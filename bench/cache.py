@@ -1,0 +1,159 @@
+"""Benchmark: edgecache as a caching proxy in front of a local origin, against nginx
+proxy_cache + slice (when nginx is installed) in front of the same origin.
+
+    python bench/cache.py [--size-mib 256] [--seconds 8] [--workers 2]
+
+Figures, for each proxy: hot full-file throughput (1 connection); hot random 1 MiB
+ranges with 64 connections (MB/s, p99); a cold mid-file 1 MiB range (time to first
+byte, origin bytes); a stampede of 50 concurrent cold full GETs (origin bytes / size).
+Both use 4 MiB slices. The origin is edgecache itself serving the directory
+uncached, counting the bytes it sends.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, free_port, start_edgecache, start_nginx, stop, wait_port, write_random_file  # noqa: E402
+from loadgen import run  # noqa: E402
+
+SLICE = 4 << 20
+
+
+def origin_count(port: int, reset: bool = False) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/_count", method="POST" if reset else "GET")
+    with urllib.request.urlopen(request) as r:
+        return json.load(r)["bytes"]
+
+
+async def first_byte(port: int, path: str, headers: str) -> float:
+    """Seconds from sending the request to the first body byte; reads the rest."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    began = time.perf_counter()
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{headers}Connection: close\r\n\r\n".encode())
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(1)
+    elapsed = time.perf_counter() - began
+    while await reader.read(1 << 20):
+        pass
+    writer.close()
+    return elapsed
+
+
+async def stampede(port: int, path: str, n: int) -> None:
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        while await reader.read(1 << 20):
+            pass
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+def measure(port: int, origin_port: int, size: int, seconds: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    asyncio.run(stampede(port, "/hot.mp4", 1))  # warm
+    full = asyncio.run(run(port, "/hot.mp4", connections=1, seconds=seconds, size=size, range_size=None))
+    ranges = asyncio.run(run(port, "/hot.mp4", connections=64, seconds=seconds, size=size, range_size=1 << 20))
+    out["hot full MB/s"] = full.mb_per_s
+    out["hot ranges MB/s"] = ranges.mb_per_s
+    out["hot ranges p99 ms"] = ranges.percentile(0.99) * 1e3
+    out["errors"] = full.errors + ranges.errors
+    time.sleep(1)  # let readahead of the warm-up finish
+    origin_count(origin_port, reset=True)
+    mid = size // 2 + 12345
+    out["cold range TTFB ms"] = asyncio.run(first_byte(port, "/cold.mp4", f"Range: bytes={mid}-{mid + (1 << 20) - 1}\r\n")) * 1e3
+    time.sleep(1)
+    out["cold range origin MiB"] = origin_count(origin_port) / (1 << 20)
+    origin_count(origin_port, reset=True)
+    began = time.perf_counter()
+    asyncio.run(stampede(port, "/stampede.mp4", 50))
+    out["stampede 50x s"] = time.perf_counter() - began
+    time.sleep(1)
+    out["stampede origin/size"] = origin_count(origin_port) / size
+    return out
+
+
+def nginx_proxy(workdir: Path, origin_port: int, workers: int) -> tuple[subprocess.Popen, int] | None:
+    cache = workdir / "nginx-cache"
+    http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size=20g inactive=1h "
+                  "use_temp_path=off;")
+    server = f"""server {{
+    listen 127.0.0.1:{{port}};
+    location / {{
+      slice {SLICE};
+      proxy_cache edge;
+      proxy_cache_key $uri$is_args$args$slice_range;
+      proxy_set_header Range $slice_range;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache_valid 200 206 1h;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s;
+      proxy_pass http://127.0.0.1:{origin_port};
+    }}
+  }}"""
+    return start_nginx(workdir / "nginx", workers, server, http_extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    size = args.size_mib << 20
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)
+        origin_dir = work / "origin"
+        origin_dir.mkdir()
+        for name in ("hot.mp4", "cold.mp4", "stampede.mp4"):
+            write_random_file(origin_dir / name, args.size_mib)
+        origin_port = free_port()
+        origin = subprocess.Popen([sys.executable, str(REPO / "bench" / "origin.py"), str(origin_dir), str(origin_port)],
+                                  cwd=REPO, start_new_session=True)
+        wait_port(origin_port, origin)
+        try:
+            proxies = (
+                ("edgecache", lambda: start_edgecache(f"http://127.0.0.1:{origin_port}", work / "edgecache-cache",
+                                                      args.workers, block_size=str(SLICE))),
+                ("nginx", lambda: nginx_proxy(work, origin_port, args.workers)),
+            )
+            for name, starter in proxies:
+                started = starter()
+                if started is None:
+                    print(f"{name}: not installed, skipped")
+                    continue
+                proc, port = started
+                try:
+                    rows[name] = measure(port, origin_port, size, args.seconds)
+                finally:
+                    stop(proc)  # each proxy has a cache of its own: the next one starts cold
+        finally:
+            stop(origin)
+    metrics = list(next(iter(rows.values())))
+    print(f"\nfile {args.size_mib} MiB, slices 4 MiB, {args.workers} workers each, {args.seconds:.0f} s per figure")
+    print(f"{'metric':<24}" + "".join(f"{n:>12}" for n in rows) + ("       ratio" if len(rows) == 2 else ""))
+    for m in metrics:
+        line = f"{m:<24}" + "".join(f"{rows[n][m]:>12.2f}" for n in rows)
+        if len(rows) == 2:
+            e, n = rows["edgecache"][m], rows["nginx"][m]
+            line += f"{(e / n if n else float('nan')):>12.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
