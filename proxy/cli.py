@@ -35,6 +35,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         server_header=False,  # the app sends one Server header itself
         date_header=False,  # ... and one Date
         timeout_keep_alive=settings.keepalive_timeout,
+        timeout_graceful_shutdown=10,  # then open streams are cut, so a stop never hangs
         log_level=settings.log_level,
         access_log=settings.access_log,
     )

@@ -14,14 +14,13 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import IO
-
 import anyio
 
 from .http.freshness import Headers
 from .http.ranges import content_range
 from .origins.base import BodyAborted, Origin, OriginError, OriginResponse, Target
 from .store.disk import Store, StoreErrors
+from .store.handles import OpenBlocks
 from .store.objects import CachedObject
 
 log = logging.getLogger("edgecache.fill")
@@ -120,9 +119,11 @@ class BlockSource:
         self._active: dict[str, Progress] = {}
         self._full_body: dict[str, int] = {}  # object key -> position of a whole-body fill
         self._tasks: set[asyncio.Task] = set()
+        self.open_blocks = OpenBlocks()
         self.on_changed = None  # called with the object when the origin's version changed
 
     async def aclose(self) -> None:
+        self.open_blocks.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -178,9 +179,9 @@ class BlockSource:
             try:
                 progress = self._active.get(key)
                 if progress is None:
-                    handle = await _thread(self.store.open_block, key, block_end - block_start)
-                    if handle is not None:
-                        async for chunk in self._read_stored(handle, pos, hi):
+                    stored = await self._stored(key, block_end - block_start)
+                    if stored is not None:
+                        async for chunk in self._read_stored(stored, pos, hi):
                             pos += len(chunk)
                             yield chunk
                         return
@@ -224,20 +225,30 @@ class BlockSource:
         await anyio.sleep(0.01)
         return True
 
-    async def _read_stored(self, handle: IO[bytes] | bytes, pos: int, hi: int) -> AsyncIterator[bytes]:
-        if isinstance(handle, bytes):
-            yield handle[pos:hi]
+    async def _stored(self, key: str, length: int) -> int | bytes | None:
+        """A stored block: a descriptor of our own (or small bytes), or None if not stored."""
+        fd = self.open_blocks.acquire(key)
+        if fd is not None:
+            return fd
+        handle = await _thread(self.store.open_block, key, length)
+        if handle is None:
+            self.open_blocks.forget(key)
+            return None
+        return handle if isinstance(handle, bytes) else self.open_blocks.adopt(key, handle)
+
+    async def _read_stored(self, stored: int | bytes, pos: int, hi: int) -> AsyncIterator[bytes]:
+        if isinstance(stored, bytes):
+            yield stored[pos:hi]
             return
         try:
-            fd = handle.fileno()
             while pos < hi:
-                data = await _thread(os.pread, fd, min(self.chunk_size, hi - pos), pos)
+                data = await _thread(os.pread, stored, min(self.chunk_size, hi - pos), pos)
                 if not data:
                     raise FillFailed("stored block shorter than its length", local=True)
                 pos += len(data)
                 yield data
         finally:
-            handle.close()
+            os.close(stored)
 
     async def _tail(
         self, path: str, pos: int, hi: int, progress: Progress | None, lease: str, key: str

@@ -223,16 +223,16 @@ class EdgeService:
         except (OriginError, StoreErrors) as e:
             log.warning("background revalidation failed: %s", e)
 
-    async def _lookup(self, primary: str, headers: Headers) -> tuple[CachedObject | None, str]:
+    async def _lookup(self, primary: str, headers: Headers, fresh: bool = False) -> tuple[CachedObject | None, str]:
         """The stored response selected for this request, and the fwd reason if none."""
         assert self.store is not None
 
         def lookup() -> tuple[CachedObject | None, str]:
-            index = self.store.get(vary_index_key(primary))
+            index = self.store.get(vary_index_key(primary), fresh)
             if isinstance(index, VaryIndex):
-                obj = self.store.get_object(meta_key(primary, fr.vary_key(index.fields, headers)))
+                obj = self.store.get_object(meta_key(primary, fr.vary_key(index.fields, headers)), fresh)
                 return obj, "vary-miss"
-            return self.store.get_object(meta_key(primary, "")), "uri-miss"
+            return self.store.get_object(meta_key(primary, ""), fresh), "uri-miss"
 
         try:
             return await anyio.to_thread.run_sync(lookup)
@@ -277,14 +277,14 @@ class EdgeService:
             if await anyio.to_thread.run_sync(self.store.take_lease, lease, owner, ttl):
                 self._spawn(self._release_after_fetch(lease, owner, primary))
                 # Another worker may have stored it between our lookup and our lease.
-                found, _ = await self._lookup(primary, req.headers)
+                found, _ = await self._lookup(primary, req.headers, fresh=True)
                 if found is not None and (obj is None or found.response_time != obj.response_time):
                     return found
                 return None
             deadline = time.monotonic() + ttl
             while time.monotonic() < deadline:
                 await anyio.sleep(0.02)
-                found, _ = await self._lookup(primary, req.headers)
+                found, _ = await self._lookup(primary, req.headers, fresh=True)
                 if found is not None and (obj is None or found.response_time != obj.response_time):
                     return found
                 if await anyio.to_thread.run_sync(self.store.lease_holder, lease) is None:

@@ -72,7 +72,8 @@ class RunningServer:
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app or create_app(settings), **uvicorn_options(settings))
+        options = {**uvicorn_options(settings), "timeout_graceful_shutdown": 1}
+        config = uvicorn.Config(app or create_app(settings), **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

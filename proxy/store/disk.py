@@ -41,8 +41,10 @@ class BlockDisk(diskcache.Disk):
 class Store:
     """Metadata and blocks in one LRU cache with a size limit; leases in another that never evicts."""
 
-    def __init__(self, directory: str, size_limit: int) -> None:
+    def __init__(self, directory: str, size_limit: int, memo_seconds: float = 1.0) -> None:
         self.directory = directory
+        self.memo_seconds = memo_seconds
+        self._memo: dict[str, tuple[float, object]] = {}
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
         self.objects = diskcache.Cache(
@@ -60,18 +62,32 @@ class Store:
         self.leases.close()
 
     # --- metadata ---------------------------------------------------------
-    def get(self, key: str) -> object | None:
-        return self.objects.get(key)
+    # Reads are remembered for `memo_seconds`: with the LRU policy every read of the
+    # cache is a write transaction, and hot keys are read by every request. Writes
+    # from this process are seen at once; from other workers within memo_seconds.
+    def get(self, key: str, fresh: bool = False) -> object | None:
+        now = time.monotonic()
+        if not fresh:
+            memo = self._memo.get(key)
+            if memo is not None and now - memo[0] < self.memo_seconds:
+                return memo[1]
+        value = self.objects.get(key)
+        if len(self._memo) > 10_000:
+            self._memo.clear()
+        self._memo[key] = (now, value)
+        return value
 
     def put(self, key: str, value: object) -> None:
         self.objects.set(key, value)
+        self._memo[key] = (time.monotonic(), value)
 
     def delete(self, *keys: str) -> None:
         for key in keys:
+            self._memo.pop(key, None)
             self.objects.delete(key)
 
-    def get_object(self, key: str) -> CachedObject | None:
-        value = self.objects.get(key)
+    def get_object(self, key: str, fresh: bool = False) -> CachedObject | None:
+        value = self.get(key, fresh)
         return value if isinstance(value, CachedObject) else None
 
     # --- blocks -------------------------------------------------------------

@@ -1,0 +1,50 @@
+"""Open stored blocks kept at hand, so a hot block costs no store transaction per request."""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from typing import IO
+
+
+class OpenBlocks:
+    """A small LRU of open block files.
+
+    Readers get their own duplicate descriptor, so closing an entry never cuts a
+    read short. An entry is trusted for `refresh_after` seconds; then the store is
+    asked again, which also tells its LRU the block is in use and notices eviction.
+    Evicted files stay readable through an open descriptor, and their bytes are
+    right (block keys include the version): the bound here bounds that disk use.
+    """
+
+    def __init__(self, capacity: int = 64, refresh_after: float = 5.0) -> None:
+        self.capacity = capacity
+        self.refresh_after = refresh_after
+        self._entries: OrderedDict[str, tuple[IO[bytes], float]] = OrderedDict()
+
+    def acquire(self, key: str) -> int | None:
+        """A new descriptor for the block, or None when it must be looked up in the store."""
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[1] > self.refresh_after:
+            return None
+        self._entries.move_to_end(key)
+        return os.dup(entry[0].fileno())
+
+    def adopt(self, key: str, handle: IO[bytes]) -> int:
+        """Keep `handle` for later readers; a new descriptor for this one."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            old[0].close()
+        self._entries[key] = (handle, time.monotonic())
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)[1][0].close()
+        return os.dup(handle.fileno())
+
+    def forget(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            entry[0].close()
+
+    def close(self) -> None:
+        while self._entries:
+            self._entries.popitem()[1][0].close()
