@@ -8,25 +8,30 @@ from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .auth import write_denial
+from .forwarded import base_url, client_address
 from .config import Settings, settings_for_worker
 from .middleware import EdgeHeaders
-from .origins.base import Origin, Target
+from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response
+from .uploads import MultipartFile, UploadError, check_declared_length, file_name, limited, upload_path
 
 log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
+DIRECTORY_METHODS = ("GET", "HEAD", "PUT", "POST")
+_REASONS = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 507: "Insufficient Storage"}
 _PATH_SAFE = "/!$&'()*+,;=:@~"
 
 
@@ -55,6 +60,10 @@ class AnyMethod:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.handler(Request(scope, receive))
         await response(scope, receive, send)
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
 def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -95,29 +104,107 @@ def create_app(settings: Settings) -> Starlette:
     origin = make_origin(settings)
     service = EdgeService(settings, origin, open_store(settings))
 
+    def write_refusal(request: Request) -> Response | None:
+        """401/403 unless this request may write (uploads, purges, other methods)."""
+        peer = request.client.host if request.client else None
+        forwarded_for = request.headers.get("x-forwarded-for")
+        client = client_address(peer, forwarded_for, settings.proxies)
+        via_untrusted_proxy = client == peer and bool(forwarded_for or request.headers.get("forwarded"))
+        denial = write_denial(settings.tokens, client, request.headers.get("authorization"),
+                              forwarded=via_untrusted_proxy)
+        if denial is None:
+            return None
+        headers = {"WWW-Authenticate": 'Bearer realm="edgecache"'} if denial[0] == 401 else None
+        return _text(denial[0], f"{'Unauthorized' if denial[0] == 401 else 'Forbidden'}: {denial[1]}", headers)
+
+    def target_for(path: str, request: Request) -> Target:
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        return Target(path=path, raw="/" + quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else ""))
+
     async def serve(request: Request, url_path: str) -> Response:
         method = request.method
+        if method == "PUT" or (method == "POST" and _is_multipart(request)):
+            return await upload(request, url_path)
+        if method == "POST" and not settings.origin_is_http:
+            return _text(415, "Unsupported Media Type: uploads are multipart/form-data with a field 'file'")
         if method not in READ_METHODS and not settings.origin_is_http:
-            return _text(405, "Method Not Allowed", {"Allow": ", ".join(READ_METHODS)})
+            return _text(405, "Method Not Allowed", {"Allow": ", ".join(DIRECTORY_METHODS)})
         try:
             path = clean_path(url_path, allow_dotfiles=settings.serve_dotfiles)
         except BadPath as e:
             return _text(400, f"Bad Request: {e}")
         except HiddenPath:
             return _text(404, "Not Found")
-        if method not in READ_METHODS:
-            client = request.client.host if request.client else None
-            denial = write_denial(settings.tokens, client, request.headers.get("authorization"))
-            if denial:
-                return _text(denial[0], f"{'Unauthorized' if denial[0] == 401 else 'Forbidden'}: {denial[1]}")
-        query = request.scope.get("query_string", b"").decode("latin-1")
-        target = Target(path=path, raw="/" + quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else ""))
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         body: AsyncIterator[bytes] | None = None
         if method not in READ_METHODS:
+            refusal = write_refusal(request)
+            if refusal is not None:
+                return refusal
             body = request.stream()
-        reply = await service.handle(ProxyRequest(method, target, headers, body))
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        reply = await service.handle(ProxyRequest(method, target_for(path, request), headers, body))
         return ReplyResponse(reply, head=method == "HEAD")
+
+    async def upload(request: Request, url_path: str) -> Response:
+        """PUT /<path> with the raw body, or POST /<folder> multipart with the field `file`."""
+        refusal = write_refusal(request)
+        if refusal is not None:
+            return refusal
+        limit = settings.max_upload_size
+        try:
+            check_declared_length(request.headers.get("content-length"), limit)
+            if request.method == "POST":
+                form = MultipartFile(request.stream(), request.headers["content-type"])
+                name = file_name(await form.open())
+                path = upload_path(url_path.rstrip("/") + "/" + name, settings.extensions)
+                chunks, media, length = form.chunks(), form.content_type, None
+            else:
+                path = upload_path(url_path, settings.extensions)
+                declared = request.headers.get("content-length", "")
+                chunks, media = request.stream(), request.headers.get("content-type")
+                length = int(declared) if declared.isdigit() else None
+            uploaded = await service.upload(target_for(path, request), limited(chunks, limit), media, length)
+        except UploadError as e:
+            return _text(e.status, f"{_REASONS.get(e.status, 'Bad Request')}: {e}")
+        except ClientDisconnect:
+            return _text(400, "Bad Request: the client went away during the upload")
+        except OriginError as e:
+            return _text(e.status, f"{_REASONS[e.status]}: the origin failed during the upload ({e.kind})")
+        if not 200 <= uploaded.status < 300:
+            return _text(uploaded.status, f"The origin refused the upload ({uploaded.status}): {uploaded.detail}")
+        base = base_url(settings.public_base_url, request.url.scheme, request.headers.get("host"),
+                        request.client.host if request.client else None,
+                        request.headers.get("x-forwarded-proto"), request.headers.get("x-forwarded-host"),
+                        settings.proxies)
+        url = base + "/" + quote(path, safe=_PATH_SAFE)
+        answer = {"url": url, "path": "/" + path, "size": uploaded.size, "etag": uploaded.etag,
+                  "content_type": uploaded.content_type}
+        folder, _, name = path.rpartition("/")
+        if settings.compat_routes and folder == "video":
+            answer = {"video_url": f"{base}/get_video_by_name/{quote(name, safe=_PATH_SAFE)}", **answer}
+        return JSONResponse(answer, status_code=uploaded.status, headers={"Location": url})
+
+    async def purge(request: Request) -> Response:
+        refusal = write_refusal(request)
+        if refusal is not None:
+            return refusal
+        path, prefix = request.query_params.get("path"), request.query_params.get("prefix")
+        if (path is None) == (prefix is None):
+            return _text(400, "Bad Request: give exactly one of ?path=/some/file or ?prefix=/some/folder/")
+        key = None
+        if path is not None:
+            raw_path, _, query = path.partition("?")
+            try:
+                clean = clean_path(raw_path, allow_dotfiles=True)
+            except (BadPath, HiddenPath) as e:
+                return _text(400, f"Bad Request: {e}")
+            key = service.origin.cache_key(
+                Target(path=clean, raw="/" + quote(clean, safe=_PATH_SAFE) + (f"?{query}" if query else "")))
+        try:
+            purged = await service.purge(key, prefix)
+        except StoreErrors as e:
+            return _text(503, f"Service Unavailable: the cache could not be purged ({e})")
+        return JSONResponse({"purged": purged, "count": len(purged)}, headers={"Cache-Control": "no-store"})
 
     async def content(request: Request) -> Response:
         return await serve(request, request.path_params["path"])
@@ -148,6 +235,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         Route("/_edge/health", health, methods=list(READ_METHODS)),
+        Route("/_edge/purge", purge, methods=["POST"]),
         Route("/_edge/{rest:path}", AnyMethod(edge_not_found)),
     ]
     if settings.compat_routes:

@@ -1,15 +1,18 @@
-"""Who may write (upload, purge, unsafe methods): bearer tokens, or loopback when none are set."""
+"""Who may write (upload, purge, unsafe methods). Pure."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 
+from .forwarded import parse_address
 
-def write_denial(tokens: tuple[str, ...], client_host: str | None, authorization: str | None) -> tuple[int, str] | None:
+def write_denial(
+    tokens: tuple[str, ...], client: str | None, authorization: str | None, *, forwarded: bool = False
+) -> tuple[int, str] | None:
     """None when the write is allowed, else (401 or 403, a message saying why).
 
     With tokens configured, `Authorization: Bearer <token>` must carry one of them
-    (compared in constant time). Without tokens, only loopback clients may write.
+    (compared in constant time). Without tokens, only loopback clients may write;
+    a request that an untrusted proxy forwarded (`forwarded`) is not loopback.
     """
     if tokens:
         scheme, _, credentials = (authorization or "").strip().partition(" ")
@@ -19,13 +22,7 @@ def write_denial(tokens: tuple[str, ...], client_host: str | None, authorization
         if not any(hmac.compare_digest(offered, token.encode()) for token in tokens):
             return 403, "the bearer token is not valid for writes"
         return None
-    if client_host is not None and _is_loopback(client_host):
+    address = parse_address(client) if client else None
+    if address is not None and address.is_loopback and not forwarded:
         return None
     return 403, "writes are allowed from loopback only until write_tokens is configured"
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -5,6 +5,7 @@ Precedence: CLI flag > EDGECACHE_* environment variable > TOML file > default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -41,6 +42,10 @@ class Settings:
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
     write_tokens: str = ""
+    trusted_proxies: str = ""
+    public_base_url: str = ""
+    max_upload_size: int = 10 * 1024**3
+    upload_extensions: str = ""
     chunk_size: int = 512 * 1024
     cache_control: str = "public, max-age=3600"
     max_ranges: int = 16
@@ -68,7 +73,20 @@ class Settings:
 
     @property
     def tokens(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.write_tokens.split(",") if t.strip())
+        return _items(self.write_tokens)
+
+    @property
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in _items(self.trusted_proxies))
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """Allowed upload extensions, lower-case with the dot; empty: any."""
+        return tuple(("." + e.lstrip(".")).lower() for e in _items(self.upload_extensions))
+
+
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
@@ -86,7 +104,8 @@ def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
 
 
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_FIELDS = {"chunk_size", "max_header_bytes", "cache_size_limit", "block_size", "max_object_size"}
+_SIZE_FIELDS = {"chunk_size", "max_header_bytes", "cache_size_limit", "block_size", "max_object_size",
+                "max_upload_size"}
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
@@ -153,6 +172,19 @@ def _cache_sizes(s: Settings) -> None:
     _parse_ttls(s.default_ttls)
 
 
+def _networks(s: Settings) -> None:
+    try:
+        s.proxies
+    except ValueError as e:
+        raise ConfigError(f"invalid setting 'trusted_proxies': {e}") from None
+
+
+def _base_url(s: Settings) -> None:
+    url = s.public_base_url
+    if url and (not url.startswith(("http://", "https://")) or any(c in url for c in " ?#\t\r\n")):
+        raise ConfigError(f"invalid setting 'public_base_url': expected http(s)://host[/path] (got {url!r})")
+
+
 def _positive(name: str, high: float):
     def check(s: Settings) -> None:
         value = getattr(s, name)
@@ -180,6 +212,9 @@ _CHECKS = [
     _between("heuristic_max_ttl", 0, 2**31),
     _between("stale_while_revalidate", 0, 2**31),
     _between("stale_if_error", 0, 2**31),
+    _networks,
+    _base_url,
+    _between("max_upload_size", 1, 2**60),
     _between("chunk_size", 4096, 16 * 1024 * 1024),
     _header_value("cache_control"),
     _between("max_ranges", 1, 1000),

@@ -23,6 +23,7 @@ from .http.model import Representation
 from .http.plan import plan_response
 from .http.ranges import parse_range
 from .origins.base import Origin, OriginError, OriginResponse, Target
+from .origins.local import LocalOrigin
 from .store.disk import Store, StoreErrors
 from .store.objects import CachedObject, VaryIndex, meta_key, vary_index_key
 from .streaming import plan_chunks
@@ -63,6 +64,17 @@ def text_reply(status: int, message: str, headers: Headers | None = None) -> Rep
         chunks(),
         _nothing_to_close,
     )
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """The outcome of an upload: the origin's status and what was stored."""
+
+    status: int
+    size: int
+    etag: str | None
+    content_type: str
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -476,27 +488,62 @@ class EdgeService:
 
     async def _drop_blocks(self, obj: CachedObject) -> None:
         assert self.store is not None
-        keys = [obj.block_key(i) for i in range(obj.block_count)]
         try:
-            await anyio.to_thread.run_sync(lambda: self.store.delete(*keys))
+            await anyio.to_thread.run_sync(self.store.drop_blocks, obj)
         except StoreErrors as e:
             log.warning("old blocks not dropped: %s", e)
 
     async def invalidate(self, primary: str) -> int:
         """Forget every stored response for a primary key (RFC 9111 section 4.4); count them."""
-        assert self.store is not None
+        if self.store is None:
+            return 0
+        return await anyio.to_thread.run_sync(self.store.purge, primary)
 
-        def drop() -> list[CachedObject]:
-            index = self.store.get(vary_index_key(primary))
-            keys = {meta_key(primary, "")} | (set(index.selections) if isinstance(index, VaryIndex) else set())
-            objects = [o for o in (self.store.get_object(k) for k in keys) if o is not None]
-            self.store.delete(vary_index_key(primary), *keys)
-            return objects
+    async def purge(self, path: str | None, prefix: str | None) -> list[str]:
+        """Purge one cache key or all under a prefix; the keys that held something."""
+        if self.store is None:
+            return []
+        if prefix is not None:
+            return await anyio.to_thread.run_sync(self.store.purge_prefix, prefix)
+        assert path is not None
+        return [path] if await self.invalidate(path) else []
 
-        objects = await anyio.to_thread.run_sync(drop)
-        for obj in objects:
-            await self._drop_blocks(obj)
-        return len(objects)
+    # --- uploads -------------------------------------------------------------------
+    async def upload(
+        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None = None
+    ) -> Uploaded:
+        """Store a file at the origin (streamed), then forget what the edge cached for it."""
+        if isinstance(self.origin, LocalOrigin):
+            created, rep = await self.origin.write(target.path, chunks)
+            uploaded = Uploaded(201 if created else 200, rep.size, rep.etag, rep.content_type)
+        else:
+            uploaded = await self._upload_upstream(target, chunks, content_type, length)
+        if 200 <= uploaded.status < 300:
+            await self.invalidate(self.origin.cache_key(target))
+        return uploaded
+
+    async def _upload_upstream(
+        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+    ) -> Uploaded:
+        size = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for chunk in chunks:
+                size += len(chunk)
+                yield chunk
+
+        media = content_type or content_type_for(target.path)
+        headers = [("Content-Type", media)] + ([("Content-Length", str(length))] if length is not None else [])
+        response = await self.origin.request("PUT", target, headers, counted())
+        detail = b""
+        try:
+            async for chunk in response.body:
+                detail += chunk[: 1024 - len(detail)]
+        finally:
+            await response.close()
+        return Uploaded(response.status, size, response.header("etag"), media,
+                        detail.decode("utf-8", "replace").strip())
 
     # --- serving ---------------------------------------------------------------
     def _serve(self, obj: CachedObject, req: ProxyRequest, age: float, status: str, xcache: str) -> Reply:

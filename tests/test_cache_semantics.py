@@ -180,14 +180,16 @@ async def test_unsafe_methods_pass_through_and_invalidate(setup) -> None:  # typ
     origin.objects["/doc"] = Obj(b"old", {"cache-control": "max-age=600"})
     async with httpx.AsyncClient(base_url=edge.url) as c:
         assert (await c.get("/doc")).content == b"old"
-        put = await c.put("/doc", content=b"new body")
-        assert put.status_code == 201 and put.headers["cache-status"].startswith("edgecache; fwd=method")
+        put = await c.put("/doc", content=b"new body")  # an upload: streamed to the origin as a PUT
+        assert put.status_code == 201 and put.json()["size"] == 8
         assert origin.received["/doc"] == b"new body"
         after = await c.get("/doc")
         assert after.content == b"new body" and after.headers["x-cache"] == "MISS"
-        delete = await c.delete("/doc")
-        assert delete.status_code == 204
+        delete = await c.delete("/doc")  # other methods pass through and invalidate
+        assert delete.status_code == 204 and delete.headers["cache-status"] == "edgecache; fwd=method; fwd-status=204"
         assert (await c.get("/doc")).status_code == 404
+        patch = await c.patch("/doc", content=b"x")
+        assert patch.headers["x-cache"] == "BYPASS" and origin.hits[-1].method == "PATCH"
 
 
 async def test_unsafe_methods_need_authorization(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]

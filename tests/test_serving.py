@@ -172,11 +172,16 @@ async def test_names_with_spaces_and_types(edge: httpx.AsyncClient) -> None:
     assert r.headers["content-type"] == "video/webm"
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "PROPFIND"])
+@pytest.mark.parametrize("method", ["DELETE", "OPTIONS", "TRACE", "PATCH", "PROPFIND"])
 async def test_other_methods_get_405_with_allow(edge: httpx.AsyncClient, method: str) -> None:
     r = await edge.request(method, CLIP)
     assert r.status_code == 405
-    assert r.headers["allow"] == "GET, HEAD"
+    assert r.headers["allow"] == "GET, HEAD, PUT, POST"
+
+
+async def test_post_without_multipart_is_415(edge: httpx.AsyncClient) -> None:
+    r = await edge.post("/video", content=b"raw")
+    assert r.status_code == 415
 
 
 async def test_compat_routes(edge: httpx.AsyncClient) -> None:

@@ -1,7 +1,9 @@
 """The origin directory: files opened safely below a root, answered like an HTTP server."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import secrets
 import stat
@@ -17,6 +19,7 @@ from ..http.headers import content_type_for, make_etag
 from ..http.model import Representation
 from ..http.plan import plan_response
 from ..streaming import plan_chunks
+from ..uploads import UploadError
 from .base import BodyAborted, OriginResponse, Target
 
 
@@ -100,6 +103,48 @@ class LocalOrigin:
 
         return OriginResponse(plan.status, plan.headers, chunks, close)
 
+    async def write(self, rel_path: str, chunks: AsyncIterator[bytes]) -> tuple[bool, Representation]:
+        """Store an upload atomically: a hidden temporary file beside the target, fsynced,
+        then renamed over it. Readers see the old file or the whole new one; a failed
+        upload leaves no trace. True when the file is new."""
+        full = os.path.join(self.root, rel_path)
+        folder = os.path.dirname(full)
+        await anyio.to_thread.run_sync(self._prepare_folder, folder, full)
+        temp = os.path.join(folder, f".{os.path.basename(full)}.{secrets.token_hex(8)}.upload")
+        fd = await anyio.to_thread.run_sync(os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            buffer = bytearray()
+            async for chunk in chunks:
+                buffer += chunk
+                if len(buffer) >= WRITE_BATCH:
+                    await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
+                    buffer.clear()
+            await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
+            await anyio.to_thread.run_sync(os.fsync, fd)
+            os.close(fd)
+            fd = -1
+            created = await anyio.to_thread.run_sync(_commit, temp, full, folder)
+        except OSError as e:
+            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503
+            raise UploadError(status, f"the origin could not store the file: {e.strerror}") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        opened = await anyio.to_thread.run_sync(self._open, rel_path)
+        if opened is None:
+            raise UploadError(409, "the file changed while it was being stored")
+        opened.close()
+        return created, opened.rep
+
+    def _prepare_folder(self, folder: str, full: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        if not self._inside(os.path.realpath(folder)) and os.path.realpath(folder) != self.root:
+            raise UploadError(400, "the folder is outside the origin")
+        if os.path.isdir(full) or (os.path.islink(full) and not self._inside(os.path.realpath(full))):
+            raise UploadError(409, "that name is taken by a folder or a link")
+
     def _inside(self, real: str) -> bool:
         if real != self.root and not real.startswith(self.root + os.sep):
             return False
@@ -128,6 +173,27 @@ class LocalOrigin:
             content_type=content_type_for(rel_path),
         )
         return OpenFile(fd, rep, self.chunk_size)
+
+
+WRITE_BATCH = 1024 * 1024  # bytes gathered per write of an upload
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _commit(temp: str, full: str, folder: str) -> bool:
+    """Rename into place and make the rename durable; True when the file is new."""
+    created = not os.path.exists(full)
+    os.replace(temp, full)
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+    return created
 
 
 async def _nothing() -> AsyncIterator[bytes]:

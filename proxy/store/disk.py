@@ -11,7 +11,7 @@ from typing import IO
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
-from .objects import CachedObject
+from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_key
 
 log = logging.getLogger("edgecache.store")
 # Errors that mean "the store cannot help now": serve from the origin instead.
@@ -150,6 +150,24 @@ class Store:
             if self.leases.get(name) == owner:
                 self.leases.delete(name)
 
-    # --- enumeration (purge) ---------------------------------------------------
-    def keys(self) -> list[str]:
-        return [k for k in self.objects.iterkeys() if isinstance(k, str)]
+    # --- purge ---------------------------------------------------------------
+    def purge(self, primary: str) -> int:
+        """Forget every stored response (and its blocks) for a primary key; how many."""
+        index = self.get(vary_index_key(primary), fresh=True)
+        keys = {meta_key(primary, "")} | (set(index.selections) if isinstance(index, VaryIndex) else set())
+        objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
+        self.delete(vary_index_key(primary), *keys)
+        for obj in objects:
+            self.drop_blocks(obj)
+        return sum(1 for o in objects if o.passthrough is None)
+
+    def purge_prefix(self, prefix: str) -> list[str]:
+        """Purge every primary key starting with `prefix`; the keys purged."""
+        primaries = {p for k in self.objects.iterkeys() if isinstance(k, str) and (p := primary_of(k)) is not None}
+        purged = sorted(p for p in primaries if p.startswith(prefix))
+        for primary in purged:
+            self.purge(primary)
+        return purged
+
+    def drop_blocks(self, obj: CachedObject) -> None:
+        self.delete(*(obj.block_key(i) for i in range(obj.block_count)))
