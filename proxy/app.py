@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .auth import write_denial
-from .forwarded import base_url, client_address
+from .forwarded import base_url, client_address, is_trusted
 from .config import Settings, settings_for_worker
 from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
@@ -30,6 +30,7 @@ from .uploads import MultipartFile, UploadError, check_declared_length, file_nam
 log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
 DIRECTORY_METHODS = ("GET", "HEAD", "PUT", "POST")
+_FORWARDED_FIELDS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
 _REASONS = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 507: "Insufficient Storage"}
 _PATH_SAFE = "/!$&'()*+,;=:@~"
@@ -109,7 +110,8 @@ def create_app(settings: Settings) -> Starlette:
         peer = request.client.host if request.client else None
         forwarded_for = request.headers.get("x-forwarded-for")
         client = client_address(peer, forwarded_for, settings.proxies)
-        via_untrusted_proxy = client == peer and bool(forwarded_for or request.headers.get("forwarded"))
+        proxied = any(name in request.headers for name in _FORWARDED_FIELDS)
+        via_untrusted_proxy = proxied and not is_trusted(peer, settings.proxies)
         denial = write_denial(settings.tokens, client, request.headers.get("authorization"),
                               forwarded=via_untrusted_proxy)
         if denial is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings
+from .store.disk import Store, StoreErrors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +24,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", help="worker processes (default 1)")
     serve.add_argument("--cache-dir", dest="cache_dir", help="cache directory (default ./.edgecache)")
     serve.add_argument("--log-level", dest="log_level", help="critical|error|warning|info|debug")
+    purge = commands.add_parser("purge", help="purge cached entries from a cache directory (server may be stopped)")
+    purge.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
+    purge.add_argument("--cache-dir", dest="cache_dir", help="cache directory (default ./.edgecache)")
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument("--path", help="one cache key, e.g. /video/a.mp4")
+    which.add_argument("--prefix", help="every cache key starting with this, e.g. /video/")
     return parser
+
+
+def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
+    """Purge from the cache directory directly; prints what was purged as JSON."""
+    try:
+        store = Store(settings.cache_dir, settings.cache_size_limit)
+    except StoreErrors as e:
+        print(f"edgecache: cannot open the cache in {settings.cache_dir}: {e}", file=sys.stderr)
+        return 1
+    try:
+        purged = store.purge_prefix(prefix) if prefix is not None else ([path] if path and store.purge(path) else [])
+    finally:
+        store.close()
+    print(json.dumps({"purged": purged, "count": len(purged)}))
+    return 0
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -58,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     config_file = args.pop("config")
+    path, prefix = args.pop("path", None), args.pop("prefix", None)
     try:
         settings = load_settings(flags=args, config_file=config_file)
     except ConfigError as e:
         print(f"edgecache: {e}", file=sys.stderr)
         return 2
-    if command == "serve":
-        run_server(settings)
+    if command == "purge":
+        return run_purge(settings, path, prefix)
+    run_server(settings)
     return 0

@@ -18,6 +18,10 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, prox
     return address is not None and any(address in net for net in proxies)
 
 
+def is_trusted(peer: str | None, proxies: tuple[Network, ...]) -> bool:
+    return _trusted(parse_address(peer) if peer else None, proxies)
+
+
 def client_address(peer: str | None, forwarded_for: str | None, proxies: tuple[Network, ...]) -> str | None:
     """The client's address: the peer, or, when the peer is a trusted proxy, the last
     address in X-Forwarded-For that is not one of the trusted proxies. None if unknown."""

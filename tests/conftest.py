@@ -17,6 +17,7 @@ from proxy.app import create_app
 from proxy.cli import uvicorn_options
 from proxy.config import Settings
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SIZE = 3 * 1024 * 1024 + 12345  # several chunks, not a multiple of any
 
 

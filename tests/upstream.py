@@ -63,6 +63,9 @@ class Upstream:
         self.hits.append(hit)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.fail_status and scope["method"] == "PUT":
+            await self._send(send, hit, self.fail_status, {"content-type": "text/plain"}, b"origin failure")
+            return
         if scope["method"] not in ("GET", "HEAD"):
             body = b""
             while True:
