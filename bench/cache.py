@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, free_port, start_edgecache, start_nginx, stop, wait_port, write_random_file  # noqa: E402
+from common import REPO, free_port, measure_each, start_edgecache, start_nginx, stop, wait_port, write_random_file  # noqa: E402
 from loadgen import run  # noqa: E402
 
 SLICE = 4 << 20
@@ -114,7 +114,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     size = args.size_mib << 20
-    rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         work.chmod(0o755)
@@ -127,21 +126,12 @@ def main() -> None:
                                   cwd=REPO, start_new_session=True)
         wait_port(origin_port, origin)
         try:
-            proxies = (
+            proxies = (  # each proxy has a cache of its own: each starts cold
                 ("edgecache", lambda: start_edgecache(f"http://127.0.0.1:{origin_port}", work / "edgecache-cache",
                                                       args.workers, block_size=str(SLICE))),
                 ("nginx", lambda: nginx_proxy(work, origin_port, args.workers)),
             )
-            for name, starter in proxies:
-                started = starter()
-                if started is None:
-                    print(f"{name}: not installed, skipped")
-                    continue
-                proc, port = started
-                try:
-                    rows[name] = measure(port, origin_port, size, args.seconds)
-                finally:
-                    stop(proc)  # each proxy has a cache of its own: the next one starts cold
+            rows = measure_each(proxies, lambda port: measure(port, origin_port, size, args.seconds))
         finally:
             stop(origin)
     metrics = list(next(iter(rows.values())))

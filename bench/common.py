@@ -56,6 +56,25 @@ def start_edgecache(origin: str, cache_dir: Path, workers: int, **env: str) -> t
     return proc, port
 
 
+def measure_each(starters, measure):  # type: ignore[no-untyped-def]
+    """Start each (name, starter) server in turn, measure it with measure(port), stop it.
+
+    A starter returning None (nginx not installed) is skipped. Returns {name: figures}.
+    """
+    rows = {}
+    for name, starter in starters:
+        started = starter()
+        if started is None:
+            print(f"{name}: not installed, skipped")
+            continue
+        proc, port = started
+        try:
+            rows[name] = measure(port)
+        finally:
+            stop(proc)
+    return rows
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import start_edgecache, start_nginx, stop, write_random_file  # noqa: E402
+from common import measure_each, start_edgecache, start_nginx, write_random_file  # noqa: E402
 from loadgen import Result, run  # noqa: E402
 
 
@@ -43,21 +43,12 @@ def main() -> None:
         origin = work / "origin"
         origin.mkdir()
         write_random_file(origin / "movie.mp4", args.size_mib)
-        rows: dict[str, tuple[Result, Result]] = {}
         starters = (
             ("edgecache", lambda: start_edgecache(str(origin), work / "cache", args.workers, cache_enabled="false")),
             ("nginx", lambda: nginx_static(origin, work, args.workers)),
         )
-        for name, starter in starters:
-            started = starter()
-            if started is None:
-                print(f"{name}: not installed, skipped")
-                continue
-            proc, port = started
-            try:
-                rows[name] = measure(port, "/movie.mp4", size, args.seconds)
-            finally:
-                stop(proc)
+        rows: dict[str, tuple[Result, Result]] = measure_each(
+            starters, lambda port: measure(port, "/movie.mp4", size, args.seconds))
     print(f"\nfile {args.size_mib} MiB, {args.workers} workers each, {args.seconds:.0f} s per figure, {os.cpu_count()} cores")
     print(f"{'server':<10} {'full GET MB/s':>14} {'1MiB ranges MB/s':>17} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, (full, ranges) in rows.items():

@@ -136,7 +136,7 @@ async def edge(request: pytest.FixtureRequest, settings: Settings) -> Iterator[h
 
 
 @pytest.fixture
-def upstream(settings: Settings) -> Iterator[tuple["Upstream", RunningServer]]:  # noqa: F821
+def upstream(settings: Settings):  # type: ignore[no-untyped-def]
     """A counting upstream origin on a loopback port."""
     from tests.upstream import Upstream
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 from proxy.app import create_app
 from tests.conftest import REPO_ROOT, RunningServer, pattern
 from tests.test_server import _rss
-from tests.upstream import Obj, Upstream
+from tests.upstream import Obj
 
 pytestmark = pytest.mark.anyio
 VIDEO = pattern(700_000, seed=21)
