@@ -31,7 +31,7 @@ log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
 DIRECTORY_METHODS = ("GET", "HEAD", "PUT", "POST")
 _FORWARDED_FIELDS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
-_REASONS = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
             502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 507: "Insufficient Storage"}
 _PATH_SAFE = "/!$&'()*+,;=:@~"
 
@@ -165,7 +165,8 @@ def create_app(settings: Settings) -> Starlette:
                 declared = request.headers.get("content-length", "")
                 chunks, media = request.stream(), request.headers.get("content-type")
                 length = int(declared) if declared.isdigit() else None
-            uploaded = await service.upload(target_for(path, request), limited(chunks, limit), media, length)
+            body = limited(chunks, limit, settings.upload_idle_timeout)
+            uploaded = await service.upload(target_for(path, request), body, media, length)
         except UploadError as e:
             return _text(e.status, f"{_REASONS.get(e.status, 'Bad Request')}: {e}")
         except ClientDisconnect:

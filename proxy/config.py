@@ -45,6 +45,7 @@ class Settings:
     trusted_proxies: str = ""
     public_base_url: str = ""
     max_upload_size: int = 10 * 1024**3
+    upload_idle_timeout: float = 30.0
     upload_extensions: str = ""
     chunk_size: int = 512 * 1024
     cache_control: str = "public, max-age=3600"
@@ -215,6 +216,7 @@ _CHECKS = [
     _networks,
     _base_url,
     _between("max_upload_size", 1, 2**60),
+    _positive("upload_idle_timeout", 3600),
     _between("chunk_size", 4096, 16 * 1024 * 1024),
     _header_value("cache_control"),
     _between("max_ranges", 1, 1000),

@@ -1,6 +1,7 @@
 """Shared fixtures: an origin directory, the app in-process, and a real uvicorn on loopback."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -90,6 +91,9 @@ class RunningServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        if self.thread.is_alive():  # graceful shutdown stuck: force it, as a second Ctrl-C would
+            self.server.force_exit = True
+            self.thread.join(timeout=10)
         self.sock.close()
 
 
@@ -158,3 +162,13 @@ def http_settings(settings: Settings, upstream) -> Settings:  # type: ignore[no-
         chunk_size=64 * 1024,
         origin_response_timeout=3.0,
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Let the interpreter exit even if a server thread's event loop died with idle AnyIO
+    worker threads (non-daemon) still waiting for work: tell them to stop."""
+    for thread in threading.enumerate():
+        queue = getattr(thread, "queue", None)
+        if type(thread).__name__ == "WorkerThread" and queue is not None:
+            with contextlib.suppress(Exception):
+                queue.put_nowait(None)

@@ -129,15 +129,26 @@ async def test_size_limit_up_front_and_while_streaming(settings, make_server, or
     assert not (origin_dir / "video" / "big.mp4").exists() and leftovers(origin_dir) == []
 
 
+async def test_stalled_upload_is_dropped(settings, make_server, origin_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(settings, upload_idle_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"PUT /small.txt HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert leftovers(origin_dir) == [] and (origin_dir / "small.txt").read_bytes() == b"hello, edge\n"
+
+
 async def test_extension_allow_list(settings, make_server) -> None:  # type: ignore[no-untyped-def]
     edge = make_server(settings, upload_extensions=".mp4, webm")
     assert httpx.put(edge.url + "/a.exe", content=b"x").status_code == 415
     assert httpx.put(edge.url + "/a.WEBM", content=b"x").status_code == 201
 
 
-async def test_disconnect_mid_upload_leaves_old_file(server: RunningServer, origin_dir: Path) -> None:
+async def test_disconnect_mid_upload_leaves_old_file(settings, make_server, origin_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(settings, upload_idle_timeout=2.0)
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"PUT /small.txt HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 1_000_000)
+    await asyncio.sleep(1.0)  # the server may not have started on the request when we closed
     for _ in range(300):
         if not leftovers(origin_dir):
             break
