@@ -288,3 +288,28 @@ def test_cli_purge_on_a_stopped_servers_cache(settings, origin_dir: Path) -> Non
     assert out.returncode == 0 and json.loads(out.stdout) == {"purged": ["/small.txt"], "count": 1}
     with RunningServer(settings) as running:
         assert httpx.get(running.url + "/small.txt").headers["x-cache"] == "MISS"
+
+
+async def test_concurrent_uploads_last_to_finish_wins_intact(server: RunningServer, origin_dir: Path) -> None:
+    versions = [pattern(300_000 + i, seed=40 + i) for i in range(6)]
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        results = await asyncio.gather(*(c.put("/same.bin", content=v) for v in versions))
+        assert all(r.status_code in (200, 201) for r in results)
+        final = (origin_dir / "same.bin").read_bytes()
+        assert final in versions
+        assert (await c.get("/same.bin")).content == final
+    assert leftovers(origin_dir) == []
+
+
+async def test_disk_full_is_507_and_leaves_the_old_file(client: httpx.AsyncClient, origin_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    import proxy.origins.local as local
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local, "_write_all", full)
+    r = await client.put("/small.txt", content=b"new bytes")
+    assert r.status_code == 507 and r.text.startswith("Insufficient Storage")
+    assert (origin_dir / "small.txt").read_bytes() == b"hello, edge\n" and leftovers(origin_dir) == []
