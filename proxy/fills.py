@@ -28,7 +28,7 @@ log = logging.getLogger("edgecache.fill")
 LEASE_TTL = 6.0  # seconds; renewed every 2 s while a fill runs, so only a dead fill's lease expires
 REMOTE_POLL = 0.005  # seconds between size checks of another process's part file
 LEASE_CHECK = 0.5  # seconds between checks that another process's fill is alive
-WRITE_SIZE = 128 * 1024  # bytes gathered per write to a part file: readers see data this soon
+WRITE_SIZE = 64 * 1024  # bytes gathered per write to a part file: readers see data this soon
 
 
 class FillFailed(BodyAborted):

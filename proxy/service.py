@@ -466,8 +466,8 @@ class EdgeService:
                 index = self.store.get(vary_index_key(primary))
                 selections = index.selections if isinstance(index, VaryIndex) and index.fields == vary else frozenset()
                 self.store.put(vary_index_key(primary), VaryIndex(vary, selections | {obj.key}))
-            else:
-                self.store.delete(vary_index_key(primary))
+            elif self.store.get(vary_index_key(primary)) is not None:
+                self.store.delete(vary_index_key(primary))  # it no longer varies
             self.store.put(obj.key, obj)
 
         try:
