@@ -63,6 +63,11 @@ class AnyMethod:
         await response(scope, receive, send)
 
 
+def _target(path: str, query: str) -> Target:
+    """A cleaned path and a query as the origin is asked for them (and cached under)."""
+    return Target(path=path, raw="/" + quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else ""))
+
+
 def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
@@ -120,8 +125,7 @@ def create_app(settings: Settings) -> Starlette:
         return _text(denial[0], f"{'Unauthorized' if denial[0] == 401 else 'Forbidden'}: {denial[1]}", headers)
 
     def target_for(path: str, request: Request) -> Target:
-        query = request.scope.get("query_string", b"").decode("latin-1")
-        return Target(path=path, raw="/" + quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else ""))
+        return _target(path, request.scope.get("query_string", b"").decode("latin-1"))
 
     async def serve(request: Request, url_path: str) -> Response:
         method = request.method
@@ -201,8 +205,7 @@ def create_app(settings: Settings) -> Starlette:
                 clean = clean_path(raw_path, allow_dotfiles=True)
             except (BadPath, HiddenPath) as e:
                 return _text(400, f"Bad Request: {e}")
-            key = service.origin.cache_key(
-                Target(path=clean, raw="/" + quote(clean, safe=_PATH_SAFE) + (f"?{query}" if query else "")))
+            key = service.origin.cache_key(_target(clean, query))
         try:
             purged = await service.purge(key, prefix)
         except StoreErrors as e:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 import anyio
 
-from .http.freshness import Headers
+from .http.freshness import Headers, get
 from .http.ranges import content_range
 from .origins.base import BodyAborted, Origin, OriginError, OriginResponse, Target
 from .store.disk import Store, StoreErrors
@@ -87,7 +87,7 @@ def if_range(obj: CachedObject) -> Headers:
     """A validator that makes the origin answer 200 instead of 206 if the version changed."""
     if obj.origin_etag and not obj.origin_etag.startswith("W/"):
         return [("If-Range", obj.origin_etag)]
-    last_modified = next((v for n, v in obj.headers if n.lower() == "last-modified"), None)
+    last_modified = get(obj.headers, "last-modified")
     return [("If-Range", last_modified)] if last_modified else []
 
 
@@ -97,7 +97,7 @@ def same_version(obj: CachedObject, response: OriginResponse, size: int | None) 
         return False
     if obj.origin_etag is not None:
         return response.header("etag") == obj.origin_etag
-    last_modified = next((v for n, v in obj.headers if n.lower() == "last-modified"), None)
+    last_modified = get(obj.headers, "last-modified")
     return last_modified is not None and response.header("last-modified") == last_modified
 
 
@@ -379,9 +379,7 @@ class BlockSource:
                                  changed=True)
             return start
         if response.status == 200:
-            length = response.header("content-length")
-            size = int(length) if length and length.isdigit() else None
-            if not same_version(obj, response, size):
+            if not same_version(obj, response, response.content_length):
                 raise FillFailed("origin has a new version", changed=True)
             return 0  # the origin ignores Range: take the blocks from the whole body
         raise FillFailed(f"origin answered {response.status} for a block", changed=response.status in (412, 416))

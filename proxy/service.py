@@ -22,7 +22,7 @@ from .http.headers import content_type_for, parse_http_date
 from .http.model import Representation
 from .http.plan import plan_response
 from .http.ranges import parse_range
-from .origins.base import Origin, OriginError, OriginResponse, Target
+from .origins.base import Origin, OriginError, OriginResponse, Target, text_response
 from .origins.local import LocalOrigin
 from .store.disk import Store, StoreErrors
 from .store.objects import CachedObject, VaryIndex, meta_key, vary_index_key
@@ -53,17 +53,8 @@ async def _nothing_to_close() -> None:
 
 
 def text_reply(status: int, message: str, headers: Headers | None = None) -> Reply:
-    body = (message + "\n").encode()
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield body
-
-    return Reply(
-        status,
-        [*(headers or []), ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
-        chunks(),
-        _nothing_to_close,
-    )
+    text = text_response(status, message, headers)
+    return Reply(text.status, text.headers, text.body, text.close)
 
 
 @dataclass(frozen=True)
@@ -275,8 +266,7 @@ class EdgeService:
             flight.done.set()
 
     def _selects(self, obj: CachedObject, primary: str, headers: Headers) -> bool:
-        vary = fr.vary_fields(obj.headers)
-        return obj.key == meta_key(primary, fr.vary_key(vary, headers) if vary else "")
+        return obj.key == meta_key(primary, fr.selection(obj.headers, headers))
 
     async def _wait_for_other_worker(
         self, req: ProxyRequest, primary: str, obj: CachedObject | None
@@ -363,8 +353,7 @@ class EdgeService:
             return await self._uncacheable(req, primary, response, response_time)
         origin_etag = response.header("etag")
         last_modified = parse_http_date(response.header("last-modified"), now=response_time)
-        vary = fr.vary_fields(headers)
-        key = meta_key(primary, fr.vary_key(vary, req.headers) if vary else "")
+        key = meta_key(primary, fr.selection(headers, req.headers))
         obj = CachedObject(
             key=key,
             status=200,
@@ -402,8 +391,7 @@ class EdgeService:
         request_time: float, response_time: float,
     ) -> _Fetched:
         """A response other than the representation (3xx, 404, 5xx...): stored inline when small."""
-        length = response.header("content-length")
-        size = int(length) if length and length.isdigit() else None
+        size = response.content_length
         if size is None or size > INLINE_MAX or not fr.storable("GET", req.headers, response.status, response.headers):
             remember = response.status < 400 and size is not None and size <= INLINE_MAX
             return await self._uncacheable(req, primary, response, response_time if remember else None)
@@ -415,9 +403,8 @@ class EdgeService:
         await response.close()
         if len(body) != size:
             raise OriginError("unreachable", f"origin sent {len(body)} bytes of a {size}-byte body")
-        vary = fr.vary_fields(response.headers)
         obj = CachedObject(
-            key=meta_key(primary, fr.vary_key(vary, req.headers) if vary else ""),
+            key=meta_key(primary, fr.selection(response.headers, req.headers)),
             status=response.status,
             headers=[(n, v) for n, v in response.headers if n.lower() != "content-length"],
             size=size,
@@ -626,7 +613,7 @@ def _may_answer(obj: CachedObject, headers: Headers) -> bool:
     """A stored response answers a request with Authorization only if it says so (RFC 9111 section 3.5)."""
     if fr.get(headers, "authorization") is None:
         return True
-    return bool({"public", "must-revalidate", "s-maxage"} & fr.cache_control(fr.get(obj.headers, "cache-control")).keys())
+    return fr.allows_authorized(obj.headers)
 
 
 def _revalidation_headers(obj: CachedObject) -> Headers:
@@ -643,8 +630,7 @@ def _representation_size(response: OriginResponse) -> int | None:
     if response.status == 206:
         m = _CONTENT_RANGE.fullmatch((response.header("content-range") or "").strip())
         return int(m.group(3)) if m else None
-    length = response.header("content-length")
-    return int(length) if length and length.isdigit() and "," not in length else None
+    return response.content_length
 
 
 def _same_origin_path(value: str | None) -> str | None:

@@ -66,12 +66,16 @@ def storable(
         return False
     if (get(response_headers, "vary") or "").strip() == "*":
         return False
-    if get(request_headers, "authorization") is not None and not (
-        {"public", "must-revalidate", "s-maxage"} & res.keys()
-    ):
+    if get(request_headers, "authorization") is not None and not allows_authorized(response_headers):
         return False
     explicit = {"public", "max-age", "s-maxage"} & res.keys() or get(response_headers, "expires") is not None
     return bool(explicit) or status in HEURISTIC_STATUSES
+
+
+def allows_authorized(response_headers: Headers) -> bool:
+    """May a shared cache store or reuse this for a request with Authorization? (section 3.5)"""
+    res = cache_control(get(response_headers, "cache-control"))
+    return bool({"public", "must-revalidate", "s-maxage"} & res.keys())
 
 
 def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
@@ -178,6 +182,12 @@ def request_forbids_storing(request_headers: Headers) -> bool:
 def vary_fields(headers: Headers) -> tuple[str, ...]:
     """The request fields a response varies on, lower-cased and sorted."""
     return tuple(sorted({f.lower() for f in split_list(get(headers, "vary") or "")}))
+
+
+def selection(response_headers: Headers, request_headers: Headers) -> str:
+    """The secondary key of a response stored for this request ('' when it does not vary)."""
+    fields = vary_fields(response_headers)
+    return vary_key(fields, request_headers) if fields else ""
 
 
 def vary_key(fields: tuple[str, ...], request_headers: Headers) -> str:

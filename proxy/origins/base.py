@@ -36,6 +36,26 @@ class OriginResponse:
         values = [v for n, v in self.headers if n.lower() == name]
         return ", ".join(values) if values else None
 
+    @property
+    def content_length(self) -> int | None:
+        """The body length the origin declared; None when absent, repeated or invalid."""
+        value = self.header("content-length")
+        return int(value) if value and value.isdigit() else None
+
+
+def text_response(status: int, message: str, headers: Headers | None = None) -> OriginResponse:
+    """A short plain-text answer (an error or a refusal), one line."""
+    body = (message + "\n").encode()
+    full = [*(headers or []), ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    async def close() -> None:
+        return None
+
+    return OriginResponse(status, full, chunks(), close)
+
 
 @dataclass(frozen=True)
 class Target:

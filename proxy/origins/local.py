@@ -20,7 +20,7 @@ from ..http.model import Representation
 from ..http.plan import plan_response
 from ..streaming import plan_chunks
 from ..uploads import UploadError
-from .base import BodyAborted, OriginResponse, Target
+from .base import BodyAborted, OriginResponse, Target, text_response
 
 
 class ShortRead(BodyAborted):
@@ -83,10 +83,10 @@ class LocalOrigin:
         self, method: str, target: Target, headers: Headers, body: AsyncIterator[bytes] | None = None
     ) -> OriginResponse:
         if method not in ("GET", "HEAD"):
-            return _text_response(405, "Method Not Allowed", [("Allow", "GET, HEAD")])
+            return text_response(405, "Method Not Allowed", [("Allow", "GET, HEAD")])
         opened = await anyio.to_thread.run_sync(self._open, target.path)
         if opened is None:
-            return _text_response(404, "Not Found")
+            return text_response(404, "Not Found")
         plan = plan_response(
             method,
             conditions_from(headers),
@@ -195,16 +195,3 @@ def _commit(temp: str, full: str, folder: str) -> bool:
     finally:
         os.close(folder_fd)
     return created
-
-
-def _text_response(status: int, text: str, extra: Headers | None = None) -> OriginResponse:
-    body = (text + "\n").encode()
-    headers = [*(extra or []), ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield body
-
-    async def close() -> None:
-        return None
-
-    return OriginResponse(status, headers, chunks(), close)

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 
-from ..http.freshness import Headers
+from ..http.freshness import Headers, get
 from ..http.headers import end_to_end
 from .base import OriginError, OriginResponse, Target
 
@@ -49,7 +49,7 @@ class UpstreamOrigin:
     ) -> OriginResponse:
         """Send the request; the response body streams. Raises OriginError."""
         outgoing = [(n, v) for n, v in end_to_end(headers) if n.lower() not in ("host", "content-length")]
-        length = next((v for n, v in headers if n.lower() == "content-length"), None)
+        length = get(headers, "content-length")
         if length is not None:
             outgoing.append(("Content-Length", length))
         outgoing.append(("Via", VIA))
