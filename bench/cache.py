@@ -73,7 +73,8 @@ def measure(port: int, origin_port: int, size: int, seconds: float) -> dict[str,
     time.sleep(1)  # let readahead of the warm-up finish
     origin_count(origin_port, reset=True)
     mid = size // 2 + 12345
-    out["cold range TTFB ms"] = asyncio.run(first_byte(port, "/cold.mp4", f"Range: bytes={mid}-{mid + (1 << 20) - 1}\r\n")) * 1e3
+    cold_range = f"Range: bytes={mid}-{mid + (1 << 20) - 1}\r\n"
+    out["cold range TTFB ms"] = asyncio.run(first_byte(port, "/cold.mp4", cold_range)) * 1e3
     time.sleep(1)
     out["cold range origin MiB"] = origin_count(origin_port) / (1 << 20)
     origin_count(origin_port, reset=True)
@@ -122,8 +123,10 @@ def main() -> None:
         for name in ("hot.mp4", "cold.mp4", "stampede.mp4"):
             write_random_file(origin_dir / name, args.size_mib)
         origin_port = free_port()
-        origin = subprocess.Popen([sys.executable, str(REPO / "bench" / "origin.py"), str(origin_dir), str(origin_port)],
-                                  cwd=REPO, start_new_session=True)
+        origin = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "origin.py"), str(origin_dir), str(origin_port)],
+            cwd=REPO, start_new_session=True,
+        )
         wait_port(origin_port, origin)
         try:
             proxies = (  # each proxy has a cache of its own: each starts cold

@@ -79,7 +79,9 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
-def start_nginx(workdir: Path, workers: int, server_block: str, http_extra: str = "") -> tuple[subprocess.Popen, int] | None:
+def start_nginx(
+    workdir: Path, workers: int, server_block: str, http_extra: str = ""
+) -> tuple[subprocess.Popen, int] | None:
     """nginx with one server block ({port} is filled in); None when nginx is not installed."""
     nginx = nginx_binary()
     if not nginx:

@@ -30,7 +30,8 @@ class Counting:
                 self.bytes = self.requests = 0
             body = json.dumps({"bytes": self.bytes, "requests": self.requests}).encode()
             await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
         if scope["type"] == "http":

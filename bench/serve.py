@@ -49,7 +49,8 @@ def main() -> None:
         )
         rows: dict[str, tuple[Result, Result]] = measure_each(
             starters, lambda port: measure(port, "/movie.mp4", size, args.seconds))
-    print(f"\nfile {args.size_mib} MiB, {args.workers} workers each, {args.seconds:.0f} s per figure, {os.cpu_count()} cores")
+    print(f"\nfile {args.size_mib} MiB, {args.workers} workers each, {args.seconds:.0f} s per figure, "
+          f"{os.cpu_count()} cores")
     print(f"{'server':<10} {'full GET MB/s':>14} {'1MiB ranges MB/s':>17} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, (full, ranges) in rows.items():
         print(f"{name:<10} {full.mb_per_s:>14.0f} {ranges.mb_per_s:>17.0f} {ranges.percentile(0.5) * 1e3:>8.1f}"

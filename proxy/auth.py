@@ -5,6 +5,7 @@ import hmac
 
 from .forwarded import parse_address
 
+
 def write_denial(
     tokens: tuple[str, ...], client: str | None, authorization: str | None, *, forwarded: bool = False
 ) -> tuple[int, str] | None:

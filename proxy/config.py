@@ -10,8 +10,9 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, get_type_hints
+from typing import Any, get_type_hints
 
 ENV_PREFIX = "EDGECACHE_"
 # The CLI hands the resolved settings to worker processes through this variable.
@@ -107,7 +108,7 @@ def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _SIZE_FIELDS = {"chunk_size", "max_header_bytes", "cache_size_limit", "block_size", "max_object_size",
                 "max_upload_size"}
-_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+_MULTIPLIERS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def parse_size(text: str) -> int:
@@ -115,10 +116,14 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(text.strip())
     if not m:
         raise ValueError(text)
-    return int(m.group(1)) * 1024 ** _POWERS[m.group(2).lower()]
+    return int(m.group(1)) * _MULTIPLIERS[m.group(2).lower()]
 
 
-def _between(name: str, low: int, high: int):
+# A validation rule run on every new Settings; raises ConfigError.
+Check = Callable[[Settings], None]
+
+
+def _between(name: str, low: int, high: int) -> Check:
     def check(s: Settings) -> None:
         value = getattr(s, name)
         if not low <= value <= high:
@@ -127,7 +132,7 @@ def _between(name: str, low: int, high: int):
     return check
 
 
-def _nonempty(name: str):
+def _nonempty(name: str) -> Check:
     def check(s: Settings) -> None:
         if not getattr(s, name).strip():
             raise ConfigError(f"invalid setting '{name}': must not be empty")
@@ -135,7 +140,7 @@ def _nonempty(name: str):
     return check
 
 
-def _one_of(name: str, choices: tuple[str, ...]):
+def _one_of(name: str, choices: tuple[str, ...]) -> Check:
     def check(s: Settings) -> None:
         if getattr(s, name) not in choices:
             raise ConfigError(
@@ -145,7 +150,7 @@ def _one_of(name: str, choices: tuple[str, ...]):
     return check
 
 
-def _header_value(name: str):
+def _header_value(name: str) -> Check:
     def check(s: Settings) -> None:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in getattr(s, name)):
             raise ConfigError(f"invalid setting '{name}': control characters are not allowed")
@@ -175,7 +180,7 @@ def _cache_sizes(s: Settings) -> None:
 
 def _networks(s: Settings) -> None:
     try:
-        s.proxies
+        _ = s.proxies  # parsing the networks is the check
     except ValueError as e:
         raise ConfigError(f"invalid setting 'trusted_proxies': {e}") from None
 
@@ -186,7 +191,7 @@ def _base_url(s: Settings) -> None:
         raise ConfigError(f"invalid setting 'public_base_url': expected http(s)://host[/path] (got {url!r})")
 
 
-def _positive(name: str, high: float):
+def _positive(name: str, high: float) -> Check:
     def check(s: Settings) -> None:
         value = getattr(s, name)
         if not 0 < value <= high:
@@ -195,7 +200,7 @@ def _positive(name: str, high: float):
     return check
 
 
-_CHECKS = [
+_CHECKS: list[Check] = [
     _nonempty("origin"),
     _origin,
     _nonempty("host"),

@@ -86,8 +86,12 @@ async def test_concurrent_cold_requests_fetch_each_block_once(origin: Upstream, 
     statuses = {r.headers["cache-status"] for r in results}
     assert "edgecache; fwd=uri-miss; fwd-status=206; stored" in statuses
     # the rest waited for that fetch, or came after its metadata was stored (and tailed the fills)
-    assert statuses - {'edgecache; fwd=uri-miss; detail="collapsed"'} - {"edgecache; fwd=uri-miss; fwd-status=206; stored"} <= {
-        "edgecache; hit; ttl=599", "edgecache; hit; ttl=600"}
+    assert (
+        statuses
+        - {'edgecache; fwd=uri-miss; detail="collapsed"'}
+        - {"edgecache; fwd=uri-miss; fwd-status=206; stored"}
+        <= {"edgecache; hit; ttl=599", "edgecache; hit; ttl=600"}
+    )
 
 
 async def test_origin_ignoring_range_still_works(origin: Upstream, edge_server: RunningServer) -> None:
@@ -255,7 +259,10 @@ async def test_no_open_proxy(origin: Upstream, edge_server: RunningServer) -> No
     import socket
 
     with socket.create_connection(("127.0.0.1", edge_server.port)) as s:
-        s.sendall(b"GET http://example.invalid/movie.mp4 HTTP/1.1\r\nHost: example.invalid\r\nRange: bytes=0-9\r\nConnection: close\r\n\r\n")
+        s.sendall(
+            b"GET http://example.invalid/movie.mp4 HTTP/1.1\r\n"
+            b"Host: example.invalid\r\nRange: bytes=0-9\r\nConnection: close\r\n\r\n"
+        )
         data = b""
         while chunk := s.recv(65536):
             data += chunk

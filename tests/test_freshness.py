@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.http import freshness as fr
 from proxy.http.cachestatus import cache_status
@@ -123,7 +124,11 @@ def test_current_age(res, request_time, response_time, now, expected) -> None:  
         (h(), h(cache_control="stale-while-revalidate=30, must-revalidate"), 60, 80, "revalidate", False, False),
         (h(), h(cache_control="stale-if-error=30"), 60, 80, "revalidate", False, True),
         (h(), h(cache_control="stale-if-error=30"), 60, 100, "revalidate", False, False),
-        (h(cache_control="stale-if-error=100"), h(cache_control="stale-if-error=30"), 60, 100, "revalidate", False, True),
+        (
+            h(cache_control="stale-if-error=100"),
+            h(cache_control="stale-if-error=30"),
+            60, 100, "revalidate", False, True,
+        ),
         (h(), h(cache_control="stale-if-error=30, proxy-revalidate"), 60, 80, "revalidate", False, False),
     ],
 )
@@ -168,5 +173,8 @@ def test_merge_304_updates_fields_but_not_framing() -> None:
 
 def test_cache_status_format() -> None:
     assert cache_status(hit=True, ttl=41.7) == "edgecache; hit; ttl=41"
-    assert cache_status(fwd="uri-miss", fwd_status=200, stored=True) == "edgecache; fwd=uri-miss; fwd-status=200; stored"
+    assert (
+        cache_status(fwd="uri-miss", fwd_status=200, stored=True)
+        == "edgecache; fwd=uri-miss; fwd-status=200; stored"
+    )
     assert cache_status(fwd="stale", detail="timeout") == 'edgecache; fwd=stale; detail="timeout"'

@@ -1,8 +1,12 @@
 """Range rules (RFC 9110 section 14): tables and properties."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from proxy.http.model import Ignore, Satisfiable, Span, Unsatisfiable
 from proxy.http.ranges import coalesce, evaluate_range, multipart_body, parse_range
@@ -117,7 +121,7 @@ def test_valid_fields_select_exactly_the_requested_bytes(field: str, size: int) 
         assert isinstance(decision, Satisfiable)
         got = [i for first, last in decision.spans for i in range(first, last + 1)]
         assert got == sorted(expected)  # disjoint, ascending, nothing extra or missing
-        gaps = [b[0] - a[1] for a, b in zip(decision.spans, decision.spans[1:])]
+        gaps = [b[0] - a[1] for a, b in pairwise(decision.spans)]
         assert all(g > 1 for g in gaps)  # neither overlapping nor adjacent
 
 
@@ -163,6 +167,6 @@ def test_multipart_framing_parses_back_to_the_slices(data: bytes, field: str) ->
     body = b"".join(data[s.start : s.end] if isinstance(s, Span) else s for s in segments)
     parts = parse_multipart(body, boundary)
     assert len(parts) == len(decision.spans)
-    for (fields, part), (first, last) in zip(parts, decision.spans):
+    for (fields, part), (first, last) in zip(parts, decision.spans, strict=True):
         assert fields == {"Content-Type": "video/mp4", "Content-Range": f"bytes {first}-{last}/{len(data)}"}
         assert part == data[first : last + 1]

@@ -6,12 +6,16 @@ import sys
 
 import anyio
 import httpx
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from proxy.app import create_app
 from proxy.config import Settings
 
-_header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=60)
+_header_text = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=60
+)
 _field_names = st.sampled_from(
     ["range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "accept"]
 )
@@ -33,7 +37,9 @@ def test_no_request_produces_a_server_error(settings: Settings, method: str, pat
     async def go() -> int:
         async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
             raw_path = path.encode("utf-8", "surrogateescape")
-            request = c.build_request(method, "http://edge.test/", headers=[(n, v.encode("latin-1")) for n, v in headers])
+            request = c.build_request(
+                method, "http://edge.test/", headers=[(n, v.encode("latin-1")) for n, v in headers]
+            )
             request.url = request.url.copy_with(raw_path=_quote(raw_path))
             return (await c.send(request)).status_code
 
@@ -50,7 +56,8 @@ def _quote(raw: bytes) -> bytes:
 def test_pure_rules_import_no_io_libraries() -> None:
     code = (
         "import sys, proxy.http.plan, proxy.http.ranges, proxy.http.conditional, proxy.http.headers, proxy.paths;"
-        "bad = [m for m in ('starlette', 'httpx', 'anyio', 'diskcache', 'uvicorn', 'socket', 'asyncio') if m in sys.modules];"
+        "bad = [m for m in ('starlette', 'httpx', 'anyio', 'diskcache', 'uvicorn', 'socket', 'asyncio')"
+        " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

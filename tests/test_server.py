@@ -20,7 +20,7 @@ def exchange(server: RunningServer, request: bytes, *, timeout: float = 3.0) -> 
         try:
             while chunk := s.recv(65536):
                 out += chunk
-        except socket.timeout:
+        except TimeoutError:
             pass
     return out
 

@@ -57,7 +57,8 @@ async def test_base_url_from_configured_or_trusted_proxy(settings, make_server) 
     r = httpx.put(edge.url + "/a.mp4", content=b"x")
     assert r.json()["url"] == "https://cdn.example.com/a.mp4"
     edge2 = make_server(settings, trusted_proxies="127.0.0.0/8")
-    r = httpx.put(edge2.url + "/b.mp4", content=b"x", headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "videos.example",
+    r = httpx.put(edge2.url + "/b.mp4", content=b"x", headers={"X-Forwarded-Proto": "https",
+                                                          "X-Forwarded-Host": "videos.example",
                                                           "X-Forwarded-For": "127.0.0.9"})
     assert r.json()["url"] == "https://videos.example/b.mp4"
     r = httpx.put(edge.url + "/c.mp4", content=b"x", headers={"X-Forwarded-Host": "evil.example"})
@@ -301,7 +302,9 @@ async def test_concurrent_uploads_last_to_finish_wins_intact(server: RunningServ
     assert leftovers(origin_dir) == []
 
 
-async def test_disk_full_is_507_and_leaves_the_old_file(client: httpx.AsyncClient, origin_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_disk_full_is_507_and_leaves_the_old_file(  # type: ignore[no-untyped-def]
+    client: httpx.AsyncClient, origin_dir: Path, monkeypatch
+) -> None:
     import errno
 
     import proxy.origins.local as local

@@ -26,7 +26,9 @@ async def body(response) -> bytes:  # type: ignore[no-untyped-def]
 
 @respx.mock
 async def test_request_goes_to_the_configured_origin_only() -> None:
-    route = respx.get("http://origin.test:8081/base//evil.example/x").mock(return_value=httpx.Response(200, content=b"ok"))
+    route = respx.get("http://origin.test:8081/base//evil.example/x").mock(
+        return_value=httpx.Response(200, content=b"ok")
+    )
     origin = make()
     r = await origin.request("GET", Target("evil.example/x", "//evil.example/x"),
                              [("host", "evil.example"), ("accept", "*/*")])

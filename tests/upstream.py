@@ -105,7 +105,9 @@ class Upstream:
         size = len(obj.body)
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("range", ""))
         if_range = headers.get("if-range")
-        range_ok = m and not self.ignore_ranges and (if_range is None or if_range in (obj.etag, out.get("last-modified")))
+        range_ok = m and not self.ignore_ranges and (
+            if_range is None or if_range in (obj.etag, out.get("last-modified"))
+        )
         if range_ok:
             first = int(m.group(1))
             last = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
@@ -117,7 +119,9 @@ class Upstream:
             return
         await self._send(send, hit, 200, out, obj.body, scope["method"] == "HEAD")
 
-    async def _send(self, send, hit: Hit, status: int, headers: dict[str, str], body: bytes, head: bool = False) -> None:  # type: ignore[no-untyped-def]
+    async def _send(  # type: ignore[no-untyped-def]
+        self, send, hit: Hit, status: int, headers: dict[str, str], body: bytes, head: bool = False
+    ) -> None:
         hit.status = status
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
         if status not in (304,) and "content-length" not in headers:

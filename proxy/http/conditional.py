@@ -57,7 +57,10 @@ def conditions_from(headers: list[tuple[str, str]]) -> Conditions:
     lines: dict[str, list[str]] = {}
     for name, value in headers:
         lines.setdefault(name.lower(), []).append(value)
-    field = lambda name: ", ".join(lines[name]) if name in lines else None  # noqa: E731
+
+    def field(name: str) -> str | None:
+        return ", ".join(lines[name]) if name in lines else None
+
     return Conditions(
         if_match=field("if-match"),
         if_none_match=field("if-none-match"),

@@ -10,6 +10,7 @@ from .model import (
     Representation,
     ResponsePlan,
     Satisfiable,
+    Segment,
     Span,
 )
 from .ranges import content_range, evaluate_range, multipart_body, unsatisfied_range
@@ -59,7 +60,7 @@ def plan_response(
         else Ignore()
     )
     if isinstance(decision, Ignore):
-        body = [Span(0, rep.size)] if rep.size else []
+        body: list[Segment] = [Span(0, rep.size)] if rep.size else []
         return _finish(ResponsePlan(200, headers, body), rep.content_type, now)
     if not isinstance(decision, Satisfiable):
         return _error(416, rep, now, [("Content-Range", unsatisfied_range(rep.size))])

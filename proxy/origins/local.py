@@ -74,7 +74,9 @@ class LocalOrigin:
         return "/" + target.path
 
     async def healthy(self) -> bool:
-        return await anyio.to_thread.run_sync(lambda: os.path.isdir(self.root) and os.access(self.root, os.R_OK | os.X_OK))
+        return await anyio.to_thread.run_sync(
+            lambda: os.path.isdir(self.root) and os.access(self.root, os.R_OK | os.X_OK)
+        )
 
     async def aclose(self) -> None:
         return None
