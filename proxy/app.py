@@ -15,8 +15,8 @@ from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .auth import write_denial
-from .forwarded import base_url, client_address, is_trusted
 from .config import Settings, settings_for_worker
+from .forwarded import base_url, client_address, is_trusted
 from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
@@ -31,8 +31,9 @@ log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
 DIRECTORY_METHODS = ("GET", "HEAD", "PUT", "POST")
 _FORWARDED_FIELDS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
-            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 507: "Insufficient Storage"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+            415: "Unsupported Media Type", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+            507: "Insufficient Storage"}
 _PATH_SAFE = "/!$&'()*+,;=:@~"
 
 

@@ -3,44 +3,17 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from enum import Enum
 
+from .directives import Directives, Headers, cache_control, cdn_directives, delta_seconds, get
 from .headers import parse_http_date, split_list
 
-Headers = list[tuple[str, str]]
+__all__ = ["Headers", "get", "cache_control", "delta_seconds"]
 
 # RFC 9110 section 15.1: status codes that are heuristically cacheable.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
-# Statuses this cache knows how to store (final, understood; section 3 of RFC 9111).
+# Statuses whose semantics this cache understands (RFC 9111 section 5.2.2.3, must-understand).
 UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307, 400, 403, 500, 502, 503, 504}
-MAX_DELTA = 2**31  # RFC 9111 section 1.2.2: delta-seconds overflow to 2^31
-
-
-def get(headers: Headers, name: str) -> str | None:
-    """All lines of a field joined as one list value, or None."""
-    values = [v for n, v in headers if n.lower() == name]
-    return ", ".join(values) if values else None
-
-
-def cache_control(value: str | None) -> dict[str, str | None]:
-    """Directives of a Cache-Control field, lower-cased; the first occurrence wins (section 4.2.1)."""
-    directives: dict[str, str | None] = {}
-    for member in split_list(value or ""):
-        name, eq, arg = member.partition("=")
-        name = name.strip().lower()
-        if not name or name in directives:
-            continue
-        arg = arg.strip()
-        if eq and len(arg) >= 2 and arg[0] == arg[-1] == '"':
-            arg = arg[1:-1].replace('\\"', '"')
-        directives[name] = arg if eq else None
-    return directives
-
-
-def delta_seconds(value: str | None) -> int | None:
-    """A delta-seconds argument; None when missing or invalid (section 1.2.2)."""
-    if value is None or not value.isascii() or not value.isdigit():
-        return None
-    return min(int(value), MAX_DELTA)
 
 
 @dataclass(frozen=True)
@@ -52,23 +25,51 @@ class Policy:
     default_ttls: tuple[tuple[str, int], ...] = ()  # (glob on the path, seconds) when the origin says nothing
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
+    cdn_fields: tuple[str, ...] = ("cdn-cache-control",)  # RFC 9213 targeted fields, in order
+
+
+@dataclass(frozen=True)
+class ResponseRules:
+    """The caching directives that apply to a response in this cache.
+
+    A valid targeted field (CDN-Cache-Control) replaces Cache-Control and Expires
+    entirely (RFC 9213 section 2.1); `targeted` says that it did.
+    """
+
+    directives: Directives
+    targeted: bool
+
+
+def response_rules(headers: Headers, policy: Policy) -> ResponseRules:
+    targeted = cdn_directives(headers, policy.cdn_fields)
+    if targeted is not None:
+        return ResponseRules(targeted, True)
+    return ResponseRules(cache_control(get(headers, "cache-control")), False)
 
 
 def storable(
-    method: str, request_headers: Headers, status: int, response_headers: Headers
+    method: str, request_headers: Headers, status: int, response_headers: Headers, policy: Policy
 ) -> bool:
     """May a shared cache store this response? (RFC 9111 section 3, 3.5)."""
-    if method != "GET" or status not in UNDERSTOOD_STATUSES:
+    if method != "GET" or status < 200 or status == 304:
         return False
+    rules = response_rules(response_headers, policy)
+    res = rules.directives
     req = cache_control(get(request_headers, "cache-control"))
-    res = cache_control(get(response_headers, "cache-control"))
-    if "no-store" in req or "no-store" in res or "private" in res:
+    if "must-understand" in res:
+        # Section 5.2.2.3: store only understood statuses, and then no-store is overridden.
+        if status not in UNDERSTOOD_STATUSES:
+            return False
+    elif "no-store" in res:
+        return False
+    if "no-store" in req or "private" in res:
         return False
     if (get(response_headers, "vary") or "").strip() == "*":
         return False
     if get(request_headers, "authorization") is not None and not allows_authorized(response_headers):
         return False
-    explicit = {"public", "max-age", "s-maxage"} & res.keys() or get(response_headers, "expires") is not None
+    explicit = {"public", "max-age", "s-maxage"} & res.keys() or (
+        not rules.targeted and get(response_headers, "expires") is not None)
     return bool(explicit) or status in HEURISTIC_STATUSES
 
 
@@ -80,11 +81,12 @@ def allows_authorized(response_headers: Headers) -> bool:
 
 def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
     """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2)."""
-    cc = cache_control(get(headers, "cache-control"))
+    rules = response_rules(headers, policy)
+    cc = rules.directives
     for directive in ("s-maxage", "max-age"):
         if directive in cc:
             return delta_seconds(cc[directive]) or 0  # invalid: treat as stale
-    expires = get(headers, "expires")
+    expires = None if rules.targeted else get(headers, "expires")
     if expires is not None:
         expiry = parse_http_date(expires, now=response_time)
         if expiry is None:
@@ -112,17 +114,22 @@ def current_age(headers: Headers, request_time: float, response_time: float, now
     return max(apparent_age, corrected_age_value) + (now - response_time)
 
 
+class ReuseKind(Enum):
+    FRESH = "fresh"  # serve it
+    STALE_OK = "stale-ok"  # serve it stale: the client's max-stale, or stale-while-revalidate
+    REVALIDATE = "revalidate"  # ask the origin first
+
+
 @dataclass(frozen=True)
 class Reuse:
     """How a stored response may answer a request.
 
-    kind: 'fresh' (serve), 'stale-ok' (serve stale: client's max-stale or
-    stale-while-revalidate; `background` says whether to refresh it), or
-    'revalidate' (ask the origin first). `stale_if_error` says whether a stale
-    copy may answer if the origin fails. `ttl` is lifetime - age (RFC 9211).
+    `background`: refresh it after serving (stale-while-revalidate).
+    `stale_if_error`: a stale copy may answer if the origin fails.
+    `ttl` is lifetime - age (RFC 9211 section 2.4).
     """
 
-    kind: str
+    kind: ReuseKind
     ttl: float
     background: bool = False
     stale_if_error: bool = False
@@ -137,7 +144,7 @@ def reuse(
     policy: Policy,
 ) -> Reuse:
     """May the stored response be reused for this request? (RFC 9111 section 4, 4.2.4, RFC 5861)."""
-    res = cache_control(get(headers, "cache-control"))
+    res = response_rules(headers, policy).directives
     req_cc_value = get(request_headers, "cache-control")
     req = cache_control(req_cc_value)
     if req_cc_value is None and "no-cache" in (get(request_headers, "pragma") or "").lower():
@@ -149,20 +156,20 @@ def reuse(
     stale_if_error = may_serve_stale and sie > 0 and -ttl <= sie
     # Section 5.2.2.4 / 5.2.1.4: no-cache always goes to the origin first.
     if "no-cache" in res or "no-cache" in req:
-        return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
+        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error)
     max_age = delta_seconds(req.get("max-age")) if "max-age" in req else None
     min_fresh = delta_seconds(req.get("min-fresh")) or 0
     if max_age is not None and age > max_age:
-        return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
+        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error)
     if ttl - min_fresh > 0:
-        return Reuse("fresh", ttl)
+        return Reuse(ReuseKind.FRESH, ttl)
     if may_serve_stale and "max-stale" in req:
         allowed = req["max-stale"]
         if allowed is None or -ttl <= (delta_seconds(allowed) or 0):
-            return Reuse("stale-ok", ttl)
+            return Reuse(ReuseKind.STALE_OK, ttl)
     if may_serve_stale and swr > 0 and -ttl <= swr and "min-fresh" not in req and max_age is None:
-        return Reuse("stale-ok", ttl, background=True, stale_if_error=stale_if_error)
-    return Reuse("revalidate", ttl, stale_if_error=stale_if_error)
+        return Reuse(ReuseKind.STALE_OK, ttl, background=True, stale_if_error=stale_if_error)
+    return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error)
 
 
 def _window(directive_value: str | None, default: int) -> int:

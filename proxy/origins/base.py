@@ -58,6 +58,17 @@ def text_response(status: int, message: str, headers: Headers | None = None) -> 
 
 
 @dataclass(frozen=True)
+class Uploaded:
+    """The outcome of an upload: the origin's status and what it stored."""
+
+    status: int
+    size: int
+    etag: str | None
+    content_type: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Target:
     """What a request asks the origin for."""
 
@@ -73,6 +84,12 @@ class Origin(Protocol):
     async def request(
         self, method: str, target: Target, headers: Headers, body: AsyncIterator[bytes] | None = None
     ) -> OriginResponse: ...
+
+    async def upload(
+        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+    ) -> Uploaded:
+        """Store a file at the origin, streamed; UploadError for a refusal the client can act on."""
+        ...
 
     async def healthy(self) -> bool: ...
 

@@ -20,7 +20,7 @@ from ..http.model import Representation
 from ..http.plan import plan_response
 from ..streaming import plan_chunks
 from ..uploads import UploadError
-from .base import BodyAborted, OriginResponse, Target, text_response
+from .base import BodyAborted, OriginResponse, Target, Uploaded, text_response
 
 
 class ShortRead(BodyAborted):
@@ -104,6 +104,13 @@ class LocalOrigin:
             opened.close()
 
         return OriginResponse(plan.status, plan.headers, chunks, close)
+
+    async def upload(
+        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+    ) -> Uploaded:
+        """Store an upload (the directory decides its content type from the name)."""
+        created, rep = await self.write(target.path, chunks)
+        return Uploaded(201 if created else 200, rep.size, rep.etag, rep.content_type)
 
     async def write(self, rel_path: str, chunks: AsyncIterator[bytes]) -> tuple[bool, Representation]:
         """Store an upload atomically: a hidden temporary file beside the target, fsynced,

@@ -7,8 +7,8 @@ import anyio
 import httpx
 
 from ..http.freshness import Headers, get
-from ..http.headers import end_to_end
-from .base import OriginError, OriginResponse, Target
+from ..http.headers import content_type_for, end_to_end
+from .base import OriginError, OriginResponse, Target, Uploaded
 
 VIA = "1.1 edgecache"
 
@@ -66,6 +66,30 @@ class UpstreamOrigin:
         response_headers = end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw])
         response_headers.append(("Via", VIA))
         return OriginResponse(response.status_code, response_headers, _body(response), response.aclose)
+
+    async def upload(
+        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+    ) -> Uploaded:
+        """PUT the body to the origin, streamed; its answer (status, first KiB of the body) comes back."""
+        size = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            nonlocal size
+            async for chunk in chunks:
+                size += len(chunk)
+                yield chunk
+
+        media = content_type or content_type_for(target.path)
+        headers = [("Content-Type", media)] + ([("Content-Length", str(length))] if length is not None else [])
+        response = await self.request("PUT", target, headers, counted())
+        detail = b""
+        try:
+            async for chunk in response.body:
+                detail += chunk[: 1024 - len(detail)]
+        finally:
+            await response.close()
+        return Uploaded(response.status, size, response.header("etag"), media,
+                        detail.decode("utf-8", "replace").strip())
 
     async def healthy(self) -> bool:
         return True

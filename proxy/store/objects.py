@@ -4,36 +4,23 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..http.freshness import Headers
+from ..http.cache import Stored
 
 
 @dataclass(frozen=True)
-class CachedObject:
-    """Metadata of a stored response.
+class CachedObject(Stored):
+    """Metadata of a stored response; its body lives in blocks of `block_size` bytes.
 
-    A 200 representation is sliced into blocks of `block_size` bytes stored apart
-    (`body` is None); any other storable response keeps its small body inline.
+    `validator` names this version in every block key: the origin's strong
+    validator when `sliceable` (missing blocks may then be fetched by range), else a
+    token unique to the one response all blocks were filled from.
     """
 
     key: str  # the meta key (primary key + Vary selection)
-    status: int
-    headers: Headers  # end-to-end headers as the origin sent them, minus framing fields
     size: int
-    etag: str | None  # the ETag served to clients (the origin's, or one made from Last-Modified)
-    origin_etag: str | None
-    last_modified: int | None
-    request_time: float
-    response_time: float
     block_size: int
-    body: bytes | None = None
-    # Not cached, only remembered: "too large" (over the maximum object size) or
-    # "uncacheable" (the origin forbade storing); such requests go straight through.
-    passthrough: str | None = None
-
-    @property
-    def validator(self) -> str:
-        """Identifies this version at the origin; part of every block key."""
-        return self.origin_etag or f"lm:{self.last_modified}:{self.size}"
+    validator: str
+    sliceable: bool
 
     @property
     def block_count(self) -> int:

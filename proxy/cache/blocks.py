@@ -1,0 +1,226 @@
+"""Reading stored objects: byte spans from stored blocks, from fills in progress, or filled now.
+
+Readers tail a block's part file as it grows, so the first byte reaches every
+waiting client as soon as it arrives. A missing block of a sliceable object is
+filled by range; an object without a strong validator is never patched from a
+second response: a missing block there means the object is gone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+
+from ..http.cache import BlockAnswer, block_answer
+from ..http.directives import Headers
+from ..origins.base import Origin, Target
+from ..store.disk import Store, StoreErrors
+from ..store.handles import OpenBlocks
+from ..store.objects import CachedObject
+from .fills import LEASE_TTL, Filler, FillFailed, Progress, block_request, whole_lease
+from .threads import StoreThreads
+
+log = logging.getLogger("edgecache.fill")
+
+REMOTE_POLL = 0.005  # seconds between size checks of another process's part file
+LEASE_CHECK = 0.5  # seconds between checks that another process's fill is alive
+
+
+class _Abandoned(Exception):
+    """Another fill stopped without publishing, or published meanwhile: look again."""
+
+
+class BlockSource:
+    """Reads byte spans of cached objects, filling missing blocks from the origin."""
+
+    def __init__(self, store: Store, threads: StoreThreads, origin: Origin, filler: Filler, chunk_size: int) -> None:
+        self.store = store
+        self.threads = threads
+        self.origin = origin
+        self.filler = filler
+        self.chunk_size = chunk_size
+        self.open_blocks = OpenBlocks()
+
+    def close(self) -> None:
+        self.open_blocks.close()
+
+    async def read(
+        self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the object, block by block, prefetching the next block."""
+        first, last = start // obj.block_size, (end - 1) // obj.block_size
+        for index in range(first, last + 1):
+            if index < last and obj.sliceable:
+                self.filler.spawn(self.prefetch(obj, target, headers, index + 1))
+            block_start, block_end = obj.block_span(index)
+            lo, hi = max(start, block_start) - block_start, min(end, block_end) - block_start
+            async for chunk in self.block(obj, target, headers, index, lo, hi):
+                yield chunk
+
+    async def prefetch(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
+        key = obj.block_key(index)
+        if key in self.filler.active or obj.key in self.filler.whole:
+            return
+        try:
+            if not await self.threads.run(self.store.has_block, key):
+                await self.filler.start(obj, target, headers, index)
+        except StoreErrors as e:
+            log.warning("prefetch skipped: %s", e)
+
+    async def block(
+        self, obj: CachedObject, target: Target, headers: Headers, index: int, lo: int, hi: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes [lo, hi) of one block: stored, being filled (here or elsewhere), or filled now."""
+        key = obj.block_key(index)
+        block_start, block_end = obj.block_span(index)
+        lease = "f|" + key
+        pos = lo
+        attempts = 0
+        give_up = time.monotonic() + 3 * LEASE_TTL
+        while pos < hi:
+            attempts += 1
+            if attempts > 5:
+                raise FillFailed(f"block {index} of {obj.key} could not be filled")
+            progress: Progress | None = None
+            try:
+                progress = self.filler.active.get(key)
+                if progress is None:
+                    stored = await self._stored(key, block_end - block_start)
+                    if stored is not None:
+                        async for chunk in self._read_stored(stored, pos, hi):
+                            pos += len(chunk)
+                            yield chunk
+                        return
+                    if await self._wait_for_whole_body(obj, block_start):
+                        attempts -= 1
+                        continue
+                    if obj.sliceable:
+                        progress = await self.filler.start(obj, target, headers, index)
+                path = progress.path if progress else await self.threads.run(self.store.lease_holder, lease)
+                if path is None:
+                    if not obj.sliceable:
+                        raise FillFailed(f"block {index} of {obj.key} is gone", changed=True)
+                    continue  # the other fill just ended: published or failed
+                async for chunk in self._tail(path, pos, hi, progress, lease):
+                    pos += len(chunk)
+                    yield chunk
+            except _Abandoned:
+                attempts -= 1
+                if progress is not None:
+                    if not (progress.done or progress.error):
+                        await progress.wait()
+                elif time.monotonic() > give_up:
+                    raise FillFailed(f"block {index} of {obj.key}: another worker's fill is stuck") from None
+                else:
+                    await anyio.sleep(0.05)
+                continue
+            except StoreErrors as e:
+                raise FillFailed(f"store: {e}", local=True) from None
+            except FillFailed as e:
+                if e.changed or not e.local or not obj.sliceable:
+                    raise
+                # Our disk failed: serve the rest of this block straight from the origin.
+                async for chunk in self.direct(obj, target, headers, block_start + pos, block_start + hi):
+                    pos += len(chunk)
+                    yield chunk
+
+    async def _wait_for_whole_body(self, obj: CachedObject, block_start: int) -> bool:
+        """When a whole-body fill (here or in another worker) will reach the block, wait a moment."""
+        position = self.filler.whole.get(obj.key)
+        if position is not None and position <= block_start:
+            await anyio.sleep(0.01)
+            return True
+        if position is None and await self.threads.run(self.store.lease_holder, whole_lease(obj)) is not None:
+            await anyio.sleep(REMOTE_POLL * 4)
+            return True
+        return False
+
+    async def _stored(self, key: str, length: int) -> int | bytes | None:
+        """A stored block: a descriptor of our own (or small bytes), or None if not stored."""
+        fd = self.open_blocks.acquire(key)
+        if fd is not None:
+            return fd
+        handle = await self.threads.run(self.store.open_block, key, length)
+        if handle is None:
+            self.open_blocks.forget(key)
+            return None
+        return handle if isinstance(handle, bytes) else self.open_blocks.adopt(key, handle)
+
+    async def _read_stored(self, stored: int | bytes, pos: int, hi: int) -> AsyncIterator[bytes]:
+        if isinstance(stored, bytes):
+            yield stored[pos:hi]
+            return
+        try:
+            while pos < hi:
+                data = await anyio.to_thread.run_sync(os.pread, stored, min(self.chunk_size, hi - pos), pos)
+                if not data:
+                    raise FillFailed("stored block shorter than its length", local=True)
+                pos += len(data)
+                yield data
+        finally:
+            os.close(stored)
+
+    async def _tail(
+        self, path: str, pos: int, hi: int, progress: Progress | None, lease: str
+    ) -> AsyncIterator[bytes]:
+        """Bytes [pos, hi) of a part file that a fill is writing."""
+        try:
+            fd = await anyio.to_thread.run_sync(_open_read, path)
+        except FileNotFoundError:
+            raise _Abandoned() from None  # published (renamed) or removed meanwhile: look again
+        next_check = time.monotonic() + LEASE_CHECK
+        try:
+            while pos < hi:
+                available = progress.written if progress else await anyio.to_thread.run_sync(_size, fd)
+                if available > pos:
+                    want = min(self.chunk_size, min(available, hi) - pos)
+                    data = await anyio.to_thread.run_sync(os.pread, fd, want, pos)
+                    pos += len(data)
+                    yield data
+                    continue
+                if progress is not None:
+                    if progress.error is not None:
+                        raise progress.error
+                    await progress.wait()
+                    continue
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + LEASE_CHECK
+                    holder = await self.threads.run(self.store.lease_holder, lease)
+                    if holder != path and await anyio.to_thread.run_sync(_size, fd) <= pos:
+                        raise _Abandoned()
+                await anyio.sleep(REMOTE_POLL)
+        finally:
+            os.close(fd)
+
+    async def direct(
+        self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a sliceable object from the origin, not stored (the store is unusable)."""
+        response = await self.origin.request("GET", target, block_request(obj, headers, start, end))
+        try:
+            answer = block_answer(response.status, response.headers, obj.validator, obj.size, start, end - 1)
+            if answer in (BlockAnswer.CHANGED, BlockAnswer.BAD):
+                raise FillFailed(f"origin answered {response.status} for bytes {start}-{end - 1}",
+                                 changed=answer is BlockAnswer.CHANGED)
+            pos = start if answer is BlockAnswer.BODY else 0
+            async for chunk in response.body:
+                piece = chunk[max(0, start - pos): max(0, end - pos)]
+                pos += len(chunk)
+                if piece:
+                    yield piece
+                if pos >= end:
+                    return
+            raise FillFailed("origin body ended early")
+        finally:
+            await response.close()
+
+
+def _open_read(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _size(fd: int) -> int:
+    return os.fstat(fd).st_size

@@ -1,0 +1,366 @@
+"""The read path: asks `decide` and `on_response` what to do, and does it on the store and origin."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+
+from ..config import Settings
+from ..http import cache as hc
+from ..http.cache import Fwd
+from ..http.cachestatus import cache_status, x_cache
+from ..http.conditional import conditions_from
+from ..http.directives import Headers, get
+from ..http.freshness import Policy, current_age, selection
+from ..http.headers import content_type_for, parse_http_date
+from ..http.model import Representation
+from ..http.plan import plan_response
+from ..http.ranges import parse_range
+from ..origins.base import Origin, OriginError, OriginResponse, Target
+from ..store.disk import Store, StoreErrors
+from ..store.objects import CachedObject, meta_key
+from ..streaming import plan_chunks
+from .blocks import BlockSource
+from .entries import Entries
+from .fills import Filler, discard, write_all
+from .flights import Flight, Flights
+from .replies import Reply, nothing_to_close, relay, relay_forwarded, text_reply
+from .threads import StoreThreads
+
+log = logging.getLogger("edgecache")
+
+UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight to the origin
+COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
+# Stored header fields the edge generates itself when it serves a stored 200.
+_GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "content-range",
+                        "accept-ranges", "age"})
+_FRAMING = frozenset({"content-length", "content-range"})
+_BODY_ERRORS: tuple[type[Exception], ...] = (OriginError, *StoreErrors)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyRequest:
+    method: str
+    target: Target
+    headers: Headers  # as received (lower-case names)
+    body: AsyncIterator[bytes] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exchange:
+    """One request's facts for the read path."""
+
+    req: ProxyRequest
+    primary: str
+    facts: hc.Request
+
+    @property
+    def method(self) -> str:
+        return self.req.method
+
+
+class ReadPath:
+    def __init__(self, settings: Settings, origin: Origin, store: Store, policy: Policy) -> None:
+        self.settings = settings
+        self.origin = origin
+        self.store = store
+        self.policy = policy
+        self.threads = StoreThreads(4)
+        self.entries = Entries(store, self.threads)
+        self.filler = Filler(store, self.threads, origin, self.entries.forget)
+        self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size)
+        self.flights = Flights(store, self.threads, settings.origin_response_timeout + 5)
+
+    async def aclose(self) -> None:
+        await self.filler.aclose()
+        self.blocks.close()
+        self.threads.close()
+
+    # --- a request ---------------------------------------------------------------
+    async def read(self, req: ProxyRequest) -> Reply:
+        primary = self.origin.cache_key(req.target)
+        ex = _Exchange(req, primary, hc.Request(req.method, req.headers, primary))
+        for attempt in range(COLLAPSE_ROUNDS + 1):
+            entry, miss = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
+            action = hc.decide(ex.facts, entry, miss, time.time(), self.policy)
+            stored = entry if isinstance(entry, CachedObject) else None
+            if isinstance(action, hc.Serve):
+                assert stored is not None
+                return self._serve_hit(ex, stored, action)
+            if isinstance(action, hc.Answer):
+                return text_reply(action.status, f"Gateway Timeout: {action.detail}",
+                                  [("Cache-Status", cache_status(fwd=action.fwd.value, detail=action.detail))])
+            if isinstance(action, hc.Relay):
+                return relay_forwarded(await self._forward(req), req.method, action.fwd, action.detail)
+            if isinstance(action, hc.Fetch) and action.as_is:
+                return await self._exchange(ex, None, action, None)
+            flight = await self.flights.join(primary) if attempt < COLLAPSE_ROUNDS else None
+            if flight is None and attempt < COLLAPSE_ROUNDS:
+                continue  # another request asked the origin: look again
+            return await self._exchange(ex, stored, action, flight)
+        raise AssertionError("unreachable")
+
+    def _serve_hit(self, ex: _Exchange, obj: CachedObject, action: hc.Serve) -> Reply:
+        if action.refresh:
+            self.filler.spawn(self._refresh(ex, obj))
+        detail = "stale" if action.stale else None
+        status = cache_status(hit=True, ttl=action.ttl, detail=detail)
+        return self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale))
+
+    async def _refresh(self, ex: _Exchange, obj: CachedObject) -> None:
+        """stale-while-revalidate: revalidate in the background, once per key at a time."""
+        flight = await self.flights.join(ex.primary)
+        if flight is None:
+            return
+        action = hc.Validate(hc.validators(obj.headers), Fwd.STALE, 0.0, 0.0, False)
+        try:
+            reply = await self._exchange(ex, obj, action, flight)
+            if reply.chunks is not None:
+                async for _ in reply.chunks:
+                    pass
+            await reply.close()
+        except OriginError as e:
+            log.warning("background revalidation failed: %s", e)
+        except StoreErrors as e:
+            log.warning("background revalidation not stored: %s", e)
+        finally:
+            flight.end()
+
+    # --- asking the origin --------------------------------------------------------
+    async def _exchange(
+        self, ex: _Exchange, stored: CachedObject | None, action: hc.Fetch | hc.Validate, flight: Flight | None,
+        *, whole: bool = False,
+    ) -> Reply:
+        """Ask the origin and execute what `on_response` makes of its answer.
+
+        The flight (if we lead one) ends once the outcome is stored, or at once.
+        """
+        handed_over = False
+        try:
+            reply, handed_over = await self._ask(ex, stored, action, flight, whole)
+            return reply
+        finally:
+            if flight is not None and not handed_over:
+                flight.end()
+
+    async def _ask(
+        self, ex: _Exchange, stored: CachedObject | None, action: hc.Fetch | hc.Validate, flight: Flight | None,
+        whole: bool,
+    ) -> tuple[Reply, bool]:
+        block = None if whole or (isinstance(action, hc.Fetch) and action.as_is) else self._first_block(ex.req)
+        if isinstance(action, hc.Fetch) and action.as_is:
+            method, headers = ex.method, ex.req.headers
+            sent = hc.Sent(None)
+        else:
+            validators = action.validators if isinstance(action, hc.Validate) else []
+            method, headers = "GET", hc.fetch_headers(ex.req.headers, block, validators)
+            stale_if_error = isinstance(action, hc.Validate) and action.stale_if_error
+            sent = hc.Sent(block, conditional=bool(validators), stale_if_error=stale_if_error)
+        request_time = time.time()
+        try:
+            response = await self.origin.request(method, ex.req.target, headers)
+        except OriginError as e:
+            if hc.on_failure(sent, stored) is None or stored is None:
+                raise
+            log.warning("origin failed, serving stale: %s", e)
+            return self._serve_stale(ex, stored, action, None, e.kind), False
+        response_time = time.time()
+        outcome = hc.on_response(ex.facts, sent, response.status, response.headers, stored, self.policy)
+        fwd = action.fwd
+        if isinstance(outcome, (hc.StoreBlocks, hc.StoreBody)):
+            return await self._store(ex, stored, fwd, outcome, response, request_time, response_time, flight)
+        if isinstance(outcome, hc.Pass):
+            if outcome.remember:
+                marker = hc.PassMarker(hc.PassReason.UNCACHEABLE, response_time + UNCACHEABLE_TTL)
+                await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [])
+            return relay_forwarded(response, ex.method, fwd, getattr(action, "detail", None)), False
+        await response.close()
+        if isinstance(outcome, hc.Freshen):
+            assert stored is not None
+            fresh = dataclasses.replace(stored, headers=outcome.headers, request_time=request_time,
+                                        response_time=response_time)
+            await self.entries.put(ex.primary, stored.key, fresh, fresh.headers)
+            status = cache_status(fwd=fwd.value, fwd_status=304)
+            return self._serve(ex, fresh, self._age(fresh), status, x_cache(hit=True)), False
+        if isinstance(outcome, hc.ServeStale):
+            assert stored is not None
+            return self._serve_stale(ex, stored, action, outcome.fwd_status, None), False
+        if isinstance(outcome, hc.Forward):
+            return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
+        if isinstance(outcome, hc.BadGateway):
+            log.warning("origin answered wrongly for %s: %s", ex.primary, outcome.detail)
+            return text_reply(502, f"Bad Gateway: {outcome.detail}",
+                              [("Cache-Status", cache_status(fwd=fwd.value, fwd_status=response.status,
+                                                             detail="bad-range"))]), False
+        if outcome is hc.Refetch.UNCONDITIONAL:
+            return await self._ask(ex, None, hc.Fetch(fwd), flight, whole)
+        return await self._ask(ex, stored, action, flight, True)
+
+    def _serve_stale(
+        self, ex: _Exchange, stored: CachedObject, action: hc.Fetch | hc.Validate, fwd_status: int | None,
+        detail: str | None,
+    ) -> Reply:
+        status = cache_status(fwd=action.fwd.value, fwd_status=fwd_status, detail=detail or "stale")
+        return self._serve(ex, stored, self._age(stored), status, x_cache(hit=True, stale=True))
+
+    async def _store(
+        self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, outcome: hc.StoreBlocks | hc.StoreBody,
+        response: OriginResponse, request_time: float, response_time: float, flight: Flight | None,
+    ) -> tuple[Reply, bool]:
+        headers = [(n, v) for n, v in response.headers if n.lower() not in _FRAMING]
+        key = meta_key(ex.primary, selection(headers, ex.req.headers))
+        if isinstance(outcome, hc.StoreBody):
+            return await self._store_body(ex, old, fwd, key, response, headers, request_time, response_time, flight)
+        if outcome.size > self.settings.max_object_size:
+            await response.close()
+            marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
+            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [])
+            return relay_forwarded(await self._forward(ex.req), ex.method, Fwd.BYPASS, marker.reason.value), False
+        validator = hc.strong_validator(headers) if outcome.sliceable else None
+        obj = CachedObject(
+            status=200, headers=headers, request_time=request_time, response_time=response_time, key=key,
+            size=outcome.size, block_size=self.settings.block_size,
+            validator=validator or "r:" + secrets.token_hex(12), sliceable=outcome.sliceable,
+        )
+        index = outcome.first_block // obj.block_size
+        try:
+            # Claim the block before the metadata is visible, so no other worker fetches it again.
+            progress = await self.filler.claim(obj, index) if obj.size else None
+        except StoreErrors as e:
+            log.warning("block not claimed, relaying: %s", e)
+            await response.close()
+            return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
+        if not await self.entries.put(ex.primary, key, obj, headers):
+            if progress is not None:
+                self.filler.abandon(progress)
+            await response.close()
+            return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
+        if old is not None and old.validator != obj.validator:
+            self.filler.spawn(self.entries.drop_blocks(old))
+        if progress is None:
+            await response.close()
+        else:
+            self.filler.fill(obj, ex.req.target, ex.req.headers, index, progress, response)
+        status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
+        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False)), False
+
+    async def _store_body(
+        self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, response: OriginResponse,
+        headers: Headers, request_time: float, response_time: float, flight: Flight | None,
+    ) -> tuple[Reply, bool]:
+        """Relay this one response while writing it to a part file; store it once complete."""
+        limit = self.settings.max_object_size
+        try:
+            fd, path = await self.threads.run(self.store.new_part)
+        except StoreErrors as e:
+            log.warning("no part file, relaying: %s", e)
+            return relay_forwarded(response, ex.method, fwd), False
+
+        async def publish(size: int) -> None:
+            obj = CachedObject(
+                status=response.status, headers=headers, request_time=request_time, response_time=response_time,
+                key=key, size=size, block_size=max(size, 1), validator="r:" + secrets.token_hex(12),
+                sliceable=False,
+            )
+            try:
+                if size:
+                    await self.threads.run(self.store.publish_block, obj.block_key(0), path, size)
+                if await self.entries.put(ex.primary, key, obj, headers) and old is not None:
+                    await self.entries.drop_blocks(old)
+            except StoreErrors as e:
+                log.warning("response not stored: %s", e)
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal fd
+            size, complete, writing = 0, False, True
+            try:
+                async for chunk in response.body:
+                    size += len(chunk)
+                    if writing and size > limit:
+                        writing = False
+                    if writing:
+                        await anyio.to_thread.run_sync(write_all, fd, chunk)
+                    yield chunk
+                complete = True
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if complete and writing:
+                        os.close(fd)
+                        await publish(size)
+                        fd = -1
+                    discard(fd, path)
+                    if flight is not None:
+                        flight.end()
+
+        chunks = body()
+        status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
+        reply = relay(response, ex.method, status, x_cache(hit=False))
+        if reply.chunks is None:  # HEAD, or a status without a body: store it all the same
+            reply = dataclasses.replace(reply, close=nothing_to_close)
+            self.filler.spawn(_drain(chunks, response))
+        else:
+            reply = dataclasses.replace(reply, chunks=chunks)
+        return reply, True
+
+    # --- answering from the store ----------------------------------------------------
+    def _age(self, obj: CachedObject) -> float:
+        return current_age(obj.headers, obj.request_time, obj.response_time, time.time())
+
+    def _serve(self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str) -> Reply:
+        req = ex.req
+        extra = [("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
+        if obj.status != 200:
+            headers = [*obj.headers, ("Content-Length", str(obj.size)), *extra]
+            has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0
+            chunks = self.blocks.read(obj, req.target, req.headers, 0, obj.size) if has_body else None
+            return Reply(obj.status, headers, chunks, nothing_to_close)
+        rep = Representation(
+            size=obj.size,
+            etag=get(obj.headers, "etag"),
+            last_modified=parse_http_date(get(obj.headers, "last-modified"), now=obj.response_time),
+            content_type=get(obj.headers, "content-type") or content_type_for(req.target.path),
+            extra_headers=tuple((n, v) for n, v in obj.headers if n.lower() not in _GENERATED),
+        )
+        plan = plan_response(
+            req.method, conditions_from(req.headers), get(req.headers, "range"), rep,
+            max_ranges=self.settings.max_ranges, boundary=secrets.token_hex(12), now=time.time(),
+        )
+        headers = [*plan.headers, *extra]
+        if req.method == "HEAD" or not plan.body:
+            return Reply(plan.status, headers, None, nothing_to_close)
+        blocks = self.blocks
+
+        def reader(start: int, end: int) -> AsyncIterator[bytes]:
+            return blocks.read(obj, req.target, req.headers, start, end)
+
+        return Reply(plan.status, headers, plan_chunks(plan, reader), nothing_to_close)
+
+    # --- straight through ---------------------------------------------------------------
+    async def _forward(self, req: ProxyRequest) -> OriginResponse:
+        return await self.origin.request(req.method, req.target, req.headers, req.body)
+
+    def _first_block(self, req: ProxyRequest) -> tuple[int, int]:
+        """The block holding the first byte the client's Range asks for (block 0 without one)."""
+        size = self.settings.block_size
+        specs = parse_range(get(req.headers, "range") or "") if req.method == "GET" else None
+        firsts = [first for first, _ in specs or [] if first is not None]
+        index = min(firsts) // size if firsts and len(firsts) == len(specs or []) else 0
+        return index * size, (index + 1) * size - 1
+
+
+async def _drain(chunks: AsyncIterator[bytes], response: OriginResponse) -> None:
+    """Store a body nobody reads (the client asked for HEAD)."""
+    try:
+        async for _ in chunks:
+            pass
+    except _BODY_ERRORS as e:
+        log.warning("response not stored: %s", e)
+    finally:
+        await response.close()
+
+

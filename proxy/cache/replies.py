@@ -1,0 +1,42 @@
+"""What the driver hands the server: a status, headers and a body stream, closed once sent."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from ..http.cache import Fwd
+from ..http.cachestatus import cache_status
+from ..http.directives import Headers
+from ..origins.base import OriginResponse, text_response
+
+
+@dataclass
+class Reply:
+    """A response to send: chunks None means no body (HEAD, 304); close() when sent."""
+
+    status: int
+    headers: Headers
+    chunks: AsyncIterator[bytes] | None
+    close: Callable[[], Awaitable[None]]
+
+
+async def nothing_to_close() -> None:
+    return None
+
+
+def text_reply(status: int, message: str, headers: Headers | None = None) -> Reply:
+    text = text_response(status, message, headers)
+    return Reply(text.status, text.headers, text.body, text.close)
+
+
+def relay(response: OriginResponse, method: str, status: str, xcache: str) -> Reply:
+    """The origin's response as it is, with our Cache-Status and X-Cache."""
+    headers = [*response.headers, ("Cache-Status", status), ("X-Cache", xcache)]
+    has_body = method != "HEAD" and response.status not in (204, 304) and response.status >= 200
+    return Reply(response.status, headers, response.body if has_body else None, response.close)
+
+
+def relay_forwarded(response: OriginResponse, method: str, fwd: Fwd, detail: str | None = None) -> Reply:
+    """A response to a request forwarded without the cache: MISS, or BYPASS when the cache stood aside."""
+    xcache = "BYPASS" if fwd in (Fwd.BYPASS, Fwd.METHOD) else "MISS"
+    return relay(response, method, cache_status(fwd=fwd.value, fwd_status=response.status, detail=detail), xcache)
