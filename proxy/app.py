@@ -130,7 +130,9 @@ def create_app(settings: Settings) -> Starlette:
 
     async def serve(request: Request, url_path: str) -> Response:
         method = request.method
-        if method == "PUT" or (method == "POST" and _is_multipart(request)):
+        # The edge takes uploads for a directory origin, and turns a browser's multipart form into a PUT
+        # for an HTTP origin; any other write to an HTTP origin is proxied as it is.
+        if (method == "PUT" and not settings.origin_is_http) or (method == "POST" and _is_multipart(request)):
             return await upload(request, url_path)
         if method == "POST" and not settings.origin_is_http:
             return _text(415, "Unsupported Media Type: uploads are multipart/form-data with a field 'file'")

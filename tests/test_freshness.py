@@ -22,7 +22,15 @@ def h(**fields: str) -> list[tuple[str, str]]:
     [
         (h(), 200, h(cache_control="max-age=60"), True),
         (h(), 200, h(), True),  # heuristically cacheable status
-        (h(), 299, h(cache_control="max-age=60"), False),  # not understood
+        (h(), 299, h(cache_control="max-age=60"), True),  # unknown status, explicit freshness (section 3)
+        (h(), 299, h(cache_control="max-age=60, must-understand"), False),  # section 5.2.2.3
+        (h(), 200, h(cache_control="max-age=60, no-store, must-understand"), True),  # understood: no-store yields
+        (h(), 199, h(cache_control="max-age=60"), False),  # not final
+        (h(), 304, h(cache_control="max-age=60"), False),
+        (h(), 200, h(vary="accept, *"), False),  # a "*" anywhere in Vary
+        (h(), 200, h(cdn_cache_control="no-store", cache_control="max-age=60"), False),  # RFC 9213 wins
+        (h(), 200, h(cdn_cache_control="max-age=60", cache_control="no-store"), True),
+        (h(), 200, h(cdn_cache_control='max-age="60"', cache_control="no-store"), False),  # invalid: ignored
         (h(), 302, h(), False),  # not heuristically cacheable, no explicit freshness
         (h(), 302, h(cache_control="max-age=60"), True),
         (h(), 404, h(), True),
@@ -41,12 +49,12 @@ def h(**fields: str) -> list[tuple[str, str]]:
     ],
 )
 def test_storable(req, status, res, expected) -> None:  # type: ignore[no-untyped-def]
-    assert fr.storable("GET", req, status, res) is expected
+    assert fr.storable("GET", req, status, res, P) is expected
 
 
 def test_only_get_is_stored() -> None:
-    assert not fr.storable("POST", [], 200, h(cache_control="max-age=60"))
-    assert not fr.storable("HEAD", [], 200, h(cache_control="max-age=60"))
+    assert not fr.storable("POST", [], 200, h(cache_control="max-age=60"), P)
+    assert not fr.storable("HEAD", [], 200, h(cache_control="max-age=60"), P)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +77,10 @@ def test_only_get_is_stored() -> None:
         (302, h(last_modified=format_http_date(NOW - 1000)), 0),  # no heuristics for 302
         (302, h(last_modified=format_http_date(NOW - 1000), cache_control="public"), 100),
         (200, h(), 0),
+        (200, h(cdn_cache_control="max-age=600", cache_control="max-age=5"), 600),  # RFC 9213 section 2.1
+        (200, h(cdn_cache_control="max-age=5", cache_control="max-age=600"), 5),
+        (200, h(cdn_cache_control="max-age=60", expires="0"), 60),  # Expires ignored with CDN-Cache-Control
+        (200, h(cdn_cache_control="max-age =60", cache_control="max-age=5"), 5),  # invalid field: ignored
     ],
 )
 def test_freshness_lifetime(status, res, expected) -> None:  # type: ignore[no-untyped-def]
@@ -134,20 +146,22 @@ def test_current_age(res, request_time, response_time, now, expected) -> None:  
 )
 def test_reuse(req, res, lifetime, age, kind, background, sie) -> None:  # type: ignore[no-untyped-def]
     decision = fr.reuse(req, 200, res, lifetime, age, P)
-    assert (decision.kind, decision.background, decision.stale_if_error) == (kind, background, sie)
+    assert (decision.kind.value, decision.background, decision.stale_if_error) == (kind, background, sie)
     assert decision.ttl == lifetime - age
 
 
 def test_configured_stale_defaults() -> None:
     policy = fr.Policy(stale_while_revalidate=30, stale_if_error=300)
-    assert fr.reuse([], 200, [], 60, 80, policy) == fr.Reuse("stale-ok", -20, background=True, stale_if_error=True)
-    assert fr.reuse([], 200, h(cache_control="stale-while-revalidate=0"), 60, 80, policy).kind == "revalidate"
+    assert fr.reuse([], 200, [], 60, 80, policy) == fr.Reuse(fr.ReuseKind.STALE_OK, -20, background=True,
+                                                             stale_if_error=True)
+    stale = fr.reuse([], 200, h(cache_control="stale-while-revalidate=0"), 60, 80, policy)
+    assert stale.kind is fr.ReuseKind.REVALIDATE
 
 
 @given(lifetime=st.floats(0, 1e6), age=st.floats(0, 1e6))
 def test_without_directives_fresh_exactly_while_age_below_lifetime(lifetime: float, age: float) -> None:
     decision = fr.reuse([], 200, [], lifetime, age, P)
-    assert decision.kind == ("fresh" if age < lifetime else "revalidate")
+    assert decision.kind is (fr.ReuseKind.FRESH if age < lifetime else fr.ReuseKind.REVALIDATE)
 
 
 def test_cache_control_parsing() -> None:

@@ -249,8 +249,8 @@ async def test_http_origin_uploads(upstream, http_settings, make_server) -> None
         assert origin.received["/video/clip.mp4"] == VIDEO
         again = await c.get("/get_video_by_name/clip.mp4")
         assert again.content == VIDEO and again.headers["x-cache"] == "MISS"  # invalidated
-        raw = await c.put("/raw.bin", content=b"raw bytes")
-        assert raw.status_code == 201 and origin.received["/raw.bin"] == b"raw bytes"
+        raw = await c.put("/raw.bin", content=b"raw bytes")  # proxied as it is: the origin's answer
+        assert raw.status_code == 201 and raw.content == b"" and origin.received["/raw.bin"] == b"raw bytes"
         assert [h for h in origin.hits if h.method == "PUT"][-1].headers["content-length"] == "9"
 
 
@@ -258,9 +258,11 @@ async def test_http_origin_upload_errors_are_passed_back(upstream, http_settings
     origin, _ = upstream
     edge = make_server(http_settings)
     origin.fail_status = 507
-    r = httpx.put(edge.url + "/x.mp4", content=b"data")
+    r = httpx.post(edge.url + "/video", files={"file": ("x.mp4", b"data", "video/mp4")})
     assert r.status_code == 507
     assert r.text == "The origin refused the upload (507): origin failure\n"
+    proxied = httpx.put(edge.url + "/x.mp4", content=b"data")
+    assert (proxied.status_code, proxied.text) == (507, "origin failure")
 
 
 async def test_one_gib_streamed_upload_keeps_memory_flat(server: RunningServer, origin_dir: Path) -> None:

@@ -37,8 +37,7 @@ log = logging.getLogger("edgecache")
 UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight to the origin
 COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
 # Stored header fields the edge generates itself when it serves a stored 200.
-_GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "content-range",
-                        "accept-ranges", "age"})
+_GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
 _FRAMING = frozenset({"content-length", "content-range"})
 _BODY_ERRORS: tuple[type[Exception], ...] = (OriginError, *StoreErrors)
 
@@ -174,18 +173,18 @@ class ReadPath:
         fwd = action.fwd
         if isinstance(outcome, (hc.StoreBlocks, hc.StoreBody)):
             return await self._store(ex, stored, fwd, outcome, response, request_time, response_time, flight)
+        if isinstance(outcome, (hc.Pass, hc.Forward)) and outcome.remember:
+            marker = hc.PassMarker(hc.PassReason.UNCACHEABLE, response_time + UNCACHEABLE_TTL)
+            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [])
         if isinstance(outcome, hc.Pass):
-            if outcome.remember:
-                marker = hc.PassMarker(hc.PassReason.UNCACHEABLE, response_time + UNCACHEABLE_TTL)
-                await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [])
             return relay_forwarded(response, ex.method, fwd, getattr(action, "detail", None)), False
         await response.close()
         if isinstance(outcome, hc.Freshen):
             assert stored is not None
             fresh = dataclasses.replace(stored, headers=outcome.headers, request_time=request_time,
                                         response_time=response_time)
-            await self.entries.put(ex.primary, stored.key, fresh, fresh.headers)
-            status = cache_status(fwd=fwd.value, fwd_status=304)
+            updated = await self.entries.put(ex.primary, stored.key, fresh, fresh.headers)
+            status = cache_status(fwd=fwd.value, fwd_status=304, stored=updated)
             return self._serve(ex, fresh, self._age(fresh), status, x_cache(hit=True)), False
         if isinstance(outcome, hc.ServeStale):
             assert stored is not None
@@ -212,7 +211,9 @@ class ReadPath:
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, outcome: hc.StoreBlocks | hc.StoreBody,
         response: OriginResponse, request_time: float, response_time: float, flight: Flight | None,
     ) -> tuple[Reply, bool]:
-        headers = [(n, v) for n, v in response.headers if n.lower() not in _FRAMING]
+        # The 206 of a block describes that block only; a 200's fields are all the origin's.
+        framing = _FRAMING if response.status == 206 else {"content-length"}
+        headers = [(n, v) for n, v in response.headers if n.lower() not in framing]
         key = meta_key(ex.primary, selection(headers, ex.req.headers))
         if isinstance(outcome, hc.StoreBody):
             return await self._store_body(ex, old, fwd, key, response, headers, request_time, response_time, flight)

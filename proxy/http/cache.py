@@ -227,7 +227,9 @@ class Pass:
 @dataclass(frozen=True)
 class Forward:
     """The response answers our block request, not the client's, and cannot be stored:
-    forward the client's request as it is and relay that answer."""
+    forward the client's request as it is and relay that answer; `remember` as for Pass."""
+
+    remember: bool
 
 
 class Refetch(Enum):
@@ -299,9 +301,8 @@ def on_response(
     if status == 206 and sent.block is None:
         return Pass(remember=False)  # the answer to the client's own Range
     if not fr.storable("GET", req.headers, status, headers, policy):
-        if status == 206:
-            return Forward()
-        return Pass(remember=status < 500 and not _request_prevents_storing(req.headers))
+        remember = status < 500 and not _request_prevents_storing(req.headers)
+        return Forward(remember) if status == 206 else Pass(remember)
     if status == 206:
         return _partial(sent, headers)
     if status == 416 and sent.block is not None:

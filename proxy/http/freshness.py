@@ -64,8 +64,8 @@ def storable(
         return False
     if "no-store" in req or "private" in res:
         return False
-    if (get(response_headers, "vary") or "").strip() == "*":
-        return False
+    if "*" in vary_fields(response_headers):
+        return False  # section 4.1: a Vary of "*" never matches a later request
     if get(request_headers, "authorization") is not None and not allows_authorized(response_headers):
         return False
     explicit = {"public", "max-age", "s-maxage"} & res.keys() or (

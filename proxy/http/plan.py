@@ -64,6 +64,8 @@ def plan_response(
         return _finish(ResponsePlan(200, headers, body), rep.content_type, now)
     if not isinstance(decision, Satisfiable):
         return _error(416, rep, now, [("Content-Range", unsatisfied_range(rep.size))])
+    # A 206 describes its own parts: a stored Content-Range (odd on a 200, kept there) is not one of them.
+    headers = [(n, v) for n, v in headers if n.lower() != "content-range"]
     if len(decision.spans) == 1:
         first, last = decision.spans[0]
         headers.append(("Content-Range", content_range(first, last, rep.size)))
