@@ -100,7 +100,8 @@ STRONG = dict(etag='"v1"', cache_control="max-age=60")
         (BLOCK, 206, h(content_range="bytes 0-1023/5000", **STRONG), None, hc.StoreBlocks(5000, 0, True)),
         (BLOCK_5, 206, h(content_range="bytes 5120-6143/9000", **STRONG), None, hc.StoreBlocks(9000, 5120, True)),
         (BLOCK_5, 206, h(content_range="bytes 5120-5999/6000", **STRONG), None, hc.StoreBlocks(6000, 5120, True)),
-        (BLOCK, 206, h(content_range="bytes 0-99/100", cache_control="max-age=60"), None, hc.StoreBlocks(100, 0, False)),
+        (BLOCK, 206, h(content_range="bytes 0-99/100", cache_control="max-age=60"), None,
+         hc.StoreBlocks(100, 0, False)),
         (BLOCK, 200, h(content_length="5000", **STRONG), None, hc.StoreBlocks(5000, 0, True)),
         (BLOCK, 200, h(content_length="5000", cache_control="max-age=60"), None, hc.StoreBlocks(5000, 0, False)),
         (BLOCK, 200, h(content_length="5000", etag='W/"v1"'), None, hc.StoreBlocks(5000, 0, False)),
@@ -114,6 +115,8 @@ STRONG = dict(etag='"v1"', cache_control="max-age=60")
         # not for one response: ask for the whole body from one response
         (BLOCK, 206, h(content_range="bytes 0-1023/5000", cache_control="max-age=60"), None, hc.Refetch.WHOLE),
         (BLOCK, 416, h(content_range="bytes */0", cache_control="max-age=60"), None, hc.Refetch.WHOLE),
+        (BLOCK, 416, h(content_range="bytes */0"), None, hc.Refetch.WHOLE),
+        (AS_IS, 416, h(content_range="bytes */0"), None, hc.Pass(remember=True)),
         # wrong answers to a block request
         (BLOCK, 206, h(content_range="bytes 4-9/10", **STRONG), None,
          hc.BadGateway("asked for bytes 0-1023, got 4-9/10")),

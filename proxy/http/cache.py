@@ -300,13 +300,13 @@ def on_response(
         return Freshen(fr.merge_304(stored.headers, headers))
     if status == 206 and sent.block is None:
         return Pass(remember=False)  # the answer to the client's own Range
+    if status == 416 and sent.block is not None:
+        return Refetch.WHOLE  # shorter than our block's start: the whole (maybe empty) body
     if not fr.storable("GET", req.headers, status, headers, policy):
         remember = status < 500 and not _request_prevents_storing(req.headers)
         return Forward(remember) if status == 206 else Pass(remember)
     if status == 206:
         return _partial(sent, headers)
-    if status == 416 and sent.block is not None:
-        return Refetch.WHOLE  # shorter than our block's start: the whole (maybe empty) body
     size = content_length(headers)
     if status == 200 and size is not None:
         return StoreBlocks(size, 0, strong_validator(headers) is not None)
