@@ -55,11 +55,10 @@ class EdgeService:
 
     def _origin_failed(self, e: OriginError) -> Reply:
         log.warning("origin failed: %s", e)
-        message = (
-            "Gateway Timeout: the origin did not answer in time"
-            if e.status == 504
-            else "Bad Gateway: the origin could not be reached"
-        )
+        message = {
+            "timeout": "Gateway Timeout: the origin did not answer in time",
+            "invalid": f"Bad Gateway: the origin's answer was not valid HTTP ({e.detail})",
+        }.get(e.kind, "Bad Gateway: the origin could not be reached")
         return text_reply(e.status, message, [("Cache-Status", cache_status(fwd="miss", detail=e.kind)),
                                               ("X-Cache", "MISS")])
 

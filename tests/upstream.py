@@ -16,6 +16,7 @@ class Obj:
     etag: str | None = None
     last_modified: int | None = 1_700_000_000
     status: int = 200
+    chunked: bool = False  # no Content-Length: the body's end is the end of the stream
 
     def __post_init__(self) -> None:
         if self.etag is None:
@@ -32,12 +33,14 @@ class Hit:
 
 
 class Upstream:
-    """An ASGI origin. Flags: ignore_ranges, delay (before headers), chunk_delay, fail_status."""
+    """An ASGI origin. Flags: ignore_ranges, wrong_ranges (answers another range than asked),
+    delay (before headers), chunk_delay, fail_status."""
 
     def __init__(self) -> None:
         self.objects: dict[str, Obj] = {}
         self.hits: list[Hit] = []
         self.ignore_ranges = False
+        self.wrong_ranges = False
         self.delay = 0.0
         self.chunk_delay = 0.0
         self.chunk_size = 64 * 1024
@@ -92,6 +95,8 @@ class Upstream:
             out["etag"] = obj.etag
         if obj.last_modified is not None:
             out["last-modified"] = format_http_date(obj.last_modified)
+        if obj.chunked:
+            out["transfer-encoding"] = "chunked"
         if obj.status != 200:
             await self._send(send, hit, obj.status, out, obj.body, scope["method"] == "HEAD")
             return
@@ -109,7 +114,7 @@ class Upstream:
             if_range is None or if_range in (obj.etag, out.get("last-modified"))
         )
         if range_ok:
-            first = int(m.group(1))
+            first = int(m.group(1)) + (1 if self.wrong_ranges else 0)
             last = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
             if first >= size:
                 await self._send(send, hit, 416, {"content-range": f"bytes */{size}"}, b"")
@@ -124,7 +129,7 @@ class Upstream:
     ) -> None:
         hit.status = status
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
-        if status not in (304,) and "content-length" not in headers:
+        if status not in (304,) and "content-length" not in headers and "transfer-encoding" not in headers:
             raw.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         if head or status == 304:

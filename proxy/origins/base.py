@@ -13,7 +13,7 @@ class BodyAborted(Exception):
 
 
 class OriginError(Exception):
-    """The origin could not be asked: `timeout` (504) or `unreachable` (502)."""
+    """The origin could not be asked: `timeout` (504), `unreachable` or `invalid` (502)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")

@@ -63,6 +63,9 @@ class UpstreamOrigin:
             raise OriginError("timeout", type(e).__name__) from None
         except (httpx.HTTPError, OSError) as e:
             raise OriginError("unreachable", type(e).__name__) from None
+        if not 200 <= response.status_code <= 599:  # RFC 9110 section 15: a final status is 200-599
+            await response.aclose()
+            raise OriginError("invalid", f"status {response.status_code}")
         response_headers = end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw])
         response_headers.append(("Via", VIA))
         return OriginResponse(response.status_code, response_headers, _body(response), response.aclose)
