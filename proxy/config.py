@@ -42,6 +42,8 @@ class Settings:
     heuristic_max_ttl: int = 86400
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
+    stale_if_unreachable: bool = True
+    cdn_cache_control: str = "CDN-Cache-Control"
     write_tokens: str = ""
     trusted_proxies: str = ""
     public_base_url: str = ""
@@ -72,6 +74,11 @@ class Settings:
     def ttl_rules(self) -> tuple[tuple[str, int], ...]:
         """default_ttls 'GLOB=SECONDS, ...' as pairs, in order."""
         return _parse_ttls(self.default_ttls)
+
+    @property
+    def cdn_fields(self) -> tuple[str, ...]:
+        """Targeted cache-control fields (RFC 9213), lower-case, in order of precedence."""
+        return tuple(f.lower() for f in _items(self.cdn_cache_control))
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -136,6 +143,18 @@ def _nonempty(name: str) -> Check:
     def check(s: Settings) -> None:
         if not getattr(s, name).strip():
             raise ConfigError(f"invalid setting '{name}': must not be empty")
+
+    return check
+
+
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 section 5.1: a token
+
+
+def _field_names(name: str) -> Check:
+    def check(s: Settings) -> None:
+        bad = [f for f in _items(getattr(s, name)) if not _FIELD_NAME.fullmatch(f)]
+        if bad:
+            raise ConfigError(f"invalid setting '{name}': {bad[0]!r} is not a header field name")
 
     return check
 
@@ -218,6 +237,7 @@ _CHECKS: list[Check] = [
     _between("heuristic_max_ttl", 0, 2**31),
     _between("stale_while_revalidate", 0, 2**31),
     _between("stale_if_error", 0, 2**31),
+    _field_names("cdn_cache_control"),
     _networks,
     _base_url,
     _between("max_upload_size", 1, 2**60),

@@ -25,6 +25,8 @@ def policy_of(settings: Settings) -> fr.Policy:
         default_ttls=settings.ttl_rules,
         stale_while_revalidate=settings.stale_while_revalidate,
         stale_if_error=settings.stale_if_error,
+        stale_if_unreachable=settings.stale_if_unreachable,
+        cdn_fields=settings.cdn_fields,
     )
 
 

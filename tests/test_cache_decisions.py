@@ -62,13 +62,17 @@ TOO_LARGE = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
         (req(authorization="x"), FRESH, hc.Fetch(Fwd.URI_MISS, as_is=True)),  # section 3.5
         (req(authorization="x"), stored(cache_control="max-age=60, public"), hc.Serve(10, 50)),
         # a stale stored response
-        (req(), STALE, hc.Validate([*INM, ("If-Modified-Since", LM)], Fwd.STALE, 10, -5, False)),
-        (req(), NO_VALIDATORS, hc.Validate([], Fwd.STALE, 10, -5, False)),
+        (req(), STALE, hc.Validate([*INM, ("If-Modified-Since", LM)], Fwd.STALE, 10, -5, False, True)),
+        (req(), NO_VALIDATORS, hc.Validate([], Fwd.STALE, 10, -5, False, True)),
+        (req(), stored(cache_control="max-age=5, must-revalidate"), hc.Validate([], Fwd.STALE, 10, -5, False)),
+        (req(), stored(cache_control="max-age=5, s-maxage=5"), hc.Validate([], Fwd.STALE, 10, -5, False)),
+        (req(cache_control="max-age=1"), NO_VALIDATORS, hc.Validate([], Fwd.STALE, 10, -5, False)),
+        (req(cache_control="no-cache"), NO_VALIDATORS, hc.Validate([], Fwd.STALE, 10, -5, False)),
         (req(cache_control="max-stale=10"), STALE, hc.Serve(10, -5, stale=True)),
         (req(cache_control="only-if-cached"), STALE, hc.Answer(504, Fwd.STALE, "only-if-cached")),
         (req(), stored(cache_control="max-age=5, stale-while-revalidate=30"), hc.Serve(10, -5, stale=True,
                                                                                         refresh=True)),
-        (req(), stored(cache_control="max-age=5, stale-if-error=30"), hc.Validate([], Fwd.STALE, 10, -5, True)),
+        (req(), stored(cache_control="max-age=5, stale-if-error=30"), hc.Validate([], Fwd.STALE, 10, -5, True, True)),
         # remembered decisions not to store
         (req(), MARKER, hc.Fetch(Fwd.BYPASS, as_is=True, detail="uncacheable")),
         (req("HEAD"), MARKER, hc.Relay(Fwd.BYPASS, "uncacheable")),
@@ -81,6 +85,11 @@ def test_decide(request_: hc.Request, entry: hc.Entry | None, expected: hc.Actio
     assert hc.decide(request_, entry, Fwd.URI_MISS, NOW, P) == expected
 
 
+def test_serving_stale_while_the_origin_is_unreachable_can_be_turned_off() -> None:
+    policy = fr.Policy(stale_if_unreachable=False)
+    assert hc.decide(req(), NO_VALIDATORS, Fwd.URI_MISS, NOW, policy) == hc.Validate([], Fwd.STALE, 10, -5, False)
+
+
 def test_decide_gives_the_vary_miss_reason() -> None:
     assert hc.decide(req(), None, Fwd.VARY_MISS, NOW, P) == hc.Fetch(Fwd.VARY_MISS)
 
@@ -88,7 +97,8 @@ def test_decide_gives_the_vary_miss_reason() -> None:
 BLOCK = hc.Sent((0, 1023))
 BLOCK_5 = hc.Sent((5120, 6143))
 VALIDATION = hc.Sent((0, 1023), conditional=True)
-VALIDATION_SIE = hc.Sent((0, 1023), conditional=True, stale_if_error=True)
+VALIDATION_SIE = hc.Sent((0, 1023), conditional=True, stale_if_error=True, stale_if_unreachable=True)
+VALIDATION_DISCONNECTED = hc.Sent((0, 1023), conditional=True, stale_if_unreachable=True)
 AS_IS = hc.Sent(None)
 STRONG = dict(etag='"v1"', cache_control="max-age=60")
 
@@ -139,6 +149,7 @@ STRONG = dict(etag='"v1"', cache_control="max-age=60")
         (VALIDATION, 200, h(content_length="7", etag='"v2"'), STALE, hc.StoreBlocks(7, 0, True)),
         (VALIDATION, 500, h(), STALE, hc.Pass(remember=False)),
         (VALIDATION_SIE, 500, h(), STALE, hc.ServeStale(500)),
+        (VALIDATION_DISCONNECTED, 500, h(), STALE, hc.Pass(remember=False)),  # an answer: not disconnected
         (VALIDATION_SIE, 404, h(content_length="1"), STALE, hc.StoreBody()),
     ],
 )
@@ -155,6 +166,7 @@ def test_a_request_that_forbids_storing_is_not_remembered_as_uncacheable() -> No
 
 def test_on_failure_serves_stale_only_when_allowed() -> None:
     assert hc.on_failure(VALIDATION_SIE, STALE) == hc.ServeStale(None)
+    assert hc.on_failure(VALIDATION_DISCONNECTED, STALE) == hc.ServeStale(None)
     assert hc.on_failure(VALIDATION, STALE) is None
     assert hc.on_failure(VALIDATION_SIE, None) is None
 

@@ -153,7 +153,7 @@ def test_reuse(req, res, lifetime, age, kind, background, sie) -> None:  # type:
 def test_configured_stale_defaults() -> None:
     policy = fr.Policy(stale_while_revalidate=30, stale_if_error=300)
     assert fr.reuse([], 200, [], 60, 80, policy) == fr.Reuse(fr.ReuseKind.STALE_OK, -20, background=True,
-                                                             stale_if_error=True)
+                                                             stale_if_error=True, stale_if_unreachable=True)
     stale = fr.reuse([], 200, h(cache_control="stale-while-revalidate=0"), 60, 80, policy)
     assert stale.kind is fr.ReuseKind.REVALIDATE
 

@@ -115,17 +115,20 @@ async def test_a_wrong_content_range_is_a_bad_gateway_not_a_new_version(setup) -
 
 
 class RawOrigin(socketserver.ThreadingTCPServer):
-    """An origin that answers every request with fixed bytes (what no ASGI server can send)."""
+    """An origin that answers requests with fixed bytes (what no ASGI server can send), in
+    turn, the last one for ever; b"" closes the connection without an answer."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, *answers: bytes) -> None:
+        queue = list(answers)
+
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
                 while self.rfile.readline() not in (b"\r\n", b""):
                     pass
-                self.wfile.write(answer)
+                self.wfile.write(queue.pop(0) if len(queue) > 1 else queue[0])
 
         super().__init__(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -154,3 +157,32 @@ async def test_no_validators_and_a_new_body_each_time_never_mixes_versions(setup
     assert a.content == pattern(2 * BLOCK + 5, 1)
     assert b.content == pattern(2 * BLOCK + 5, 2)
     assert c2.content in (pattern(2 * BLOCK + 5, 2)[BLOCK - 5: BLOCK + 5],)
+
+
+@pytest.mark.parametrize(
+    "cache_control, served",
+    [
+        ("max-age=0", "stale"),
+        ("max-age=0, must-revalidate", "error"),  # section 5.2.2.2: never stale
+        ("max-age=0, stale-if-error=60", "stale"),
+    ],
+)
+async def test_an_unreachable_origin_is_met_with_the_stale_copy(  # type: ignore[no-untyped-def]
+    http_settings, make_server, cache_control: str, served: str
+) -> None:
+    ok = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"v1\"\r\nConnection: close\r\n"
+          b"Cache-Control: " + cache_control.encode() + b"\r\n\r\nhello")
+    raw = RawOrigin(ok, b"")  # then it closes every connection without answering
+    try:
+        edge = make_server(dataclasses.replace(http_settings, origin=raw.url))
+        with httpx.Client(base_url=edge.url) as c:
+            assert c.get("/s").content == b"hello"
+            again = c.get("/s")
+        if served == "stale":
+            assert (again.status_code, again.content, again.headers["x-cache"]) == (200, b"hello", "STALE")
+            assert again.headers["cache-status"] == 'edgecache; fwd=stale; detail="unreachable"'
+        else:
+            assert again.status_code == 502
+    finally:
+        raw.shutdown()
+        raw.server_close()

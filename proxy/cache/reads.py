@@ -156,10 +156,12 @@ class ReadPath:
             method, headers = ex.method, ex.req.headers
             sent = hc.Sent(None)
         else:
-            validators = action.validators if isinstance(action, hc.Validate) else []
+            validation = action if isinstance(action, hc.Validate) else None
+            validators = validation.validators if validation else []
             method, headers = "GET", hc.fetch_headers(ex.req.headers, block, validators)
-            stale_if_error = isinstance(action, hc.Validate) and action.stale_if_error
-            sent = hc.Sent(block, conditional=bool(validators), stale_if_error=stale_if_error)
+            sent = hc.Sent(block, conditional=bool(validators),
+                           stale_if_error=validation is not None and validation.stale_if_error,
+                           stale_if_unreachable=validation is not None and validation.stale_if_unreachable)
         request_time = time.time()
         try:
             response = await self.origin.request(method, ex.req.target, headers)

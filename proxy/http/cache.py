@@ -89,7 +89,8 @@ class Validate:
     fwd: Fwd
     age: float
     ttl: float
-    stale_if_error: bool
+    stale_if_error: bool  # a 5xx or no answer may be met with the stale response
+    stale_if_unreachable: bool = False  # no answer at all may be met with it
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def decide(req: Request, entry: Entry | None, miss: Fwd, now: float, policy: fr.
         return Answer(504, Fwd.STALE, "only-if-cached")
     requested = reuse.ttl > 0  # fresh, but the request's directives did not allow it
     return Validate(validators(entry.headers), Fwd.REQUEST if requested else Fwd.STALE, age, reuse.ttl,
-                    reuse.stale_if_error)
+                    reuse.stale_if_error, reuse.stale_if_unreachable)
 
 
 def validators(headers: Headers) -> Headers:
@@ -188,6 +189,7 @@ class Sent:
     block: tuple[int, int] | None
     conditional: bool = False
     stale_if_error: bool = False
+    stale_if_unreachable: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,7 @@ def _request_prevents_storing(headers: Headers) -> bool:
 
 def on_failure(sent: Sent, stored: Stored | None) -> ServeStale | None:
     """The origin could not be reached: serve stale if allowed, else fail (section 4.2.4)."""
-    return ServeStale(None) if sent.stale_if_error and stored is not None else None
+    return ServeStale(None) if sent.stale_if_unreachable and stored is not None else None
 
 
 # --- block fills -------------------------------------------------------------

@@ -25,6 +25,7 @@ class Policy:
     default_ttls: tuple[tuple[str, int], ...] = ()  # (glob on the path, seconds) when the origin says nothing
     stale_while_revalidate: int = 0
     stale_if_error: int = 0
+    stale_if_unreachable: bool = True  # RFC 9111 section 4.2.4: serve stale while "disconnected"
     cdn_fields: tuple[str, ...] = ("cdn-cache-control",)  # RFC 9213 targeted fields, in order
 
 
@@ -125,7 +126,8 @@ class Reuse:
     """How a stored response may answer a request.
 
     `background`: refresh it after serving (stale-while-revalidate).
-    `stale_if_error`: a stale copy may answer if the origin fails.
+    `stale_if_error`: a stale copy may answer if the origin fails or answers 5xx;
+    `stale_if_unreachable`: if it cannot be reached at all (section 4.2.4, disconnected).
     `ttl` is lifetime - age (RFC 9211 section 2.4).
     """
 
@@ -133,6 +135,7 @@ class Reuse:
     ttl: float
     background: bool = False
     stale_if_error: bool = False
+    stale_if_unreachable: bool = False
 
 
 def reuse(
@@ -156,11 +159,11 @@ def reuse(
     stale_if_error = may_serve_stale and sie > 0 and -ttl <= sie
     # Section 5.2.2.4 / 5.2.1.4: no-cache always goes to the origin first.
     if "no-cache" in res or "no-cache" in req:
-        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error)
+        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error)
     max_age = delta_seconds(req.get("max-age")) if "max-age" in req else None
     min_fresh = delta_seconds(req.get("min-fresh")) or 0
     if max_age is not None and age > max_age:
-        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error)
+        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error)
     if ttl - min_fresh > 0:
         return Reuse(ReuseKind.FRESH, ttl)
     if may_serve_stale and "max-stale" in req:
@@ -168,8 +171,13 @@ def reuse(
         if allowed is None or -ttl <= (delta_seconds(allowed) or 0):
             return Reuse(ReuseKind.STALE_OK, ttl)
     if may_serve_stale and swr > 0 and -ttl <= swr and "min-fresh" not in req and max_age is None:
-        return Reuse(ReuseKind.STALE_OK, ttl, background=True, stale_if_error=stale_if_error)
-    return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error)
+        return Reuse(ReuseKind.STALE_OK, ttl, background=True, stale_if_error=stale_if_error,
+                     stale_if_unreachable=stale_if_error)
+    # Only staleness sends it to the origin here (not the client's directives): when the origin
+    # cannot be reached, the cache is "disconnected" and may serve it stale.
+    unreachable_ok = policy.stale_if_unreachable and may_serve_stale and "min-fresh" not in req and max_age is None
+    return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error,
+                 stale_if_unreachable=stale_if_error or unreachable_ok)
 
 
 def _window(directive_value: str | None, default: int) -> int:
