@@ -32,16 +32,20 @@ _paths = st.one_of(
     headers=st.lists(st.tuples(_field_names, _header_text), max_size=6),
 )
 def test_no_request_produces_a_server_error(settings: Settings, method: str, path: str, headers: list) -> None:
-    transport = httpx.ASGITransport(app=create_app(settings))
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
 
     async def go() -> int:
-        async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
-            raw_path = path.encode("utf-8", "surrogateescape")
-            request = c.build_request(
-                method, "http://edge.test/", headers=[(n, v.encode("latin-1")) for n, v in headers]
-            )
-            request.url = request.url.copy_with(raw_path=_quote(raw_path))
-            return (await c.send(request)).status_code
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
+                raw_path = path.encode("utf-8", "surrogateescape")
+                request = c.build_request(
+                    method, "http://edge.test/", headers=[(n, v.encode("latin-1")) for n, v in headers]
+                )
+                request.url = request.url.copy_with(raw_path=_quote(raw_path))
+                return (await c.send(request)).status_code
+        finally:
+            await app.state.service.aclose()  # what the lifespan does at shutdown
 
     status = anyio.run(go)
     assert status < 500

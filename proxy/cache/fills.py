@@ -108,19 +108,23 @@ class Filler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with anyio.CancelScope(shield=True):
-                try:
-                    await task
-                except BaseException:  # noqa: BLE001 - shutting down
-                    pass
+        """Cancel the fills and wait for them, and for what they start while ending (lease releases)."""
+        while self._tasks:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await task
+                    except BaseException:  # noqa: BLE001 - shutting down
+                        pass
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run in the background until done or aclose()."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def claim(self, obj: CachedObject, index: int) -> Progress | None:
         """The lease and part file for filling a block; None when another fill has it or it is stored."""
@@ -184,21 +188,22 @@ class Filler:
                 held.append((whole_lease(obj), whole_owner))
             await self._consume(obj, response, 0 if whole else start, owned, whole=whole)
         except FillFailed as e:
-            self._fail(owned, e)
+            await self._fail(owned, e)
             if e.changed:
                 await self.on_changed(obj)
         except OriginError as e:
-            self._fail(owned, FillFailed(f"origin: {e}"))
+            await self._fail(owned, FillFailed(f"origin: {e}"))
         except StoreErrors as e:
-            self._fail(owned, FillFailed(f"store: {e}", local=True))
+            await self._fail(owned, FillFailed(f"store: {e}", local=True))
         except BaseException:
-            self._fail(owned, FillFailed("fill cancelled"))
+            await self._fail(owned, FillFailed("fill cancelled"))
             raise
         finally:
             renewer.cancel()
             if whole_owner is not None:
                 self.whole.pop(obj.key, None)
-                self.spawn(self._release(whole_lease(obj), whole_owner))
+                with anyio.CancelScope(shield=True):
+                    await self._release(whole_lease(obj), whole_owner)
             if response is not None:
                 with anyio.CancelScope(shield=True):
                     await response.close()
@@ -264,8 +269,9 @@ class Filler:
         finally:
             progress.finish()  # readers holding the part file read it to the end either way
             self.active.pop(progress.key, None)
-            self.spawn(self._release(progress.lease, progress.path))
             _unlink(progress.path)
+            with anyio.CancelScope(shield=True):
+                await self._release(progress.lease, progress.path)
 
     async def _release(self, lease: str, owner: str) -> None:
         try:
@@ -273,18 +279,23 @@ class Filler:
         except StoreErrors as e:
             log.warning("lease %s not released: %s", lease, e)
 
-    def abandon(self, progress: Progress) -> None:
+    async def abandon(self, progress: Progress) -> None:
         """Give up a claimed block without filling it."""
-        self._fail({0: progress}, FillFailed("fill abandoned", local=True))
+        await self._fail({0: progress}, FillFailed("fill abandoned", local=True))
 
-    def _fail(self, owned: dict[int, Progress], error: FillFailed) -> None:
-        for progress in owned.values():
+    async def _fail(self, owned: dict[int, Progress], error: FillFailed) -> None:
+        """Wake the readers, remove the part files and release the leases, even when cancelled:
+        a lease left behind would make every other reader wait for it to expire."""
+        failed = list(owned.values())
+        owned.clear()
+        for progress in failed:
             progress.fail(error)
             self.active.pop(progress.key, None)
             discard(progress.fd, progress.path)
             progress.fd = -1
-            self.spawn(self._release(progress.lease, progress.path))
-        owned.clear()
+        with anyio.CancelScope(shield=True):
+            for progress in failed:
+                await self._release(progress.lease, progress.path)
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -45,19 +45,29 @@ class Flight:
             self._flights.release(self.key, self.owner)
 
 
+LEASE_TTL = 6.0  # seconds; renewed every 2 s while the flight lives, so only a dead worker's lease expires
+
+
 class Flights:
-    def __init__(self, store: Store, threads: StoreThreads, lease_ttl: float) -> None:
+    def __init__(self, store: Store, threads: StoreThreads, wait_limit: float) -> None:
         self.store = store
         self.threads = threads
-        self.lease_ttl = lease_ttl
+        self.lease_ttl = LEASE_TTL
+        self.wait_limit = wait_limit  # longest wait for another request's exchange; then ask the origin too
         self.local: dict[str, Flight] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Wait for the lease releases still under way."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def join(self, key: str) -> Flight | None:
         """Lead the exchange for `key` (a Flight), or wait for the leader to end (None)."""
         current = self.local.get(key)
         if current is not None:
-            await current.done.wait()
+            with anyio.move_on_after(self.wait_limit):
+                await current.done.wait()
             return None
         flight = Flight(self, key, None)
         self.local[key] = flight
@@ -75,7 +85,7 @@ class Flights:
         return None
 
     async def _wait_for_other_worker(self, lease: str) -> None:
-        deadline = time.monotonic() + self.lease_ttl * 3
+        deadline = time.monotonic() + self.wait_limit
         while time.monotonic() < deadline and await self.threads.run(self.store.lease_holder, lease) is not None:
             await anyio.sleep(POLL)
 

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-
-import anyio
 
 from ..config import Settings
 from ..http import cache as hc
@@ -27,9 +24,10 @@ from ..store.objects import CachedObject, meta_key
 from ..streaming import plan_chunks
 from .blocks import BlockSource
 from .entries import Entries
-from .fills import Filler, discard, write_all
+from .fills import Filler
 from .flights import Flight, Flights
 from .replies import Reply, nothing_to_close, relay, relay_forwarded, text_reply
+from .spool import Spool
 from .threads import StoreThreads
 
 log = logging.getLogger("edgecache")
@@ -77,6 +75,7 @@ class ReadPath:
 
     async def aclose(self) -> None:
         await self.filler.aclose()
+        await self.flights.aclose()
         self.blocks.close()
         self.threads.close()
 
@@ -240,7 +239,7 @@ class ReadPath:
             return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
         if not await self.entries.put(ex.primary, key, obj, headers):
             if progress is not None:
-                self.filler.abandon(progress)
+                await self.filler.abandon(progress)
             await response.close()
             return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
         if old is not None and old.validator != obj.validator:
@@ -257,14 +256,13 @@ class ReadPath:
         headers: Headers, request_time: float, response_time: float, flight: Flight | None,
     ) -> tuple[Reply, bool]:
         """Relay this one response while writing it to a part file; store it once complete."""
-        limit = self.settings.max_object_size
         try:
             fd, path = await self.threads.run(self.store.new_part)
         except StoreErrors as e:
             log.warning("no part file, relaying: %s", e)
             return relay_forwarded(response, ex.method, fwd), False
 
-        async def publish(size: int) -> None:
+        async def publish(part: str, size: int) -> None:
             obj = CachedObject(
                 status=response.status, headers=headers, request_time=request_time, response_time=response_time,
                 key=key, size=size, block_size=max(size, 1), validator="r:" + secrets.token_hex(12),
@@ -272,42 +270,21 @@ class ReadPath:
             )
             try:
                 if size:
-                    await self.threads.run(self.store.publish_block, obj.block_key(0), path, size)
+                    await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
                 if await self.entries.put(ex.primary, key, obj, headers) and old is not None:
                     await self.entries.drop_blocks(old)
             except StoreErrors as e:
                 log.warning("response not stored: %s", e)
 
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal fd
-            size, complete, writing = 0, False, True
-            try:
-                async for chunk in response.body:
-                    size += len(chunk)
-                    if writing and size > limit:
-                        writing = False
-                    if writing:
-                        await anyio.to_thread.run_sync(write_all, fd, chunk)
-                    yield chunk
-                complete = True
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if complete and writing:
-                        os.close(fd)
-                        await publish(size)
-                        fd = -1
-                    discard(fd, path)
-                    if flight is not None:
-                        flight.end()
-
-        chunks = body()
+        spool = Spool(response, fd, path, self.settings.max_object_size, publish,
+                      flight.end if flight is not None else _nothing)
         status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
         reply = relay(response, ex.method, status, x_cache(hit=False))
         if reply.chunks is None:  # HEAD, or a status without a body: store it all the same
             reply = dataclasses.replace(reply, close=nothing_to_close)
-            self.filler.spawn(_drain(chunks, response))
+            self.filler.spawn(spool.drain()).add_done_callback(lambda _: spool.release())
         else:
-            reply = dataclasses.replace(reply, chunks=chunks)
+            reply = dataclasses.replace(reply, chunks=spool.chunks(), close=spool.close)
         return reply, True
 
     # --- answering from the store ----------------------------------------------------
@@ -356,14 +333,5 @@ class ReadPath:
         return index * size, (index + 1) * size - 1
 
 
-async def _drain(chunks: AsyncIterator[bytes], response: OriginResponse) -> None:
-    """Store a body nobody reads (the client asked for HEAD)."""
-    try:
-        async for _ in chunks:
-            pass
-    except _BODY_ERRORS as e:
-        log.warning("response not stored: %s", e)
-    finally:
-        await response.close()
-
-
+def _nothing() -> None:
+    return None

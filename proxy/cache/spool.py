@@ -1,0 +1,68 @@
+"""One origin response relayed to the client as it arrives and written beside to a part file.
+
+It becomes a stored response only once complete (the driver's `publish`); however the
+relay ends (complete, cut short, client gone, never started), `release` removes what
+is left and ends the flight that waits for it, exactly once.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+
+from ..origins.base import OriginResponse
+from .fills import discard, write_all
+
+
+class Spool:
+    def __init__(
+        self, response: OriginResponse, fd: int, path: str, limit: int,
+        publish: Callable[[str, int], Awaitable[None]], done: Callable[[], None],
+    ) -> None:
+        self.response = response
+        self.fd = fd
+        self.path = path
+        self.limit = limit  # bytes: past it, the response is relayed but not stored
+        self._publish = publish  # (part file path, size): store it
+        self._done = done
+        self._released = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        size, complete = 0, False
+        try:
+            async for chunk in self.response.body:
+                size += len(chunk)
+                if self.fd >= 0 and size > self.limit:
+                    self.release()
+                if self.fd >= 0:
+                    await anyio.to_thread.run_sync(write_all, self.fd, chunk)
+                yield chunk
+            complete = True
+        finally:
+            if complete and self.fd >= 0:
+                with anyio.CancelScope(shield=True):
+                    os.close(self.fd)
+                    self.fd = -1
+                    await self._publish(self.path, size)
+            self.release()
+
+    async def drain(self) -> None:
+        """Store a body nobody reads (the client asked for HEAD)."""
+        try:
+            async for _ in self.chunks():
+                pass
+        finally:
+            await self.close()
+
+    def release(self) -> None:
+        """Remove the part file unless published, and end the flight (idempotent)."""
+        discard(self.fd, self.path)
+        self.fd = -1
+        if not self._released:
+            self._released = True
+            self._done()
+
+    async def close(self) -> None:
+        self.release()
+        await self.response.close()
