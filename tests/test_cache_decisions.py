@@ -68,6 +68,7 @@ TOO_LARGE = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
         (req(), stored(cache_control="max-age=5, s-maxage=5"), hc.Validate([], Fwd.STALE, 10, -5, False)),
         (req(cache_control="max-age=1"), NO_VALIDATORS, hc.Validate([], Fwd.STALE, 10, -5, False)),
         (req(cache_control="no-cache"), NO_VALIDATORS, hc.Validate([], Fwd.STALE, 10, -5, False)),
+        (req(), stored(cache_control="no-cache, max-age=60"), hc.Validate([], Fwd.STALE, 10, 50, False)),
         (req(cache_control="max-stale=10"), STALE, hc.Serve(10, -5, stale=True)),
         (req(cache_control="only-if-cached"), STALE, hc.Answer(504, Fwd.STALE, "only-if-cached")),
         (req(), stored(cache_control="max-age=5, stale-while-revalidate=30"), hc.Serve(10, -5, stale=True,

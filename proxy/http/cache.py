@@ -161,8 +161,8 @@ def decide(req: Request, entry: Entry | None, miss: Fwd, now: float, policy: fr.
         return Serve(age, reuse.ttl, stale=True, refresh=reuse.background)
     if fr.only_if_cached(req.headers):
         return Answer(504, Fwd.STALE, "only-if-cached")
-    requested = reuse.ttl > 0  # fresh, but the request's directives did not allow it
-    return Validate(validators(entry.headers), Fwd.REQUEST if requested else Fwd.STALE, age, reuse.ttl,
+    # RFC 9211 section 2.2: "request" when a fresh response was not allowed by the request's directives.
+    return Validate(validators(entry.headers), Fwd.REQUEST if reuse.by_request else Fwd.STALE, age, reuse.ttl,
                     reuse.stale_if_error, reuse.stale_if_unreachable)
 
 

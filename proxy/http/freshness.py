@@ -136,6 +136,7 @@ class Reuse:
     background: bool = False
     stale_if_error: bool = False
     stale_if_unreachable: bool = False
+    by_request: bool = False  # REVALIDATE because of the request's directives, not the response's
 
 
 def reuse(
@@ -158,12 +159,16 @@ def reuse(
     sie = _window(req.get("stale-if-error"), _window(res.get("stale-if-error"), policy.stale_if_error))
     stale_if_error = may_serve_stale and sie > 0 and -ttl <= sie
     # Section 5.2.2.4 / 5.2.1.4: no-cache always goes to the origin first.
-    if "no-cache" in res or "no-cache" in req:
+    if "no-cache" in req:
+        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error,
+                     by_request=ttl > 0)
+    if "no-cache" in res:
         return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error)
     max_age = delta_seconds(req.get("max-age")) if "max-age" in req else None
     min_fresh = delta_seconds(req.get("min-fresh")) or 0
     if max_age is not None and age > max_age:
-        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error)
+        return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error,
+                     by_request=ttl > 0)
     if ttl - min_fresh > 0:
         return Reuse(ReuseKind.FRESH, ttl)
     if may_serve_stale and "max-stale" in req:
@@ -177,7 +182,7 @@ def reuse(
     # cannot be reached, the cache is "disconnected" and may serve it stale.
     unreachable_ok = policy.stale_if_unreachable and may_serve_stale and "min-fresh" not in req and max_age is None
     return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error,
-                 stale_if_unreachable=stale_if_error or unreachable_ok)
+                 stale_if_unreachable=stale_if_error or unreachable_ok, by_request=ttl > 0)  # min-fresh
 
 
 def _window(directive_value: str | None, default: int) -> int:
