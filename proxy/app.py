@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from . import __version__
 from .auth import write_denial
 from .config import Settings, settings_for_worker
-from .forwarded import base_url, client_address, is_trusted
+from .forwarded import base_url, client_address, forwarding_headers, is_trusted
 from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
@@ -110,6 +110,7 @@ def open_store(settings: Settings) -> Store | None:
 def create_app(settings: Settings) -> Starlette:
     origin = make_origin(settings)
     service = EdgeService(settings, origin, open_store(settings))
+    public_host = urlsplit(settings.public_base_url).netloc or None
 
     def write_refusal(request: Request) -> Response | None:
         """401/403 unless this request may write (uploads, purges, other methods)."""
@@ -150,7 +151,9 @@ def create_app(settings: Settings) -> Starlette:
             if refusal is not None:
                 return refusal
             body = request.stream()
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        peer = request.client.host if request.client else None
+        headers = forwarding_headers(received, peer, request.url.scheme, public_host, settings.proxies)
         reply = await service.handle(ProxyRequest(method, target_for(path, request), headers, body))
         return ReplyResponse(reply, head=method == "HEAD")
 

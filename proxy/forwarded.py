@@ -37,6 +37,62 @@ def client_address(peer: str | None, forwarded_for: str | None, proxies: tuple[N
     return str(address)
 
 
+# Request fields that tell an origin who or where the client is, or make it serve something
+# else, without being part of the cache key: a client who could set them could poison the
+# cache for everyone (the edge sets the forwarding fields itself, below).
+UNKEYED_FIELDS = frozenset({
+    "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
+    "x-forwarded-prefix", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-ssl", "x-forwarded-uri",
+    "x-original-url", "x-original-uri", "x-rewrite-url", "x-original-host", "x-host", "x-http-host-override",
+    "x-http-method-override", "x-http-method", "x-method-override", "x-real-ip", "true-client-ip",
+    "x-client-ip", "x-cluster-client-ip", "front-end-https", "x-url-scheme", "x-scheme",
+})
+
+
+def forwarding_headers(
+    headers: list[tuple[str, str]], peer: str | None, scheme: str, public_host: str | None,
+    proxies: tuple[Network, ...],
+) -> list[tuple[str, str]]:
+    """The client's request fields as the origin gets them.
+
+    Unkeyed fields are dropped; the edge adds X-Forwarded-For / -Proto (and -Host only
+    for a configured public URL) and Forwarded (RFC 7239). A trusted proxy's chain is
+    kept and the peer appended; anyone else's is replaced.
+    """
+    trusted = is_trusted(peer, proxies)
+    kept = [(n, v) for n, v in headers if n.lower() not in UNKEYED_FIELDS]
+    address = parse_address(peer) if peer else None
+    hop = str(address) if address else "unknown"
+    chain = [hop]
+    forwarded = [_forwarded_element(address, scheme, public_host)]
+    if trusted:
+        prior_for = [v for n, v in headers if n.lower() == "x-forwarded-for"]
+        prior = [v for n, v in headers if n.lower() == "forwarded"]
+        chain = [*prior_for, hop]
+        forwarded = [*prior, *forwarded]
+        proto = next((v.split(",")[0].strip().lower() for n, v in headers if n.lower() == "x-forwarded-proto"), "")
+        scheme = proto if proto in ("http", "https") else scheme
+    out = [*kept, ("X-Forwarded-For", ", ".join(chain)), ("X-Forwarded-Proto", scheme)]
+    if public_host:
+        out.append(("X-Forwarded-Host", public_host))
+    return [*out, ("Forwarded", ", ".join(forwarded))]
+
+
+def _forwarded_element(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None, scheme: str, host: str | None
+) -> str:
+    """One RFC 7239 element: for=, proto= and host= (IPv6 quoted and bracketed, section 6)."""
+    if address is None:
+        node = "unknown"
+    elif address.version == 6:
+        node = f'"[{address}]"'
+    else:
+        node = str(address)
+    element = f"for={node};proto={scheme}"
+    if host:
+        element += f';host="{host}"' if ":" in host else f";host={host}"
+    return element
+
 
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
