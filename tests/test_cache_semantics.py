@@ -218,3 +218,21 @@ async def test_store_failure_degrades_to_the_origin(setup, monkeypatch) -> None:
         b = await c.get("/d", headers={"Range": "bytes=300000-300099"})
     assert a.status_code == 200 and a.content == body
     assert b.status_code == 206 and b.content == body[300000:300100]
+
+
+async def test_a_set_cookie_is_never_replayed_to_another_client(setup) -> None:  # type: ignore[no-untyped-def]
+    origin, edge = setup
+    origin.objects["/login"] = Obj(b"hello", {"cache-control": "max-age=600", "set-cookie": "session=secret-0"})
+    a, b = await get_twice(edge, "/login")
+    assert a.headers["set-cookie"] == b.headers["set-cookie"] == "session=secret-0"  # each from the origin
+    assert b.headers["x-cache"] == "BYPASS" and len(origin.gets("/login")) == 3  # block probe, relay; relay
+
+
+@pytest.mark.parametrize("directive", ['private="set-cookie"', 'no-cache="Set-Cookie"'])
+async def test_a_response_whose_cookie_may_be_dropped_is_stored_without_it(setup, directive: str) -> None:  # type: ignore[no-untyped-def]
+    origin, edge = setup
+    origin.objects["/page"] = Obj(b"page", {"cache-control": f"max-age=600, {directive}", "set-cookie": "s=1"})
+    a, b = await get_twice(edge, "/page")
+    assert a.content == b.content == b"page"
+    assert a.headers["set-cookie"] == "s=1" and a.headers["x-cache"] == "MISS"  # the origin's answer to a
+    assert "set-cookie" not in b.headers and b.headers["x-cache"] == "HIT"

@@ -39,7 +39,11 @@ def h(**fields: str) -> list[tuple[str, str]]:
         (h(), 200, h(cache_control="no-store"), False),
         (h(cache_control="no-store"), 200, h(cache_control="max-age=60"), False),
         (h(), 200, h(cache_control="private"), False),
-        (h(), 200, h(cache_control='private="set-cookie"'), False),  # qualified: treated as unqualified
+        (h(), 200, h(cache_control='private="set-cookie"'), True),  # qualified: stored without the field
+        (h(), 200, h(cache_control="max-age=60", set_cookie="s=1"), False),  # a cookie is one client's
+        (h(), 200, h(cache_control='max-age=60, private="Set-Cookie"', set_cookie="s=1"), True),
+        (h(), 200, h(cache_control='max-age=60, no-cache="set-cookie"', set_cookie="s=1"), True),
+        (h(), 200, h(cache_control='max-age=60, no-cache="x-other"', set_cookie="s=1"), False),
         (h(), 200, h(cache_control="no-cache"), True),  # stored, always revalidated
         (h(), 200, h(vary="*"), False),
         (h(authorization="Bearer x"), 200, h(cache_control="max-age=60"), False),
@@ -148,6 +152,14 @@ def test_reuse(req, res, lifetime, age, kind, background, sie) -> None:  # type:
     decision = fr.reuse(req, 200, res, lifetime, age, P)
     assert (decision.kind.value, decision.background, decision.stale_if_error) == (kind, background, sie)
     assert decision.ttl == lifetime - age
+
+
+def test_qualified_no_cache_and_private_drop_their_fields_instead() -> None:
+    res = h(cache_control='max-age=60, no-cache="set-cookie, x-a", private="x-b"', set_cookie="s", x_a="1",
+            x_b="2", x_c="3")
+    assert fr.stored_headers(res, P) == [res[0], ("x-c", "3")]
+    assert fr.reuse([], 200, res, 60, 10, P).kind is fr.ReuseKind.FRESH  # no validation needed without them
+    assert fr.stored_headers(h(x_a="1"), P) == h(x_a="1")
 
 
 def test_configured_stale_defaults() -> None:

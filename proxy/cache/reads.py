@@ -13,7 +13,7 @@ from ..http.cache import Fwd
 from ..http.cachestatus import cache_status, x_cache
 from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
-from ..http.freshness import Policy, current_age, selection
+from ..http.freshness import Policy, current_age, selection, stored_headers
 from ..http.headers import content_type_for, parse_http_date
 from ..http.model import Representation
 from ..http.plan import plan_response
@@ -182,7 +182,8 @@ class ReadPath:
         await response.close()
         if isinstance(outcome, hc.Freshen):
             assert stored is not None
-            fresh = dataclasses.replace(stored, headers=outcome.headers, request_time=request_time,
+            fresh = dataclasses.replace(stored, headers=stored_headers(outcome.headers, self.policy),
+                                        request_time=request_time,
                                         response_time=response_time)
             updated = await self.entries.put(ex.primary, stored.key, fresh, fresh.headers)
             status = cache_status(fwd=fwd.value, fwd_status=304, stored=updated)
@@ -214,7 +215,7 @@ class ReadPath:
     ) -> tuple[Reply, bool]:
         # The 206 of a block describes that block only; a 200's fields are all the origin's.
         framing = _FRAMING if response.status == 206 else {"content-length"}
-        headers = [(n, v) for n, v in response.headers if n.lower() not in framing]
+        headers = stored_headers([(n, v) for n, v in response.headers if n.lower() not in framing], self.policy)
         key = meta_key(ex.primary, selection(headers, ex.req.headers))
         if isinstance(outcome, hc.StoreBody):
             return await self._store_body(ex, old, fwd, key, response, headers, request_time, response_time, flight)
@@ -249,7 +250,9 @@ class ReadPath:
         else:
             self.filler.fill(obj, ex.req.target, ex.req.headers, index, progress, response)
         status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
-        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False)), False
+        # Fields the cache may not keep (private="set-cookie", ...) still go to the client who asked.
+        own = [(n, v) for n, v in response.headers if (n, v) not in headers and n.lower() not in _FRAMING]
+        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own), False
 
     async def _store_body(
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, response: OriginResponse,
@@ -291,9 +294,12 @@ class ReadPath:
     def _age(self, obj: CachedObject) -> float:
         return current_age(obj.headers, obj.request_time, obj.response_time, time.time())
 
-    def _serve(self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str) -> Reply:
+    def _serve(
+        self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None
+    ) -> Reply:
+        """Answer from a stored response; `own`: fields for this client only, not stored."""
         req = ex.req
-        extra = [("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
+        extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
         if obj.status != 200:
             headers = [*obj.headers, ("Content-Length", str(obj.size)), *extra]
             has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0

@@ -63,8 +63,10 @@ def storable(
             return False
     elif "no-store" in res:
         return False
-    if "no-store" in req or "private" in res:
+    if "no-store" in req or ("private" in res and res["private"] is None):
         return False
+    if get(response_headers, "set-cookie") is not None and "set-cookie" not in omitted_fields(res):
+        return False  # one client's cookie is not for the next (like nginx and Varnish)
     if "*" in vary_fields(response_headers):
         return False  # section 4.1: a Vary of "*" never matches a later request
     if get(request_headers, "authorization") is not None and not allows_authorized(response_headers):
@@ -72,6 +74,19 @@ def storable(
     explicit = {"public", "max-age", "s-maxage"} & res.keys() or (
         not rules.targeted and get(response_headers, "expires") is not None)
     return bool(explicit) or status in HEURISTIC_STATUSES
+
+
+def omitted_fields(directives: dict[str, str | None]) -> frozenset[str]:
+    """Fields named by qualified private="..." and no-cache="..." (RFC 9111 sections 5.2.2.4, 5.2.2.7):
+    a shared cache may store and reuse the response without them."""
+    names = (directives.get(d) for d in ("private", "no-cache"))
+    return frozenset(f.strip().lower() for value in names if value for f in value.split(",") if f.strip())
+
+
+def stored_headers(headers: Headers, policy: Policy) -> Headers:
+    """The response fields the cache keeps: all but those its directives name as not to be reused."""
+    omitted = omitted_fields(response_rules(headers, policy).directives)
+    return [(n, v) for n, v in headers if n.lower() not in omitted] if omitted else headers
 
 
 def allows_authorized(response_headers: Headers) -> bool:
@@ -154,7 +169,8 @@ def reuse(
     if req_cc_value is None and "no-cache" in (get(request_headers, "pragma") or "").lower():
         req = {"no-cache": None}  # RFC 9111 section 5.4: Pragma only without Cache-Control
     ttl = lifetime - age
-    may_serve_stale = not ({"must-revalidate", "proxy-revalidate", "s-maxage", "no-cache"} & res.keys())
+    no_cache = "no-cache" in res and res["no-cache"] is None  # qualified: those fields are not stored
+    may_serve_stale = not no_cache and not ({"must-revalidate", "proxy-revalidate", "s-maxage"} & res.keys())
     swr = _window(res.get("stale-while-revalidate"), policy.stale_while_revalidate)
     sie = _window(req.get("stale-if-error"), _window(res.get("stale-if-error"), policy.stale_if_error))
     stale_if_error = may_serve_stale and sie > 0 and -ttl <= sie
@@ -162,7 +178,7 @@ def reuse(
     if "no-cache" in req:
         return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error,
                      by_request=ttl > 0)
-    if "no-cache" in res:
+    if no_cache:
         return Reuse(ReuseKind.REVALIDATE, ttl, stale_if_error=stale_if_error, stale_if_unreachable=stale_if_error)
     max_age = delta_seconds(req.get("max-age")) if "max-age" in req else None
     min_fresh = delta_seconds(req.get("min-fresh")) or 0
