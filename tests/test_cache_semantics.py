@@ -236,3 +236,51 @@ async def test_a_response_whose_cookie_may_be_dropped_is_stored_without_it(setup
     assert a.content == b.content == b"page"
     assert a.headers["set-cookie"] == "s=1" and a.headers["x-cache"] == "MISS"  # the origin's answer to a
     assert "set-cookie" not in b.headers and b.headers["x-cache"] == "HIT"
+
+
+async def test_a_get_racing_an_upload_never_stores_the_old_version(settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import dataclasses
+    import threading
+
+    from tests.conftest import RunningServer
+
+    class Racing(Upstream):
+        """Reads the object when first asked, then holds that answer until the test lets it go."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()  # set from the test's thread
+            self.held = threading.Event()
+
+        async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+            if scope["type"] == "http" and scope["method"] == "GET" and not self.held.is_set():
+                snapshot = self.objects["/doc"]
+                self.held.set()
+                while not self.release.is_set():
+                    await asyncio.sleep(0.01)
+                current, self.objects["/doc"] = self.objects["/doc"], snapshot
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    self.objects["/doc"] = current
+                return
+            await super().__call__(scope, receive, send)
+
+    origin = Racing()
+    origin.objects["/doc"] = Obj(b"version 1", {"cache-control": "max-age=3600"})
+    with RunningServer(dataclasses.replace(settings, server_name=""), app=origin) as running:
+        edge = make_server(dataclasses.replace(settings, origin=running.url))
+        async with httpx.AsyncClient(base_url=edge.url) as c:
+            slow = asyncio.create_task(c.get("/doc"))  # reads version 1 at the origin...
+            while not origin.held.is_set():
+                await asyncio.sleep(0.01)
+            put = await c.put("/doc", content=b"version 2")  # ...version 2 lands and invalidates...
+            assert put.status_code == 201
+            origin.release.set()
+            first = await slow  # ...and only then version 1's answer arrives
+            after = await c.get("/doc")
+    # The first answer may be either version (its block answer is dropped, the request asked again),
+    # but version 1 is never stored after the invalidation.
+    assert first.content in (b"version 1", b"version 2")
+    assert after.content == b"version 2" and after.headers["x-cache"] == "MISS"

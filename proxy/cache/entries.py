@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from ..http.cache import Entry, Fwd, PassMarker
 from ..http.directives import Headers
 from ..http.freshness import vary_fields, vary_key
 from ..store.disk import Store, StoreErrors
-from ..store.objects import CachedObject, VaryIndex, meta_key, vary_index_key
+from ..store.objects import CachedObject, meta_key
 from .threads import StoreThreads
 
 log = logging.getLogger("edgecache")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    entry: Entry | None
+    miss: Fwd  # the reason to give if nothing usable is stored
+    generation: int | None  # None when the store could not be read
 
 
 class Entries:
@@ -18,40 +26,38 @@ class Entries:
         self.store = store
         self.threads = threads
 
-    async def lookup(self, primary: str, headers: Headers, fresh: bool = False) -> tuple[Entry | None, Fwd]:
-        """The entry selected for this request (RFC 9111 section 4.1), and the miss reason if none."""
+    async def lookup(self, primary: str, headers: Headers, fresh: bool = False) -> Lookup:
+        """The entry selected for this request (RFC 9111 section 4.1), the miss reason if none,
+        and the key's generation (what a fill started now may store into)."""
 
-        def lookup() -> tuple[Entry | None, Fwd]:
-            index = self.store.get(vary_index_key(primary), fresh)
-            if isinstance(index, VaryIndex):
-                return _entry(self.store.get(meta_key(primary, vary_key(index.fields, headers)), fresh)), Fwd.VARY_MISS
-            return _entry(self.store.get(meta_key(primary, ""), fresh)), Fwd.URI_MISS
+        def lookup() -> Lookup:
+            generation = self.store.generation(primary)
+            index = self.store.vary_index(primary, fresh)
+            if index is not None:
+                key = meta_key(primary, vary_key(index.fields, headers))
+                return Lookup(_entry(self.store.get_meta(key, fresh)), Fwd.VARY_MISS, generation)
+            return Lookup(_entry(self.store.get_meta(meta_key(primary, ""), fresh)), Fwd.URI_MISS, generation)
 
         try:
             return await self.threads.run(lookup)
         except StoreErrors as e:
             log.warning("cache lookup failed, going to the origin: %s", e)
-            return None, Fwd.MISS
+            return Lookup(None, Fwd.MISS, None)
 
-    async def put(self, primary: str, key: str, entry: Entry, response_headers: Headers) -> bool:
-        """Store an entry under its meta key, keeping the Vary index of the primary key right."""
-        vary = vary_fields(response_headers)
-
-        def put() -> None:
-            if vary:
-                index = self.store.get(vary_index_key(primary), fresh=True)
-                selections = index.selections if isinstance(index, VaryIndex) and index.fields == vary else frozenset()
-                self.store.put(vary_index_key(primary), VaryIndex(vary, selections | {key}))
-            elif self.store.get(vary_index_key(primary)) is not None:
-                self.store.delete(vary_index_key(primary))  # it no longer varies
-            self.store.put(key, entry)
-
+    async def put(self, primary: str, key: str, entry: Entry, response_headers: Headers,
+                  generation: int | None) -> bool:
+        """Store an entry unless the key was invalidated since `generation` (or the store failed)."""
+        if generation is None:
+            return False  # the lookup failed: the store cannot be trusted with it
         try:
-            await self.threads.run(put)
-            return True
+            stored = await self.threads.run(self.store.put_meta, primary, key, entry, vary_fields(response_headers),
+                                            generation)
         except StoreErrors as e:
             log.warning("metadata not stored: %s", e)
             return False
+        if not stored:
+            log.info("%s was invalidated while it was fetched: not stored", primary)
+        return stored
 
     async def forget(self, obj: CachedObject) -> None:
         """Forget one stored response and its blocks (its version is gone at the origin)."""

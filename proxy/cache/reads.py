@@ -50,11 +50,12 @@ class ProxyRequest:
 
 @dataclasses.dataclass(frozen=True)
 class _Exchange:
-    """One request's facts for the read path."""
+    """One request's facts for the read path; `generation`: the key's, when it was looked up."""
 
     req: ProxyRequest
     primary: str
     facts: hc.Request
+    generation: int | None
 
     @property
     def method(self) -> str:
@@ -82,10 +83,12 @@ class ReadPath:
     # --- a request ---------------------------------------------------------------
     async def read(self, req: ProxyRequest) -> Reply:
         primary = self.origin.cache_key(req.target)
-        ex = _Exchange(req, primary, hc.Request(req.method, req.headers, primary))
+        facts = hc.Request(req.method, req.headers, primary)
         for attempt in range(COLLAPSE_ROUNDS + 1):
-            entry, miss = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
-            action = hc.decide(ex.facts, entry, miss, time.time(), self.policy)
+            found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
+            entry = found.entry
+            ex = _Exchange(req, primary, facts, found.generation)
+            action = hc.decide(facts, entry, found.miss, time.time(), self.policy)
             stored = entry if isinstance(entry, CachedObject) else None
             if isinstance(action, hc.Serve):
                 assert stored is not None
@@ -176,7 +179,7 @@ class ReadPath:
             return await self._store(ex, stored, fwd, outcome, response, request_time, response_time, flight)
         if isinstance(outcome, (hc.Pass, hc.Forward)) and outcome.remember:
             marker = hc.PassMarker(hc.PassReason.UNCACHEABLE, response_time + UNCACHEABLE_TTL)
-            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [])
+            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [], ex.generation)
         if isinstance(outcome, hc.Pass):
             return relay_forwarded(response, ex.method, fwd, getattr(action, "detail", None)), False
         await response.close()
@@ -185,7 +188,7 @@ class ReadPath:
             fresh = dataclasses.replace(stored, headers=stored_headers(outcome.headers, self.policy),
                                         request_time=request_time,
                                         response_time=response_time)
-            updated = await self.entries.put(ex.primary, stored.key, fresh, fresh.headers)
+            updated = await self.entries.put(ex.primary, stored.key, fresh, fresh.headers, ex.generation)
             status = cache_status(fwd=fwd.value, fwd_status=304, stored=updated)
             return self._serve(ex, fresh, self._age(fresh), status, x_cache(hit=True)), False
         if isinstance(outcome, hc.ServeStale):
@@ -222,7 +225,7 @@ class ReadPath:
         if outcome.size > self.settings.max_object_size:
             await response.close()
             marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
-            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [])
+            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [], ex.generation)
             return relay_forwarded(await self._forward(ex.req), ex.method, Fwd.BYPASS, marker.reason.value), False
         validator = hc.strong_validator(headers) if outcome.sliceable else None
         obj = CachedObject(
@@ -238,7 +241,7 @@ class ReadPath:
             log.warning("block not claimed, relaying: %s", e)
             await response.close()
             return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
-        if not await self.entries.put(ex.primary, key, obj, headers):
+        if not await self.entries.put(ex.primary, key, obj, headers, ex.generation):
             if progress is not None:
                 await self.filler.abandon(progress)
             await response.close()
@@ -274,7 +277,7 @@ class ReadPath:
             try:
                 if size:
                     await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
-                if await self.entries.put(ex.primary, key, obj, headers) and old is not None:
+                if await self.entries.put(ex.primary, key, obj, headers, ex.generation) and old is not None:
                     await self.entries.drop_blocks(old)
             except StoreErrors as e:
                 log.warning("response not stored: %s", e)

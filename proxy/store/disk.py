@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import secrets
 import sqlite3
 import time
+from collections import OrderedDict
 from typing import IO
 
 import diskcache
@@ -38,13 +40,20 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no typ
         return super().store(value, read, key=key)
 
 
+META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
+MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
+_UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
+
+
 class Store:
-    """Metadata and blocks in one LRU cache with a size limit; leases in another that never evicts."""
+    """Metadata and blocks in one LRU cache with a size limit; in caches that never evict: the
+    index (Vary fields and selections, purge generations) and the leases."""
 
     def __init__(self, directory: str, size_limit: int, memo_seconds: float = 1.0) -> None:
         self.directory = directory
         self.memo_seconds = memo_seconds
-        self._memo: dict[str, tuple[float, object]] = {}
+        self._memo: OrderedDict[str, tuple[float, object, int]] = OrderedDict()
+        self._memo_bytes = 0
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
         self.objects = diskcache.Cache(
@@ -55,39 +64,96 @@ class Store:
             cull_limit=10,
             timeout=5,
         )
+        self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
 
     def close(self) -> None:
         self.objects.close()
+        self.index.close()
         self.leases.close()
 
     # --- metadata ---------------------------------------------------------
-    # Reads are remembered for `memo_seconds`: with the LRU policy every read of the
-    # cache is a write transaction, and hot keys are read by every request. Writes
-    # from this process are seen at once; from other workers within memo_seconds.
-    def get(self, key: str, fresh: bool = False) -> object | None:
-        now = time.monotonic()
-        if not fresh:
-            memo = self._memo.get(key)
-            if memo is not None and now - memo[0] < self.memo_seconds:
-                return memo[1]
-        value: object = self.objects.get(key)
-        if len(self._memo) > 10_000:
-            self._memo.clear()
-        self._memo[key] = (now, value)
+    # Reads are remembered for `memo_seconds` (at most MEMO_BYTES): with the LRU policy
+    # every read of the cache is a write transaction, and hot keys are read by every
+    # request. Writes from this process are seen at once; from other workers within
+    # memo_seconds.
+    def _remember(self, key: str, value: object) -> None:
+        old = self._memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= old[2]
+        size = len(key) + _approximate_size(value)
+        self._memo[key] = (time.monotonic(), value, size)
+        self._memo_bytes += size
+        while self._memo_bytes > MEMO_BYTES:
+            self._memo_bytes -= self._memo.popitem(last=False)[1][2]
+
+    def _forget(self, key: str) -> None:
+        old = self._memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= old[2]
+
+    def _recall(self, key: str, fresh: bool) -> tuple[bool, object]:
+        memo = None if fresh else self._memo.get(key)
+        if memo is not None and time.monotonic() - memo[0] < self.memo_seconds:
+            return True, memo[1]
+        return False, None
+
+    def get_meta(self, key: str, fresh: bool = False) -> object | None:
+        """A stored entry (a CachedObject or a pass marker), or None; unreadable entries are misses."""
+        known, value = self._recall(key, fresh)
+        if not known:
+            try:
+                stored: object = self.objects.get(key)
+            except _UNREADABLE as e:
+                log.warning("unreadable metadata %s dropped: %s", key, e)
+                self.objects.delete(key)
+                stored = None
+            value = stored[1] if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == META_FORMAT else None
+            self._remember(key, value)
         return value
 
-    def put(self, key: str, value: object) -> None:
-        self.objects.set(key, value)
-        self._memo[key] = (time.monotonic(), value)
+    def vary_index(self, primary: str, fresh: bool = False) -> VaryIndex | None:
+        key = vary_index_key(primary)
+        known, value = self._recall(key, fresh)
+        if not known:
+            value = self.index.get(key)
+            self._remember(key, value)
+        return value if isinstance(value, VaryIndex) else None
+
+    def generation(self, primary: str) -> int:
+        """How many times the key was invalidated: a fill started at one generation may not
+        store into another."""
+        value = self.index.get(_generation_key(primary), 0)
+        return value if isinstance(value, int) else 0
+
+    def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...], generation: int) -> bool:
+        """Store an entry and keep the primary key's Vary index right, in one transaction of the
+        index; False (nothing written) when the key was invalidated since `generation`."""
+        with self.index.transact():
+            if self.generation(primary) != generation:
+                return False
+            index_key = vary_index_key(primary)
+            if vary:
+                current = self.index.get(index_key)
+                same = isinstance(current, VaryIndex) and current.fields == vary
+                selections = current.selections if isinstance(current, VaryIndex) and same else frozenset()
+                index = VaryIndex(vary, selections | {key})
+                self.index.set(index_key, index)
+                self._remember(index_key, index)
+            elif index_key in self.index:
+                self.index.delete(index_key)  # it no longer varies
+                self._forget(index_key)
+            self.objects.set(key, (META_FORMAT, entry))
+        self._remember(key, entry)
+        return True
 
     def delete(self, *keys: str) -> None:
         for key in keys:
-            self._memo.pop(key, None)
+            self._forget(key)
             self.objects.delete(key)
 
     def get_object(self, key: str, fresh: bool = False) -> CachedObject | None:
-        value = self.get(key, fresh)
+        value = self.get_meta(key, fresh)
         return value if isinstance(value, CachedObject) else None
 
     # --- blocks -------------------------------------------------------------
@@ -153,18 +219,26 @@ class Store:
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:
-        """Forget every stored response (and its blocks) for a primary key; how many."""
-        index = self.get(vary_index_key(primary), fresh=True)
+        """Forget every stored response (and its blocks) for a primary key; how many.
+
+        The generation goes up first, in the same transaction that takes the Vary index,
+        so a fill that read the old version can no longer store it afterwards.
+        """
+        with self.index.transact():
+            self.index.set(_generation_key(primary), self.generation(primary) + 1)
+            index = self.index.pop(vary_index_key(primary), None)
+        self._forget(vary_index_key(primary))
         keys = {meta_key(primary, "")} | (set(index.selections) if isinstance(index, VaryIndex) else set())
         objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
-        self.delete(vary_index_key(primary), *keys)
+        self.delete(*keys)
         for obj in objects:
             self.drop_blocks(obj)
         return len(objects)
 
     def purge_prefix(self, prefix: str) -> list[str]:
         """Purge every primary key starting with `prefix`; the keys purged."""
-        primaries = {p for k in self.objects.iterkeys() if isinstance(k, str) and (p := primary_of(k)) is not None}
+        keys = [*self.objects.iterkeys(), *self.index.iterkeys()]
+        primaries = {p for k in keys if isinstance(k, str) and (p := primary_of(k)) is not None}
         purged = sorted(p for p in primaries if p.startswith(prefix))
         for primary in purged:
             self.purge(primary)
@@ -172,3 +246,14 @@ class Store:
 
     def drop_blocks(self, obj: CachedObject) -> None:
         self.delete(*(obj.block_key(i) for i in range(obj.block_count)))
+
+
+def _generation_key(primary: str) -> str:
+    return "g|" + primary
+
+
+def _approximate_size(value: object) -> int:
+    """Bytes a remembered entry holds, roughly: its headers dominate."""
+    headers = getattr(value, "headers", None)
+    fields = sum(len(n) + len(v) for n, v in headers) if isinstance(headers, list) else 0
+    return 256 + fields

@@ -1,0 +1,69 @@
+"""The store's own guarantees: purge generations, a Vary index that is never evicted,
+metadata of another format is a miss, a bounded memo."""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+from proxy.http.cache import PassMarker, PassReason
+from proxy.store import disk
+from proxy.store.disk import Store
+from proxy.store.objects import CachedObject, meta_key
+
+
+def obj(primary: str, selection: str = "", size: int = 10) -> CachedObject:
+    return CachedObject(status=200, headers=[("etag", '"1"')], request_time=1.0, response_time=1.0,
+                        key=meta_key(primary, selection), size=size, block_size=4, validator='"1"', sliceable=True)
+
+
+def test_a_fill_that_started_before_a_purge_cannot_store_after_it(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), 64 * 1024**2)
+    generation = store.generation("/a")  # a GET looks up, then asks the origin for version 1
+    store.purge("/a")  # meanwhile an upload of version 2 invalidates the key
+    assert not store.put_meta("/a", meta_key("/a", ""), obj("/a"), (), generation)
+    assert store.get_meta(meta_key("/a", ""), fresh=True) is None
+    assert store.put_meta("/a", meta_key("/a", ""), obj("/a"), (), store.generation("/a"))
+    assert store.get_object(meta_key("/a", ""), fresh=True) == obj("/a")
+
+
+def test_every_variant_is_purged_and_the_index_is_not_evicted(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), 64 * 1024**2)
+    for lang in ("en", "fr", "de"):
+        key = meta_key("/v", f"accept-language={lang!r}")
+        assert store.put_meta("/v", key, obj("/v", lang), ("accept-language",), store.generation("/v"))
+    store.objects.cull()  # eviction runs on the objects cache only
+    store.objects.clear()  # even if every entry there were evicted...
+    assert store.vary_index("/v", fresh=True) is not None  # ...the index still knows the variants
+    store.put_meta("/v", meta_key("/v", "x"), obj("/v", "x"), ("accept-language",), store.generation("/v"))
+    assert store.purge_prefix("/") == ["/v"]
+    assert store.vary_index("/v", fresh=True) is None
+
+
+def test_metadata_of_another_format_or_unreadable_is_a_miss(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), 64 * 1024**2)
+    store.objects.set(meta_key("/old", ""), obj("/old"))  # written by an older edgecache, no format tag
+    store.objects.set(meta_key("/new", ""), (disk.META_FORMAT + 1, obj("/new")))
+    gone = types.ModuleType("edgecache_removed_module")  # a class that no longer exists when read back
+    gone.Meta = type("Meta", (), {"__module__": "edgecache_removed_module"})  # type: ignore[attr-defined]
+    sys.modules["edgecache_removed_module"] = gone
+    store.objects.set(meta_key("/bad", ""), (disk.META_FORMAT, gone.Meta()))  # type: ignore[attr-defined]
+    del sys.modules["edgecache_removed_module"]
+    assert store.get_meta(meta_key("/old", ""), fresh=True) is None
+    assert store.get_meta(meta_key("/new", ""), fresh=True) is None
+    assert store.get_meta(meta_key("/bad", ""), fresh=True) is None
+    assert meta_key("/bad", "") not in store.objects  # dropped
+
+
+def test_the_memo_is_bounded_in_bytes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(disk, "MEMO_BYTES", 64 * 1024)
+    store = Store(str(tmp_path), 64 * 1024**2)
+    big = [("x-big", "v" * 4000)]
+    for i in range(200):
+        entry = PassMarker(PassReason.UNCACHEABLE, 1.0)
+        store.put_meta(f"/k{i}", meta_key(f"/k{i}", ""), entry, (), 0)
+        marker_obj = CachedObject(status=200, headers=big, request_time=1, response_time=1,
+                                  key=meta_key(f"/o{i}", ""), size=1, block_size=1, validator="v", sliceable=False)
+        store.put_meta(f"/o{i}", marker_obj.key, marker_obj, (), 0)
+    assert store._memo_bytes <= 64 * 1024
+    assert sum(size for _, _, size in store._memo.values()) == store._memo_bytes
