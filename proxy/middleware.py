@@ -1,4 +1,4 @@
-"""ASGI middleware: request header limits, the Host field, and Date / Server on every response."""
+"""ASGI middleware: request header limits, the Host field, and Date / Server / nosniff on every response."""
 from __future__ import annotations
 
 import re
@@ -36,7 +36,9 @@ class EdgeHeaders:
     requests without exactly one valid Host (400, RFC 9112 section 3.2).
 
     Adds exactly one Date (RFC 9110 section 6.6.1) and the configured Server to
-    responses that lack them; uvicorn's own are switched off.
+    responses that lack them; uvicorn's own are switched off. Every response says
+    `X-Content-Type-Options: nosniff`: a browser renders a file as the type it is
+    served with, never as HTML it guessed from the bytes.
     """
 
     def __init__(self, app: ASGIApp, *, max_count: int, max_bytes: int, server: str) -> None:
@@ -72,6 +74,8 @@ class EdgeHeaders:
             extra.append((b"date", format_http_date(time.time()).encode()))
         if self.server and b"server" not in present:
             extra.append((b"server", self.server))
+        if b"x-content-type-options" not in present:
+            extra.append((b"x-content-type-options", b"nosniff"))
         return [*headers, *extra]
 
     async def _refuse(self, send: Send, status: int, message: str) -> None:

@@ -22,6 +22,21 @@ from ..streaming import plan_chunks
 from ..uploads import UploadError
 from .base import BodyAborted, OriginResponse, Target, Uploaded, text_response
 
+# Media types a browser runs scripts in when it opens them (or, for JavaScript, that a page of
+# the edge's origin could load as its own). Served with `Content-Security-Policy: sandbox`.
+_ACTIVE_TYPES = frozenset({
+    "text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml",
+    "text/javascript", "application/javascript", "application/x-javascript", "application/ecmascript",
+    "text/ecmascript",
+})
+SANDBOX = ("Content-Security-Policy", "sandbox")
+
+
+def active_content(media_type: str) -> bool:
+    """True for HTML, SVG, XHTML, any XML (`+xml` too) and JavaScript."""
+    base = media_type.split(";", 1)[0].strip().lower()
+    return base in _ACTIVE_TYPES or base.endswith("+xml")
+
 
 class ShortRead(BodyAborted):
     """The file shrank while it was being served: the response cannot be completed."""
@@ -89,11 +104,16 @@ class LocalOrigin:
         opened = await anyio.to_thread.run_sync(self._open, target.path)
         if opened is None:
             return text_response(404, "Not Found")
+        extra = self.extra_headers
+        if active_content(opened.rep.content_type):
+            # An uploaded page or script runs in an opaque origin: it cannot act as the edge's
+            # own origin (read its responses, write with the same-origin rules, be a service worker).
+            extra = (*extra, SANDBOX)
         plan = plan_response(
             method,
             conditions_from(headers),
             get(headers, "range"),
-            dataclasses.replace(opened.rep, extra_headers=self.extra_headers),
+            dataclasses.replace(opened.rep, extra_headers=extra),
             max_ranges=self.max_ranges,
             boundary=secrets.token_hex(12),
             now=time.time(),
