@@ -14,7 +14,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .auth import write_denial
+from .auth import cross_site_reason, origin_of, write_denial
 from .config import Settings, settings_for_worker
 from .forwarded import base_url, client_address, forwarding_headers, is_trusted
 from .middleware import EdgeHeaders
@@ -112,6 +112,21 @@ def create_app(settings: Settings) -> Starlette:
     service = EdgeService(settings, origin, open_store(settings))
     public_host = urlsplit(settings.public_base_url).netloc or None
 
+    def public_base(request: Request, configured: str) -> str:
+        """The base URL of this request: `configured`, else its own scheme and host
+        (X-Forwarded-Proto / -Host from a trusted proxy)."""
+        return base_url(configured, request.url.scheme, request.headers.get("host"),
+                        request.client.host if request.client else None,
+                        request.headers.get("x-forwarded-proto"), request.headers.get("x-forwarded-host"),
+                        settings.proxies)
+
+    def own_origins(request: Request) -> set[str]:
+        """The origins a same-origin browser request to this edge names in `Origin`."""
+        bases = {public_base(request, settings.public_base_url)}
+        if request.headers.get("host"):
+            bases.add(public_base(request, ""))
+        return {o for o in map(origin_of, bases) if o is not None}
+
     def write_refusal(request: Request) -> Response | None:
         """401/403 unless this request may write (uploads, purges, other methods)."""
         peer = request.client.host if request.client else None
@@ -119,8 +134,10 @@ def create_app(settings: Settings) -> Starlette:
         client = client_address(peer, forwarded_for, settings.proxies)
         proxied = any(name in request.headers for name in _FORWARDED_FIELDS)
         via_untrusted_proxy = proxied and not is_trusted(peer, settings.proxies)
+        cross_site = cross_site_reason(request.headers.get("sec-fetch-site"), request.headers.getlist("origin"),
+                                       own_origins(request))
         denial = write_denial(settings.tokens, client, request.headers.get("authorization"),
-                              forwarded=via_untrusted_proxy)
+                              forwarded=via_untrusted_proxy, cross_site=cross_site)
         if denial is None:
             return None
         headers = {"WWW-Authenticate": 'Bearer realm="edgecache"'} if denial[0] == 401 else None
@@ -185,10 +202,7 @@ def create_app(settings: Settings) -> Starlette:
             return _text(e.status, f"{_REASONS[e.status]}: the origin failed during the upload ({e.kind})")
         if not 200 <= uploaded.status < 300:
             return _text(uploaded.status, f"The origin refused the upload ({uploaded.status}): {uploaded.detail}")
-        base = base_url(settings.public_base_url, request.url.scheme, request.headers.get("host"),
-                        request.client.host if request.client else None,
-                        request.headers.get("x-forwarded-proto"), request.headers.get("x-forwarded-host"),
-                        settings.proxies)
+        base = public_base(request, settings.public_base_url)
         url = base + "/" + quote(path, safe=_PATH_SAFE)
         answer = {"url": url, "path": "/" + path, "size": uploaded.size, "etag": uploaded.etag,
                   "content_type": uploaded.content_type}

@@ -29,6 +29,9 @@ REMOTE_POLL = 0.005  # seconds between size checks of another process's part fil
 LEASE_CHECK = 0.5  # seconds between checks that another process's fill is alive
 
 
+_FILL_OR_STORE: tuple[type[Exception], ...] = (FillFailed, *StoreErrors)
+
+
 class _Abandoned(Exception):
     """Another fill stopped without publishing, or published meanwhile: look again."""
 
@@ -117,12 +120,12 @@ class BlockSource:
                 else:
                     await anyio.sleep(0.05)
                 continue
-            except StoreErrors as e:
-                raise FillFailed(f"store: {e}", local=True) from None
-            except FillFailed as e:
-                if e.changed or not e.local or not obj.sliceable:
+            except _FILL_OR_STORE as e:
+                local = not isinstance(e, FillFailed) or e.local
+                if not local or (isinstance(e, FillFailed) and e.changed) or not obj.sliceable:
                     raise
                 # Our disk failed: serve the rest of this block straight from the origin.
+                log.warning("store failed, block %d of %s from the origin: %s", index, obj.key, e)
                 async for chunk in self.direct(obj, target, headers, block_start + pos, block_start + hi):
                     pos += len(chunk)
                     yield chunk

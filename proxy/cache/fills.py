@@ -134,18 +134,22 @@ class Filler:
         start, end = obj.block_span(index)
         fd, path = await self.threads.run(self.store.new_part)
         lease = "f|" + key
+        claimed = False
         try:
             claimed = await self.threads.run(self.store.take_lease, lease, path, LEASE_TTL)
             if claimed and key not in self.active and not await self.threads.run(self.store.has_block, key):
                 progress = Progress(key, lease, path, fd, end - start)
                 self.active[key] = progress
                 return progress
-            if claimed:
-                await self.threads.run(self.store.release_lease, lease, path)
         except BaseException:
             discard(fd, path)
+            if claimed:  # a lease left behind would make every reader wait for it to expire
+                with anyio.CancelScope(shield=True):
+                    await self._release(lease, path)
             raise
         discard(fd, path)
+        if claimed:
+            await self._release(lease, path)
         return None
 
     async def start(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> Progress | None:
