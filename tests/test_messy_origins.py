@@ -186,3 +186,16 @@ async def test_an_unreachable_origin_is_met_with_the_stale_copy(  # type: ignore
     finally:
         raw.shutdown()
         raw.server_close()
+
+
+async def test_waiters_of_a_failed_fetch_share_its_failure(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    origin, _ = upstream
+    origin.objects["/slow"] = Obj(b"late", {"cache-control": "max-age=600"})
+    origin.delay = 1.5
+    edge = make_server(dataclasses.replace(http_settings, origin_response_timeout=0.5))
+    async with httpx.AsyncClient(base_url=edge.url, timeout=20) as c:
+        answers = await asyncio.gather(*(c.get("/slow") for _ in range(6)))
+    assert [a.status_code for a in answers] == [504] * 6
+    assert len(origin.gets("/slow")) == 1  # not one timed-out request per waiter

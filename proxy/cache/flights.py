@@ -14,6 +14,7 @@ import time
 
 import anyio
 
+from ..origins.base import OriginError
 from ..store.disk import Store, StoreErrors
 from .threads import StoreThreads
 
@@ -30,6 +31,7 @@ class Flight:
         self.key = key
         self.owner = owner  # our lease in the store, None when the store could not give one
         self.done = anyio.Event()
+        self.failure: OriginError | None = None  # the origin failed: the waiters answer the same
         self._renewer: asyncio.Task[None] | None = None
 
     def end(self) -> None:
@@ -62,13 +64,14 @@ class Flights:
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def join(self, key: str) -> Flight | None:
-        """Lead the exchange for `key` (a Flight), or wait for the leader to end (None)."""
+    async def join(self, key: str) -> Flight | OriginError | None:
+        """Lead the exchange for `key` (a Flight), or wait for the leader to end: None, or the
+        OriginError it met (so that a failing origin is not asked again by every waiter at once)."""
         current = self.local.get(key)
         if current is not None:
             with anyio.move_on_after(self.wait_limit):
                 await current.done.wait()
-            return None
+            return current.failure
         flight = Flight(self, key, None)
         self.local[key] = flight
         lease, owner = "p|" + key, secrets.token_hex(8)

@@ -101,6 +101,8 @@ class ReadPath:
             if isinstance(action, hc.Fetch) and action.as_is:
                 return await self._exchange(ex, None, action, None)
             flight = await self.flights.join(primary) if attempt < COLLAPSE_ROUNDS else None
+            if isinstance(flight, OriginError):
+                raise flight  # the request we waited for found the origin failing: so do we
             if flight is None and attempt < COLLAPSE_ROUNDS:
                 continue  # another request asked the origin: look again
             return await self._exchange(ex, stored, action, flight)
@@ -116,7 +118,7 @@ class ReadPath:
     async def _refresh(self, ex: _Exchange, obj: CachedObject) -> None:
         """stale-while-revalidate: revalidate in the background, once per key at a time."""
         flight = await self.flights.join(ex.primary)
-        if flight is None:
+        if not isinstance(flight, Flight):
             return
         action = hc.Validate(hc.validators(obj.headers), Fwd.STALE, 0.0, 0.0, False)
         try:
@@ -145,6 +147,10 @@ class ReadPath:
         try:
             reply, handed_over = await self._ask(ex, stored, action, flight, whole)
             return reply
+        except OriginError as e:
+            if flight is not None:
+                flight.failure = e
+            raise
         finally:
             if flight is not None and not handed_over:
                 flight.end()
