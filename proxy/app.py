@@ -25,7 +25,15 @@ from .paths import BadPath, HiddenPath, clean_path
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response
-from .uploads import MultipartFile, UploadError, check_declared_length, file_name, limited, upload_path
+from .uploads import (
+    MultipartFile,
+    UploadError,
+    check_declared_length,
+    file_name,
+    limited,
+    upload_folder,
+    upload_path,
+)
 
 log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
@@ -182,17 +190,20 @@ def create_app(settings: Settings) -> Starlette:
         limit = settings.max_upload_size
         try:
             check_declared_length(request.headers.get("content-length"), limit)
+            # The whole request body is bounded in size and in idle time: a multipart body's
+            # preamble and other fields too, not only the file.
+            received = limited(request.stream(), limit, settings.upload_idle_timeout)
             if request.method == "POST":
-                form = MultipartFile(request.stream(), request.headers["content-type"])
+                upload_folder(url_path)  # refused before the body is read
+                form = MultipartFile(received, request.headers["content-type"])
                 name = file_name(await form.open())
                 path = upload_path(url_path.rstrip("/") + "/" + name, settings.extensions)
-                chunks, media, length = form.chunks(), form.content_type, None
+                body, media, length = form.chunks(), form.content_type, None
             else:
                 path = upload_path(url_path, settings.extensions)
                 declared = request.headers.get("content-length", "")
-                chunks, media = request.stream(), request.headers.get("content-type")
+                body, media = received, request.headers.get("content-type")
                 length = int(declared) if declared.isdigit() else None
-            body = limited(chunks, limit, settings.upload_idle_timeout)
             uploaded = await service.upload(target_for(path, request), body, media, length)
         except UploadError as e:
             return _text(e.status, f"{_REASONS.get(e.status, 'Bad Request')}: {e}")
@@ -256,13 +267,16 @@ def create_app(settings: Settings) -> Starlette:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def edge_not_found(request: Request) -> Response:
+    async def edge_reserved(request: Request) -> Response:
+        """/_edge/ is the edge's own: an upload there is refused with the reason, the rest is 404."""
+        if request.method == "PUT" or (request.method == "POST" and _is_multipart(request)):
+            return await upload(request, "/_edge/" + request.path_params["rest"])
         return _text(404, "Not Found")
 
     routes = [
         Route("/_edge/health", health, methods=list(READ_METHODS)),
         Route("/_edge/purge", purge, methods=["POST"]),
-        Route("/_edge/{rest:path}", AnyMethod(edge_not_found)),
+        Route("/_edge/{rest:path}", AnyMethod(edge_reserved)),
     ]
     if settings.compat_routes:
         routes += [

@@ -19,20 +19,27 @@ class UploadError(Exception):
         self.status = status
 
 
-def upload_path(url_path: str, extensions: tuple[str, ...]) -> str:
-    """The relative path an upload to `url_path` writes, or UploadError(400/415)."""
-    if url_path.endswith("/"):
-        raise UploadError(400, "an upload names a file, not a folder")
+def upload_folder(url_path: str) -> str:
+    """The relative folder a multipart upload to `url_path` writes into ('' for the root),
+    checked before the body is read; UploadError(400) saying why it cannot be."""
     try:
         path = clean_path(url_path)
     except BadPath as e:
         raise UploadError(400, str(e)) from None
     except HiddenPath:
         raise UploadError(400, "names starting with '.' are not allowed") from None
-    if not path:
-        raise UploadError(400, "an upload needs a file name")
     if path.split("/", 1)[0] in RESERVED:
         raise UploadError(400, "'/_edge/' is reserved")
+    return path
+
+
+def upload_path(url_path: str, extensions: tuple[str, ...]) -> str:
+    """The relative path an upload to `url_path` writes, or UploadError(400/415)."""
+    if url_path.endswith("/"):
+        raise UploadError(400, "an upload names a file, not a folder")
+    path = upload_folder(url_path)
+    if not path:
+        raise UploadError(400, "an upload needs a file name")
     if extensions and not path.lower().endswith(extensions):
         raise UploadError(415, f"only {', '.join(extensions)} files may be uploaded")
     return path

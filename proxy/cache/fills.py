@@ -142,12 +142,12 @@ class Filler:
                 self.active[key] = progress
                 return progress
         except BaseException:
-            discard(fd, path)
-            if claimed:  # a lease left behind would make every reader wait for it to expire
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(discard, fd, path)
+                if claimed:  # a lease left behind would make every reader wait for it to expire
                     await self._release(lease, path)
             raise
-        discard(fd, path)
+        await anyio.to_thread.run_sync(discard, fd, path)
         if claimed:
             await self._release(lease, path)
         return None
@@ -265,16 +265,16 @@ class Filler:
 
     async def _publish(self, progress: Progress) -> None:
         try:
-            os.close(progress.fd)
-            progress.fd = -1
+            fd, progress.fd = progress.fd, -1
+            await anyio.to_thread.run_sync(os.close, fd)
             await self.threads.run(self.store.publish_block, progress.key, progress.path, progress.length)
         except StoreErrors as e:
             log.warning("block %s not stored: %s", progress.key, e)
         finally:
             progress.finish()  # readers holding the part file read it to the end either way
             self.active.pop(progress.key, None)
-            _unlink(progress.path)
             with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_unlink, progress.path)
                 await self._release(progress.lease, progress.path)
 
     async def _release(self, lease: str, owner: str) -> None:
@@ -295,10 +295,10 @@ class Filler:
         for progress in failed:
             progress.fail(error)
             self.active.pop(progress.key, None)
-            discard(progress.fd, progress.path)
-            progress.fd = -1
         with anyio.CancelScope(shield=True):
             for progress in failed:
+                fd, progress.fd = progress.fd, -1
+                await anyio.to_thread.run_sync(discard, fd, progress.path)
                 await self._release(progress.lease, progress.path)
 
 

@@ -34,18 +34,18 @@ class Spool:
             async for chunk in self.response.body:
                 size += len(chunk)
                 if self.fd >= 0 and size > self.limit:
-                    self.release()
+                    await self.finish()
                 if self.fd >= 0:
                     await anyio.to_thread.run_sync(write_all, self.fd, chunk)
                 yield chunk
             complete = True
         finally:
-            if complete and self.fd >= 0:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if complete and self.fd >= 0:
                     os.close(self.fd)
                     self.fd = -1
                     await self._publish(self.path, size)
-            self.release()
+                await self.finish()
 
     async def drain(self) -> None:
         """Store a body nobody reads (the client asked for HEAD)."""
@@ -55,8 +55,14 @@ class Spool:
         finally:
             await self.close()
 
+    async def finish(self) -> None:
+        """Remove the part file unless published (off the event loop), and end the flight."""
+        fd, self.fd = self.fd, -1
+        await anyio.to_thread.run_sync(discard, fd, self.path)
+        self.release()
+
     def release(self) -> None:
-        """Remove the part file unless published, and end the flight (idempotent)."""
+        """As finish(), on the event loop: only for a relay that never started (idempotent)."""
         discard(self.fd, self.path)
         self.fd = -1
         if not self._released:
@@ -64,5 +70,6 @@ class Spool:
             self._done()
 
     async def close(self) -> None:
-        self.release()
-        await self.response.close()
+        with anyio.CancelScope(shield=True):
+            await self.finish()
+            await self.response.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import secrets
 import stat
@@ -36,6 +37,9 @@ def active_content(media_type: str) -> bool:
     """True for HTML, SVG, XHTML, any XML (`+xml` too) and JavaScript."""
     base = media_type.split(";", 1)[0].strip().lower()
     return base in _ACTIVE_TYPES or base.endswith("+xml")
+
+
+log = logging.getLogger("edgecache")
 
 
 class ShortRead(BodyAborted):
@@ -135,14 +139,17 @@ class LocalOrigin:
     async def write(self, rel_path: str, chunks: AsyncIterator[bytes]) -> tuple[bool, Representation]:
         """Store an upload atomically: a hidden temporary file beside the target, fsynced,
         then renamed over it. Readers see the old file or the whole new one; a failed
-        upload leaves no trace. True when the file is new."""
+        upload leaves no trace. True when the file is new. Every file-system call runs
+        in a worker thread; failures are UploadError (409, 503, 507) saying why."""
         full = os.path.join(self.root, rel_path)
         folder = os.path.dirname(full)
-        await anyio.to_thread.run_sync(self._prepare_folder, folder, full)
         temp = os.path.join(folder, f".{os.path.basename(full)}.{secrets.token_hex(8)}.upload")
         fd = -1
+        made = committed = False
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            await anyio.to_thread.run_sync(self._prepare_folder, folder, full)
+            fd = await anyio.to_thread.run_sync(_create, temp)
+            made = True
             buffer = bytearray()
             async for chunk in chunks:
                 buffer += chunk
@@ -150,18 +157,17 @@ class LocalOrigin:
                     await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
                     buffer.clear()
             await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
-            await anyio.to_thread.run_sync(os.fsync, fd)
-            os.close(fd)
-            fd = -1
+            closing, fd = fd, -1
+            await anyio.to_thread.run_sync(_finish, closing)
             created = await anyio.to_thread.run_sync(_commit, temp, full, folder)
+            committed = True
         except OSError as e:
-            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503
-            raise UploadError(status, f"the origin could not store the file: {e.strerror}") from None
+            raise UploadError(*_write_error(e)) from None
         finally:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+            if fd >= 0 or (made and not committed):
+                # Also when the upload was cancelled (client gone, server stopping).
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_discard, fd, temp if made and not committed else None)
         opened = await anyio.to_thread.run_sync(self._open, rel_path)
         if opened is None:
             raise UploadError(409, "the file changed while it was being stored")
@@ -169,11 +175,29 @@ class LocalOrigin:
         return created, opened.rep
 
     def _prepare_folder(self, folder: str, full: str) -> None:
-        os.makedirs(folder, exist_ok=True)
-        if not self._inside(os.path.realpath(folder)) and os.path.realpath(folder) != self.root:
+        """Create the folder below the root, never through a link that leads outside it."""
+        if not self._inside_or_root(os.path.realpath(folder)):
+            raise UploadError(400, "the folder is outside the origin")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UploadError(409, f"a file is in the way of the folder '{self._first_non_folder(folder)}'") from None
+        if not self._inside_or_root(os.path.realpath(folder)):  # a link appeared meanwhile
             raise UploadError(400, "the folder is outside the origin")
         if os.path.isdir(full) or (os.path.islink(full) and not self._inside(os.path.realpath(full))):
             raise UploadError(409, "that name is taken by a folder or a link")
+
+    def _first_non_folder(self, folder: str) -> str:
+        """The first part of `folder` (below the root) that is not a folder, as 'a/b'."""
+        path = self.root
+        for part in os.path.relpath(folder, self.root).split(os.sep):
+            path = os.path.join(path, part)
+            if not os.path.isdir(path):
+                break
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+    def _inside_or_root(self, real: str) -> bool:
+        return real == self.root or self._inside(real)
 
     def _inside(self, real: str) -> bool:
         if real != self.root and not real.startswith(self.root + os.sep):
@@ -212,6 +236,50 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _create(temp: str) -> int:
+    return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _finish(fd: int) -> None:
+    """fsync and close (closed even when fsync fails)."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(fd: int, temp: str | None) -> None:
+    """Close and remove what a failed upload left. Never raises: the upload's own error is
+    the answer (on a read-only origin, removing even a file that is not there fails)."""
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if temp is not None:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove the temporary upload file %s: %s", temp, e)
+
+
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _write_error(e: OSError) -> tuple[int, str]:
+    """The status and reason for a failed write: a full disk is 507, an origin directory
+    that cannot be written (permissions, read-only mount) or any other failure 503,
+    a folder that took the file's name meanwhile 409."""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, f"the origin could not store the file: {reason}"
+    if e.errno in _NOT_WRITABLE:
+        return 503, f"the origin directory is not writable ({reason})"
+    if e.errno == errno.EISDIR:
+        return 409, "that name is taken by a folder or a link"
+    return 503, f"the origin could not store the file: {reason}"
 
 
 def _commit(temp: str, full: str, folder: str) -> bool:
