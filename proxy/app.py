@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,7 +21,7 @@ from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.upstream import UpstreamOrigin
-from .paths import BadPath, HiddenPath, clean_path
+from .paths import BadPath, HiddenPath, clean_path, origin_path
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response
@@ -72,9 +72,30 @@ class AnyMethod:
         await response(scope, receive, send)
 
 
-def _target(path: str, query: str) -> Target:
-    """A cleaned path and a query as the origin is asked for them (and cached under)."""
-    return Target(path=path, raw="/" + quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else ""))
+def _target(path: str, query: str, received: str | None = None) -> Target:
+    """A cleaned path and a query as the origin is asked for them (and cached under): the
+    path as received when given (see paths.origin_path), else the cleaned path quoted."""
+    raw = origin_path(received) if received is not None else "/" + quote(path, safe=_PATH_SAFE)
+    return Target(path=path, raw=raw + (f"?{query}" if query else ""))
+
+
+def _received_path(request: Request) -> str:
+    """The request's path as it came on the wire (its bytes as latin-1 text, no query,
+    no root_path); the decoded path quoted again if the server gave no raw_path."""
+    scope = request.scope
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return quote(scope["path"], safe=_PATH_SAFE)
+    text = raw.decode("latin-1").partition("?")[0]
+    root = scope.get("root_path", "")
+    return text[len(root):] if root and text.startswith(root) else text
+
+
+def _after_prefix(received: str, prefix: str) -> str | None:
+    """The received path after its first segment, when that segment is `prefix`
+    ('/assets/x%2Fy.mp4' -> '/x%2Fy.mp4'); None when the route matched only once decoded."""
+    first, slash, rest = received.removeprefix("/").partition("/")
+    return "/" + rest if slash and unquote(first) == prefix else None
 
 
 def _is_multipart(request: Request) -> bool:
@@ -151,10 +172,14 @@ def create_app(settings: Settings) -> Starlette:
         headers = {"WWW-Authenticate": 'Bearer realm="edgecache"'} if denial[0] == 401 else None
         return _text(denial[0], f"{'Unauthorized' if denial[0] == 401 else 'Forbidden'}: {denial[1]}", headers)
 
-    def target_for(path: str, request: Request) -> Target:
-        return _target(path, request.scope.get("query_string", b"").decode("latin-1"))
+    def target_for(path: str, request: Request, wire_path: str | None = None) -> Target:
+        """The origin target of a cleaned path; an HTTP origin gets the path as received."""
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        return _target(path, query, wire_path if settings.origin_is_http else None)
 
-    async def serve(request: Request, url_path: str) -> Response:
+    async def serve(request: Request, url_path: str, wire_path: str | None) -> Response:
+        """`url_path` decoded (checked, and the directory origin's path), `wire_path` as it came
+        (the HTTP origin's path and cache key; None: the cleaned path quoted)."""
         method = request.method
         # The edge takes uploads for a directory origin, and turns a browser's multipart form into a PUT
         # for an HTTP origin; any other write to an HTTP origin is proxied as it is.
@@ -179,7 +204,7 @@ def create_app(settings: Settings) -> Starlette:
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
         headers = forwarding_headers(received, peer, request.url.scheme, public_host, settings.proxies)
-        reply = await service.handle(ProxyRequest(method, target_for(path, request), headers, body))
+        reply = await service.handle(ProxyRequest(method, target_for(path, request, wire_path), headers, body))
         return ReplyResponse(reply, head=method == "HEAD")
 
     async def upload(request: Request, url_path: str) -> Response:
@@ -231,12 +256,16 @@ def create_app(settings: Settings) -> Starlette:
             return _text(400, "Bad Request: give exactly one of ?path=/some/file or ?prefix=/some/folder/")
         key = None
         if path is not None:
+            # A directory origin's keys are decoded paths; an HTTP origin's are paths as
+            # requested, so ?path= names one as it was requested ('/x%FF.mp4'; other
+            # characters stand for their UTF-8 bytes, so '/a b' is '/a%20b').
             raw_path, _, query = path.partition("?")
+            wire_path = raw_path.encode("utf-8", "surrogateescape").decode("latin-1")
             try:
-                clean = clean_path(raw_path, allow_dotfiles=True)
+                clean = clean_path(unquote(raw_path) if settings.origin_is_http else raw_path, allow_dotfiles=True)
             except (BadPath, HiddenPath) as e:
                 return _text(400, f"Bad Request: {e}")
-            key = service.origin.cache_key(_target(clean, query))
+            key = service.origin.cache_key(_target(clean, query, wire_path if settings.origin_is_http else None))
         try:
             purged = await service.purge(key, prefix)
         except StoreErrors as e:
@@ -244,10 +273,14 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"purged": purged, "count": len(purged)}, headers={"Cache-Control": "no-store"})
 
     async def content(request: Request) -> Response:
-        return await serve(request, request.path_params["path"])
+        return await serve(request, request.path_params["path"], _received_path(request))
 
     async def compat_video(request: Request) -> Response:
-        return await serve(request, "video/" + request.path_params["name"])
+        rest = _after_prefix(_received_path(request), "get_video_by_name")
+        return await serve(request, "video/" + request.path_params["name"], None if rest is None else "/video" + rest)
+
+    async def assets(request: Request) -> Response:
+        return await serve(request, request.path_params["path"], _after_prefix(_received_path(request), "assets"))
 
     async def welcome(request: Request) -> Response:
         return JSONResponse(
@@ -282,7 +315,7 @@ def create_app(settings: Settings) -> Starlette:
         routes += [
             Route("/", welcome, methods=list(READ_METHODS)),
             Route("/get_video_by_name/{name:path}", AnyMethod(compat_video)),
-            Route("/assets/{path:path}", AnyMethod(content)),
+            Route("/assets/{path:path}", AnyMethod(assets)),
         ]
     routes.append(Route("/{path:path}", AnyMethod(content)))
     middleware = [

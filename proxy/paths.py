@@ -1,5 +1,8 @@
-"""Turning a request path into a safe relative path below the origin root (pure)."""
+"""Turning a request path into a safe relative path below the origin root, or into the path
+an HTTP origin is asked for (pure)."""
 from __future__ import annotations
+
+import re
 
 MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
@@ -34,3 +37,24 @@ def clean_path(url_path: str, *, allow_dotfiles: bool = False) -> str:
         if segment.startswith(".") and not allow_dotfiles:
             raise HiddenPath(segment)
     return "/".join(segments)
+
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+def origin_path(raw_path: str) -> str:
+    """The path of a request as an HTTP origin gets it (and as its cache key), from the
+    path as received: percent-encoding kept (`%2F` stays `%2F`, `%FF` is not `%FE`), a
+    trailing slash kept; runs of '/' merged, as for the cleaned path; the bytes that
+    cannot appear in a request target (controls, space, non-ASCII, '#') percent-encoded.
+
+    `raw_path` is the received bytes as latin-1 text, without the query. The safety
+    checks are clean_path's, on the decoded path.
+    """
+    merged = _SLASHES.sub("/", "/" + raw_path)
+    return "".join(c if "!" <= c <= "~" and c != "#" else _percent(c) for c in merged)
+
+
+def _percent(char: str) -> str:
+    data = char.encode("latin-1") if ord(char) < 0x100 else char.encode("utf-8")
+    return "".join(f"%{b:02X}" for b in data)

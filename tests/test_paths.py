@@ -49,3 +49,13 @@ def test_clean_path_never_escapes(url_path: str) -> None:
     parts = rel.split("/") if rel else []
     assert ".." not in parts and "." not in parts and "" not in parts
     assert not rel.startswith("/") and "\\" not in rel and "\x00" not in rel
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=60))
+def test_origin_path_is_a_valid_request_path(raw: str) -> None:
+    from proxy.paths import origin_path
+
+    path = origin_path(raw)
+    assert path.startswith("/") and "//" not in path and "#" not in path
+    assert all("!" <= c <= "~" for c in path)
+    assert origin_path(path) == path  # what it keeps, it keeps exactly
