@@ -84,29 +84,46 @@ class ReadPath:
     async def read(self, req: ProxyRequest) -> Reply:
         primary = self.origin.cache_key(req.target)
         facts = hc.Request(req.method, req.headers, primary)
-        for attempt in range(COLLAPSE_ROUNDS + 1):
-            found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
-            entry = found.entry
-            ex = _Exchange(req, primary, facts, found.generation)
-            action = hc.decide(facts, entry, found.miss, time.time(), self.policy)
-            stored = entry if isinstance(entry, CachedObject) else None
-            if isinstance(action, hc.Serve):
-                assert stored is not None
-                return self._serve_hit(ex, stored, action)
-            if isinstance(action, hc.Answer):
-                return text_reply(action.status, f"Gateway Timeout: {action.detail}",
-                                  [("Cache-Status", cache_status(fwd=action.fwd.value, detail=action.detail))])
-            if isinstance(action, hc.Relay):
-                return relay_forwarded(await self._forward(req), req.method, action.fwd, action.detail)
-            if isinstance(action, hc.Fetch) and action.as_is:
-                return await self._exchange(ex, None, action, None)
-            flight = await self.flights.join(primary) if attempt < COLLAPSE_ROUNDS else None
-            if isinstance(flight, OriginError):
-                raise flight  # the request we waited for found the origin failing: so do we
-            if flight is None and attempt < COLLAPSE_ROUNDS:
-                continue  # another request asked the origin: look again
-            return await self._exchange(ex, stored, action, flight)
+        flight: Flight | None = None  # once we lead the key's exchange with the origin
+        try:
+            for attempt in range(COLLAPSE_ROUNDS + 2):
+                found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
+                ex = _Exchange(req, primary, facts, found.generation)
+                action = hc.decide(facts, found.entry, found.miss, time.time(), self.policy)
+                stored = found.entry if isinstance(found.entry, CachedObject) else None
+                if isinstance(action, (hc.Serve, hc.Answer, hc.Relay)) or (
+                        isinstance(action, hc.Fetch) and action.as_is):
+                    if flight is not None:
+                        flight.end()
+                        flight = None
+                    return await self._without_flight(ex, stored, action)
+                if flight is not None or attempt >= COLLAPSE_ROUNDS:
+                    leader, flight = flight, None
+                    return await self._exchange(ex, stored, action, leader)
+                joined = await self.flights.join(primary)
+                if isinstance(joined, OriginError):
+                    raise joined  # the request we waited for found the origin failing: so do we
+                # Leading: look once more, another worker may have stored it meanwhile.
+                # Waiting ended: look again, the leader has stored what it could.
+                flight = joined
+        finally:
+            if flight is not None:
+                flight.end()
         raise AssertionError("unreachable")
+
+    async def _without_flight(
+        self, ex: _Exchange, stored: CachedObject | None, action: hc.Serve | hc.Answer | hc.Relay | hc.Fetch
+    ) -> Reply:
+        """Actions that need no single flight: serve, answer, relay, or fetch as the client asked."""
+        if isinstance(action, hc.Serve):
+            assert stored is not None
+            return self._serve_hit(ex, stored, action)
+        if isinstance(action, hc.Answer):
+            return text_reply(action.status, f"Gateway Timeout: {action.detail}",
+                              [("Cache-Status", cache_status(fwd=action.fwd.value, detail=action.detail))])
+        if isinstance(action, hc.Relay):
+            return relay_forwarded(await self._forward(ex.req), ex.method, action.fwd, action.detail)
+        return await self._exchange(ex, None, action, None)
 
     def _serve_hit(self, ex: _Exchange, obj: CachedObject, action: hc.Serve) -> Reply:
         if action.refresh:
