@@ -1,10 +1,14 @@
 """A counting origin for the cache benchmark: edgecache (uncached) serving a directory,
 with the body bytes and requests it sends readable at /_count (and reset by POST /_count).
 
-    python bench/origin.py DIRECTORY PORT
+    python bench/origin.py DIRECTORY PORT [--delay-ms N]
+
+--delay-ms makes it a slow origin: each request (but /_count) waits that long first.
 """
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,8 +23,9 @@ from proxy.config import Settings  # noqa: E402
 
 
 class Counting:
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, delay: float = 0.0) -> None:  # type: ignore[no-untyped-def]
         self.app = app
+        self.delay = delay
         self.bytes = 0
         self.requests = 0
 
@@ -36,6 +41,8 @@ class Counting:
             return
         if scope["type"] == "http":
             self.requests += 1
+            if self.delay:
+                await asyncio.sleep(self.delay)
 
         async def counted(message):  # type: ignore[no-untyped-def]
             if message["type"] == "http.response.body":
@@ -46,10 +53,16 @@ class Counting:
 
 
 def main() -> None:
-    directory, port = sys.argv[1], int(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    directory, port = args.directory, args.port
     settings = Settings(origin=directory, cache_enabled=False, cache_control="public, max-age=86400",
                         port=port, log_level="warning", access_log=False)
-    uvicorn.run(Counting(create_app(settings)), host="127.0.0.1", port=port, **uvicorn_options(settings))
+    app = Counting(create_app(settings), args.delay_ms / 1e3)
+    uvicorn.run(app, host="127.0.0.1", port=port, **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

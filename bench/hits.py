@@ -1,0 +1,352 @@
+"""Benchmark: warm cache hits under wrk, edgecache against nginx proxy_cache + slice 4m.
+
+    python bench/hits.py [--seconds 8] [--workers 2] [--also-one-worker] [--origin-delay-ms 20]
+
+Both proxies run with the same number of workers in front of the same slow local origin
+(bench/origin.py: edgecache serving a directory uncached, each request delayed, counting
+what it sends), started once. Each proxy has a cache of its own; both are warmed and
+checked (every 4 MiB slice of the big object and the small one answer HIT, the bytes equal
+the origin's, If-None-Match gets 304) before anything is measured, and the origin must see
+no request while they are measured. The load generator is wrk (never Python), with
+--timeout 30s so that slow answers count in the latency instead of being dropped.
+
+Figures, each over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
+half aligned on 1 MiB and half not, on 64 connections (MiB/s, p99 ms; bench/wrk_ranges.lua);
+1 KiB hits on 64 connections (req/s) and the server CPU per request over that run
+(utime+stime of all the server's processes, from /proc, divided by wrk's requests); 304
+revalidations on 64 connections (If-None-Match: the object's ETag); the peak resident
+memory of the server's processes over the whole run, per worker and in total.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO,
+    MemorySampler,
+    WrkResult,
+    cpu_seconds,
+    cpu_used,
+    free_port,
+    measure_each,
+    nginx_version,
+    run_wrk,
+    start_edgecache,
+    start_nginx,
+    stop,
+    wait_port,
+    write_random_file,
+    wrk_binary,
+)
+
+SLICE = 4 << 20
+BIG, BIG_MIB = "/video.mp4", 64
+SMALL, SMALL_SIZE = "/small.mp4", 1024
+RANGE = 1 << 20
+BENCH = Path(__file__).resolve().parent
+
+
+# --- checks with single requests ----------------------------------------------------------
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def warm_and_check(name: str, port: int, files: dict[str, bytes]) -> str:
+    """Fill the proxy's cache, then check that it is warm and right; the small object's ETag."""
+    big, small = files[BIG], files[SMALL]
+    for _ in range(2):  # the second full GET must be a hit
+        status, headers, body = get(port, BIG)
+        if status != 200 or hashlib.sha256(body).digest() != hashlib.sha256(big).digest():
+            raise SystemExit(f"{name}: GET {BIG} gave {status}, {len(body)} bytes, not the origin's")
+    for first in range(0, len(big), SLICE):  # every slice, so that none is left cold
+        get(port, BIG, {"Range": f"bytes={first}-{first + RANGE - 1}"})
+    get(port, SMALL)
+    cold = []
+    for first in range(0, len(big), SLICE):
+        status, headers, _ = get(port, BIG, {"Range": f"bytes={first}-{first + RANGE - 1}"})
+        if headers.get("x-cache") != "HIT":
+            cold.append(f"{BIG} bytes={first}-: {status} x-cache={headers.get('x-cache')}")
+    status, headers, body = get(port, SMALL)
+    if headers.get("x-cache") != "HIT" or body != small:
+        cold.append(f"{SMALL}: {status} x-cache={headers.get('x-cache')}, {len(body)} bytes")
+    status, headers, _ = get(port, BIG)
+    if headers.get("x-cache") != "HIT":
+        cold.append(f"{BIG}: {status} x-cache={headers.get('x-cache')}")
+    if cold:
+        raise SystemExit(f"{name}: not warm after warming:\n  " + "\n  ".join(cold))
+    rng = random.Random(7)
+    for aligned in (True, False) * 8:  # the range shapes wrk_ranges.lua asks for
+        first = rng.randrange(len(big) // RANGE) * RANGE if aligned else rng.randrange(len(big) - RANGE + 1)
+        status, headers, body = get(port, BIG, {"Range": f"bytes={first}-{first + RANGE - 1}"})
+        equal = body == big[first:first + RANGE]
+        if status != 206 or not equal or headers.get("x-cache") != "HIT":
+            raise SystemExit(f"{name}: range bytes={first}-{first + RANGE - 1} gave {status} "
+                             f"x-cache={headers.get('x-cache')}, {len(body)} bytes, equal to the origin's: {equal}")
+    etag = get(port, SMALL)[1].get("etag")
+    if not etag:
+        raise SystemExit(f"{name}: {SMALL} has no ETag")
+    status, headers, body = get(port, SMALL, {"If-None-Match": etag})
+    if status != 304 or body or headers.get("x-cache") != "HIT":
+        raise SystemExit(f"{name}: If-None-Match {etag} gave {status} x-cache={headers.get('x-cache')}, "
+                         f"{len(body)} bytes (wanted 304 HIT)")
+    print(f"  warm: every slice of {BIG} and {SMALL} answer x-cache: HIT, bytes equal the origin's, "
+          f"If-None-Match {etag} -> 304", flush=True)
+    return etag
+
+
+# --- the origin ---------------------------------------------------------------------------
+
+def origin_counts(port: int, reset: bool = False) -> dict[str, int]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/_count", method="POST" if reset else "GET")
+    with urllib.request.urlopen(request) as r:
+        return json.load(r)
+
+
+# --- one proxy ------------------------------------------------------------------------------
+
+@dataclass
+class Figures:
+    full: WrkResult
+    ranges: WrkResult
+    small: WrkResult
+    revalidations: WrkResult
+    cpu_us_per_request: float
+    rss_worker: float  # MiB, the largest worker's peak
+    rss_total: float  # MiB, peak of the sum over all the server's processes
+    processes: list[str] = field(default_factory=list)
+    origin_requests: int = 0
+
+    @property
+    def wrk_errors(self) -> int:
+        return sum(r.error_count for r in (self.full, self.ranges, self.small, self.revalidations))
+
+
+def is_worker(cmdline: str, leader: bool, alone: bool) -> bool:
+    """nginx: its worker processes (not the master, cache manager or loader); uvicorn: the
+    processes under the supervisor (not a multiprocessing resource tracker)."""
+    if alone:
+        return True
+    if cmdline.startswith("nginx:"):
+        return "worker process" in cmdline
+    return not leader and "resource_tracker" not in cmdline
+
+
+def measure(port: int, proc: subprocess.Popen, name: str, files: dict[str, bytes], origin_port: int,
+            seconds: int, threads: int) -> Figures:
+    print(f"\n{name} (port {port})", flush=True)
+    etag = warm_and_check(name, port, files)
+    time.sleep(0.5)
+    origin_counts(origin_port, reset=True)
+    memory = MemorySampler(proc.pid).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        full = run_wrk(base + BIG, connections=1, seconds=seconds, threads=threads)
+        ranges = run_wrk(base + BIG, connections=64, seconds=seconds, threads=threads,
+                         script=BENCH / "wrk_ranges.lua", script_args=(str(len(files[BIG])), str(RANGE)))
+        before = cpu_seconds(proc.pid)
+        small = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads)
+        cpu = cpu_used(before, cpu_seconds(proc.pid))
+        revalidations = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
+                                headers=(f"If-None-Match: {etag}",))
+    finally:
+        memory.stop()
+    counts = origin_counts(origin_port)
+    alone = len(memory.peaks) == 1
+    workers = [peak for pid, peak in memory.peaks.items()
+               if is_worker(memory.cmdlines.get(pid, ""), pid == proc.pid, alone)]
+    processes = [f"{pid} {memory.peaks[pid] / (1 << 20):.1f} MiB  {memory.cmdlines.get(pid, '')[:90]}"
+                 for pid in sorted(memory.peaks)]
+    per_request = cpu / small.requests * 1e6 if small.requests else float("nan")
+    figures = Figures(full, ranges, small, revalidations, per_request, max(workers, default=0) / (1 << 20),
+                      max(memory.peak_total, *memory.peaks.values()) / (1 << 20), processes, counts["requests"])
+    for label, r in (("64 MiB GET", full), ("1 MiB ranges", ranges), ("1 KiB hits", small), ("304", revalidations)):
+        print(f"  {label:<13} {r.requests:>9} requests in {r.seconds:5.2f} s, {r.req_per_s:>10,.0f} req/s, "
+              f"{r.mib_per_s:>8,.0f} MiB/s, p50 {r.p50_ms:7.1f} ms, p99 {r.p99_ms:7.1f} ms, "
+              f"errors {r.errors if r.error_count else 0}")
+        if r.error_count:
+            print("    wrk said:\n      " + "\n      ".join(r.output.strip().splitlines()))
+    print(f"  CPU {cpu:.2f} s over the 1 KiB run = {figures.cpu_us_per_request:.1f} us/request; "
+          f"origin requests while measured: {counts['requests']}")
+    since = "while measured" if memory.hwm_reset else "since start (VmHWM could not be reset)"
+    print(f"  peak RSS per process {since}:\n    " + "\n    ".join(processes), flush=True)
+    return figures
+
+
+# --- the servers ------------------------------------------------------------------------------
+
+def nginx_proxy(workdir: Path, origin_port: int, workers: int) -> tuple[subprocess.Popen, int] | None:
+    cache = workdir / "nginx-cache"
+    http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size=20g inactive=1h "
+                  "use_temp_path=off;")
+    server = f"""server {{
+    listen 127.0.0.1:{{port}};
+    location / {{
+      slice {SLICE};
+      proxy_cache edge;
+      proxy_cache_key $uri$is_args$args$slice_range;
+      proxy_set_header Range $slice_range;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache_valid 200 206 1h;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s;
+      add_header X-Cache $upstream_cache_status always;
+      proxy_pass http://127.0.0.1:{origin_port};
+    }}
+  }}"""
+    return start_nginx(workdir / "nginx", workers, server, http_extra)
+
+
+def edgecache_version() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--", "proxy")
+    return commit + (" + uncommitted changes in proxy/" if dirty else "")
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+ROWS = (  # label, figure, format
+    ("64 MiB GET, 1 connection, MiB/s", lambda f: f.full.mib_per_s, "{:,.0f}"),
+    ("random 1 MiB ranges, 64 connections, MiB/s", lambda f: f.ranges.mib_per_s, "{:,.0f}"),
+    ("... p99 latency, ms", lambda f: f.ranges.p99_ms, "{:,.1f}"),
+    ("1 KiB hits, 64 connections, req/s", lambda f: f.small.req_per_s, "{:,.0f}"),
+    ("... server CPU per request, us", lambda f: f.cpu_us_per_request, "{:,.1f}"),
+    ("304 revalidations, 64 connections, req/s", lambda f: f.revalidations.req_per_s, "{:,.0f}"),
+    ("peak memory (RSS) per worker, MiB", lambda f: f.rss_worker, "{:,.1f}"),
+    ("peak memory (RSS) total, MiB", lambda f: f.rss_total, "{:,.1f}"),
+)
+
+
+def table(rows: dict[str, Figures], reference: str) -> str:
+    names = list(rows)
+    others = [n for n in names if n != reference]
+    head = ["metric", reference]
+    for n in others:
+        head += [n, "ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for label, figure, fmt in ROWS:
+        cells = [label, fmt.format(figure(rows[reference]))]
+        for n in others:
+            e, ref = figure(rows[n]), figure(rows[reference])
+            cells += [fmt.format(e), f"{e / ref:.2f}" if ref else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, figure in (("wrk errors and non-2xx/3xx, all runs", lambda f: f.wrk_errors),
+                          ("origin requests while measured", lambda f: f.origin_requests)):
+        cells = [label, str(figure(rows[reference]))]
+        for n in others:
+            cells += [str(figure(rows[n])), ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=8, help="per figure (wrk -d), whole seconds")
+    parser.add_argument("--workers", type=int, default=2, help="for both edgecache and nginx")
+    parser.add_argument("--also-one-worker", action="store_true", help="also measure edgecache with 1 worker")
+    parser.add_argument("--origin-delay-ms", type=float, default=20, help="each origin request waits that long")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (1 for the 1-connection run)")
+    args = parser.parse_args()
+    wrk_binary()
+    command = "python " + shlex.join(sys.argv)
+    cores = os.cpu_count()
+    nginx = nginx_version()
+    caveat = (f"caveat: wrk (-t{args.wrk_threads}), the proxies and the origin share the {cores} cores of this "
+              "machine: absolute figures are low and noisy, the ratios are the point.")
+    print(f"{command}\n{caveat}", flush=True)
+
+    def interrupted(signum, frame):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
+    with tempfile.TemporaryDirectory(prefix="edgecache-hits-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # nginx workers drop root and must reach their cache
+        origin_dir = work / "origin"
+        origin_dir.mkdir()
+        write_random_file(origin_dir / BIG.lstrip("/"), BIG_MIB)
+        (origin_dir / SMALL.lstrip("/")).write_bytes(os.urandom(SMALL_SIZE))
+        files = {p: (origin_dir / p.lstrip("/")).read_bytes() for p in (BIG, SMALL)}
+        origin_port = free_port()
+        origin = subprocess.Popen(
+            [sys.executable, str(BENCH / "origin.py"), str(origin_dir), str(origin_port),
+             "--delay-ms", str(args.origin_delay_ms)],
+            cwd=REPO, start_new_session=True,
+        )
+        try:
+            wait_port(origin_port, origin)
+            upstream = f"http://127.0.0.1:{origin_port}"
+            servers = [  # each proxy has a cache of its own: each starts cold
+                (f"{nginx}, {args.workers} workers", lambda: nginx_proxy(work, origin_port, args.workers)),
+                (f"edgecache, {args.workers} workers",
+                 lambda: start_edgecache(upstream, work / "edgecache-cache", args.workers, block_size=str(SLICE))),
+            ]
+            if args.also_one_worker and args.workers != 1:
+                servers.append(("edgecache, 1 worker",
+                                lambda: start_edgecache(upstream, work / "edgecache-cache-1", 1,
+                                                        block_size=str(SLICE))))
+            rows: dict[str, Figures] = measure_each(
+                servers, lambda port, proc, name: measure(port, proc, name, files, origin_port,
+                                                          args.seconds, args.wrk_threads),
+                with_process=True)
+        finally:
+            stop(origin)
+    if not rows:
+        raise SystemExit("nothing measured")
+    reference = next(iter(rows))
+    wrk_version = subprocess.run([wrk_binary(), "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    print(f"\n## Results\n\n```sh\n{command}\n```\n")
+    print(f"{platform.machine()}, {cores} cores, Python {platform.python_version()}, edgecache "
+          f"{edgecache_version()}, {nginx} proxy_cache + slice 4m, {wrk_version.split(' [')[0]}; "
+          f"origin: bench/origin.py, {args.origin_delay_ms:g} ms per request; objects: {BIG_MIB} MiB and "
+          f"{SMALL_SIZE} B, warm; {args.seconds} s per figure; ratio = edgecache / nginx.\n")
+    print(table(rows, reference))
+    print(f"\nwrk -t{args.wrk_threads} (-t1 for the 1 connection) --timeout 30s. MiB/s count the response "
+          "bytes, headers included. CPU per request: utime+stime of all the server's processes over the "
+          "1 KiB run, divided by wrk's requests. RSS per worker: the largest worker's peak (VmHWM, reset "
+          "before the first figure); total: the peak of the sum over all the server's processes, sampled "
+          "every 50 ms (nginx master, cache manager and loader, uvicorn supervisor included; shared pages "
+          "count in each process). wrk reads every byte in user space, in one thread on 1 connection: "
+          "there it may be the limit rather than the server.")
+    print(caveat)
+    errors = {n: f.wrk_errors for n, f in rows.items() if f.wrk_errors}
+    misses = {n: f.origin_requests for n, f in rows.items() if f.origin_requests}
+    if errors:
+        print(f"WARNING: wrk reported errors or non-2xx/3xx answers: {errors}")
+    if misses:
+        print(f"WARNING: the origin was asked while measuring (not all hits): {misses}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped, temporary files removed", file=sys.stderr)
+        sys.exit(130)
