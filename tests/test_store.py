@@ -22,7 +22,7 @@ def test_a_fill_that_started_before_a_purge_cannot_store_after_it(tmp_path: Path
     generation = store.generation("/a")  # a GET looks up, then asks the origin for version 1
     store.purge("/a")  # meanwhile an upload of version 2 invalidates the key
     assert not store.put_meta("/a", meta_key("/a", ""), obj("/a"), (), generation)
-    assert store.get_meta(meta_key("/a", ""), fresh=True) is None
+    assert store.get_meta(meta_key("/a", ""), store.generation("/a"), fresh=True) is None
     assert store.put_meta("/a", meta_key("/a", ""), obj("/a"), (), store.generation("/a"))
     assert store.get_object(meta_key("/a", ""), fresh=True) == obj("/a")
 
@@ -40,18 +40,31 @@ def test_every_variant_is_purged_and_the_index_is_not_evicted(tmp_path: Path) ->
     assert store.vary_index("/v", fresh=True) is None
 
 
+def test_variants_stored_before_a_purge_or_a_vary_change_are_never_answers(tmp_path: Path) -> None:
+    store = Store(str(tmp_path), 64 * 1024**2)
+    en = meta_key("/p", "accept-language='en'")
+    assert store.put_meta("/p", en, obj("/p", "en"), ("accept-language",), 0)
+    # the origin answers once without Vary (a 404, say): the key no longer varies, en goes with it
+    assert store.put_meta("/p", meta_key("/p", ""), obj("/p"), (), 0)
+    assert store.get_object(en, fresh=True) is None
+    assert store.put_meta("/p", en, obj("/p", "en"), ("accept-language",), 0)
+    store.index.delete("v|/p")  # even were a variant unknown to the index (an older layout)...
+    store.purge("/p")
+    assert store.get_meta(en, store.generation("/p"), fresh=True) is None  # ...a purge ends it
+
+
 def test_metadata_of_another_format_or_unreadable_is_a_miss(tmp_path: Path) -> None:
     store = Store(str(tmp_path), 64 * 1024**2)
     store.objects.set(meta_key("/old", ""), obj("/old"))  # written by an older edgecache, no format tag
-    store.objects.set(meta_key("/new", ""), (disk.META_FORMAT + 1, obj("/new")))
+    store.objects.set(meta_key("/new", ""), (disk.META_FORMAT + 1, 0, obj("/new")))
     gone = types.ModuleType("edgecache_removed_module")  # a class that no longer exists when read back
     gone.Meta = type("Meta", (), {"__module__": "edgecache_removed_module"})  # type: ignore[attr-defined]
     sys.modules["edgecache_removed_module"] = gone
-    store.objects.set(meta_key("/bad", ""), (disk.META_FORMAT, gone.Meta()))  # type: ignore[attr-defined]
+    store.objects.set(meta_key("/bad", ""), (disk.META_FORMAT, 0, gone.Meta()))  # type: ignore[attr-defined]
     del sys.modules["edgecache_removed_module"]
-    assert store.get_meta(meta_key("/old", ""), fresh=True) is None
-    assert store.get_meta(meta_key("/new", ""), fresh=True) is None
-    assert store.get_meta(meta_key("/bad", ""), fresh=True) is None
+    assert store.get_meta(meta_key("/old", ""), 0, fresh=True) is None
+    assert store.get_meta(meta_key("/new", ""), 0, fresh=True) is None
+    assert store.get_meta(meta_key("/bad", ""), 0, fresh=True) is None
     assert meta_key("/bad", "") not in store.objects  # dropped
 
 

@@ -104,7 +104,8 @@ class BlockSource:
                         progress = await self.filler.start(obj, target, headers, index)
                 path = progress.path if progress else await self.threads.run(self.store.lease_holder, lease)
                 if path is None:
-                    if not obj.sliceable:
+                    if not obj.sliceable:  # evicted, or its one fill failed: the object is gone
+                        await self.filler.on_changed(obj)
                         raise FillFailed(f"block {index} of {obj.key} is gone", changed=True)
                     continue  # the other fill just ended: published or failed
                 async for chunk in self._tail(path, pos, hi, progress, lease):

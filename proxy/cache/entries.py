@@ -35,8 +35,9 @@ class Entries:
             index = self.store.vary_index(primary, fresh)
             if index is not None:
                 key = meta_key(primary, vary_key(index.fields, headers))
-                return Lookup(_entry(self.store.get_meta(key, fresh)), Fwd.VARY_MISS, generation)
-            return Lookup(_entry(self.store.get_meta(meta_key(primary, ""), fresh)), Fwd.URI_MISS, generation)
+                return Lookup(_entry(self.store.get_meta(key, generation, fresh)), Fwd.VARY_MISS, generation)
+            entry = self.store.get_meta(meta_key(primary, ""), generation, fresh)
+            return Lookup(_entry(entry), Fwd.URI_MISS, generation)
 
         try:
             return await self.threads.run(lookup)
@@ -60,9 +61,10 @@ class Entries:
         return stored
 
     async def forget(self, obj: CachedObject) -> None:
-        """Forget one stored response and its blocks (its version is gone at the origin)."""
+        """Forget one stored response and its blocks: its version is gone at the origin, or it
+        can no longer be read whole. A newer version stored meanwhile stays."""
         try:
-            await self.threads.run(self.store.delete, obj.key)
+            await self.threads.run(self.store.forget_meta, obj.key, obj.validator)
             await self.threads.run(self.store.drop_blocks, obj)
         except StoreErrors as e:
             log.warning("%s not forgotten: %s", obj.key, e)

@@ -193,14 +193,17 @@ class Filler:
             await self._consume(obj, response, 0 if whole else start, owned, whole=whole)
         except FillFailed as e:
             await self._fail(owned, e)
-            if e.changed:
+            if e.changed or not obj.sliceable:
                 await self.on_changed(obj)
         except OriginError as e:
             await self._fail(owned, FillFailed(f"origin: {e}"))
+            await self._forget_unfinished(obj)
         except StoreErrors as e:
             await self._fail(owned, FillFailed(f"store: {e}", local=True))
+            await self._forget_unfinished(obj)
         except BaseException:
             await self._fail(owned, FillFailed("fill cancelled"))
+            await self._forget_unfinished(obj)
             raise
         finally:
             renewer.cancel()
@@ -211,6 +214,13 @@ class Filler:
             if response is not None:
                 with anyio.CancelScope(shield=True):
                     await response.close()
+
+    async def _forget_unfinished(self, obj: CachedObject) -> None:
+        """An object without a strong validator is filled by one response only: if that fill
+        fails, the object can never be completed and must not be served cut short."""
+        if not obj.sliceable:
+            with anyio.CancelScope(shield=True):
+                await self.on_changed(obj)
 
     async def _renew(self, owned: dict[int, Progress], held: list[tuple[str, str]]) -> None:
         """Keep the leases of a live fill from expiring, however slow the origin is."""

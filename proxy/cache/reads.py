@@ -1,6 +1,7 @@
 """The read path: asks `decide` and `on_response` what to do, and does it on the store and origin."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
@@ -34,6 +35,7 @@ log = logging.getLogger("edgecache")
 
 UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight to the origin
 COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
+SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored before asking the origin
 # Stored header fields the edge generates itself when it serves a stored 200.
 _GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
 _FRAMING = frozenset({"content-length", "content-range"})
@@ -102,7 +104,12 @@ class ReadPath:
                     return await self._exchange(ex, stored, action, leader)
                 joined = await self.flights.join(primary)
                 if isinstance(joined, OriginError):
-                    raise joined  # the request we waited for found the origin failing: so do we
+                    # The request we waited for found the origin failing: so do we, stale if allowed.
+                    allowed = isinstance(action, hc.Validate) and hc.on_failure(
+                        hc.Sent(None, stale_if_unreachable=action.stale_if_unreachable), stored) is not None
+                    if stored is None or not allowed:
+                        raise joined
+                    return self._serve_stale(ex, stored, action, None, joined.kind)
                 # Leading: look once more, another worker may have stored it meanwhile.
                 # Waiting ended: look again, the leader has stored what it could.
                 flight = joined
@@ -177,8 +184,9 @@ class ReadPath:
         whole: bool,
     ) -> tuple[Reply, bool]:
         block = None if whole or (isinstance(action, hc.Fetch) and action.as_is) else self._first_block(ex.req)
+        body = None
         if isinstance(action, hc.Fetch) and action.as_is:
-            method, headers = ex.method, ex.req.headers
+            method, headers, body = ex.method, ex.req.headers, ex.req.body
             sent = hc.Sent(None)
         else:
             validation = action if isinstance(action, hc.Validate) else None
@@ -189,10 +197,12 @@ class ReadPath:
                            stale_if_unreachable=validation is not None and validation.stale_if_unreachable)
         request_time = time.time()
         try:
-            response = await self.origin.request(method, ex.req.target, headers)
+            response = await self.origin.request(method, ex.req.target, headers, body)
         except OriginError as e:
             if hc.on_failure(sent, stored) is None or stored is None:
                 raise
+            if flight is not None:
+                flight.failure = e  # the waiters serve their stale copy without asking again
             log.warning("origin failed, serving stale: %s", e)
             return self._serve_stale(ex, stored, action, None, e.kind), False
         response_time = time.time()
@@ -305,8 +315,15 @@ class ReadPath:
             except StoreErrors as e:
                 log.warning("response not stored: %s", e)
 
-        spool = Spool(response, fd, path, self.settings.max_object_size, publish,
+        async def too_large() -> None:
+            marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
+            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [], ex.generation)
+
+        spool = Spool(response, fd, path, self.settings.max_object_size, publish, too_large,
                       flight.end if flight is not None else _nothing)
+        if flight is not None:
+            # Others wait for this body a moment (it is usually small), not for a slow client's whole read.
+            asyncio.get_running_loop().call_later(SPOOL_COLLAPSE, flight.end)
         status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
         reply = relay(response, ex.method, status, x_cache(hit=False))
         if reply.chunks is None:  # HEAD, or a status without a body: store it all the same
@@ -327,7 +344,10 @@ class ReadPath:
         req = ex.req
         extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
         if obj.status != 200:
-            headers = [*obj.headers, ("Content-Length", str(obj.size)), *extra]
+            kept = [(n, v) for n, v in obj.headers if n.lower() != "age"]  # the edge's Age replaces it
+            # RFC 9110 section 8.6: no Content-Length in a 204 (nor a 304).
+            length = [] if obj.status in (204, 304) else [("Content-Length", str(obj.size))]
+            headers = [*kept, *length, *extra]
             has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0
             chunks = self.blocks.read(obj, req.target, req.headers, 0, obj.size) if has_body else None
             return Reply(obj.status, headers, chunks, nothing_to_close)

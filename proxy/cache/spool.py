@@ -7,7 +7,7 @@ is left and ends the flight that waits for it, exactly once.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import anyio
 
@@ -18,23 +18,28 @@ from .fills import discard, write_all
 class Spool:
     def __init__(
         self, response: OriginResponse, fd: int, path: str, limit: int,
-        publish: Callable[[str, int], Awaitable[None]], done: Callable[[], None],
+        publish: Callable[[str, int], Awaitable[None]], too_large: Callable[[], Awaitable[None]],
+        done: Callable[[], None],
     ) -> None:
         self.response = response
         self.fd = fd
         self.path = path
         self.limit = limit  # bytes: past it, the response is relayed but not stored
         self._publish = publish  # (part file path, size): store it
+        self._too_large = too_large  # called once the body passes the limit
         self._done = done
         self._released = False
+        self.over_limit = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         size, complete = 0, False
         try:
             async for chunk in self.response.body:
                 size += len(chunk)
-                if self.fd >= 0 and size > self.limit:
+                if not self.over_limit and size > self.limit:
+                    self.over_limit = True
                     await self.finish()
+                    await self._too_large()
                 if self.fd >= 0:
                     await anyio.to_thread.run_sync(write_all, self.fd, chunk)
                 yield chunk
@@ -48,11 +53,14 @@ class Spool:
                 await self.finish()
 
     async def drain(self) -> None:
-        """Store a body nobody reads (the client asked for HEAD)."""
+        """Store a body nobody reads (the client asked for HEAD); stop when it is too large to store."""
+        chunks = self.chunks()
         try:
-            async for _ in self.chunks():
-                pass
+            async for _ in chunks:
+                if self.over_limit:
+                    break
         finally:
+            await chunks.aclose()
             await self.close()
 
     async def finish(self) -> None:

@@ -372,7 +372,8 @@ def block_answer(status: int, headers: Headers, validator: str, size: int, first
 
 # Fields of the client's request that the cache replaces when it fetches for itself.
 _CLIENT_ONLY = frozenset({"range", "if-range", "if-match", "if-none-match", "if-modified-since",
-                          "if-unmodified-since", "accept-encoding", "cache-control", "pragma"})
+                          "if-unmodified-since", "accept-encoding", "cache-control", "pragma",
+                          "content-length", "transfer-encoding", "expect"})  # the cache's GET has no body
 
 
 def fetch_headers(client: Headers, block: tuple[int, int] | None, extra: Headers | None = None) -> Headers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import h11
 import httpx
 
 from ..http.freshness import Headers, get
@@ -11,6 +12,9 @@ from ..http.headers import content_type_for, end_to_end
 from .base import OriginError, OriginResponse, Target, Uploaded
 
 VIA = "1.1 edgecache"
+# What talking to the origin can raise; h11's own errors escape httpx in some cases
+# (a request whose framing h11 refuses).
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, h11.ProtocolError, OSError)
 
 
 class UpstreamOrigin:
@@ -61,7 +65,7 @@ class UpstreamOrigin:
             raise OriginError("timeout", f"no response within {self.response_timeout:g}s") from None
         except httpx.TimeoutException as e:
             raise OriginError("timeout", type(e).__name__) from None
-        except (httpx.HTTPError, OSError) as e:
+        except _TRANSPORT_ERRORS as e:
             raise OriginError("unreachable", type(e).__name__) from None
         if not 200 <= response.status_code <= 599:  # RFC 9110 section 15: a final status is 200-599
             await response.aclose()
@@ -108,5 +112,5 @@ async def _body(response: httpx.Response) -> AsyncIterator[bytes]:
             yield chunk
     except httpx.TimeoutException as e:
         raise OriginError("timeout", f"body: {type(e).__name__}") from None
-    except (httpx.HTTPError, OSError) as e:
+    except _TRANSPORT_ERRORS as e:
         raise OriginError("unreachable", f"body: {type(e).__name__}") from None

@@ -6,6 +6,7 @@ import os
 import pickle
 import secrets
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from typing import IO
@@ -54,6 +55,7 @@ class Store:
         self.memo_seconds = memo_seconds
         self._memo: OrderedDict[str, tuple[float, object, int]] = OrderedDict()
         self._memo_bytes = 0
+        self._memo_lock = threading.Lock()  # the store threads share the memo
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
         self.objects = diskcache.Cache(
@@ -78,28 +80,31 @@ class Store:
     # request. Writes from this process are seen at once; from other workers within
     # memo_seconds.
     def _remember(self, key: str, value: object) -> None:
-        old = self._memo.pop(key, None)
-        if old is not None:
-            self._memo_bytes -= old[2]
         size = len(key) + _approximate_size(value)
-        self._memo[key] = (time.monotonic(), value, size)
-        self._memo_bytes += size
-        while self._memo_bytes > MEMO_BYTES:
-            self._memo_bytes -= self._memo.popitem(last=False)[1][2]
+        with self._memo_lock:
+            old = self._memo.pop(key, None)
+            if old is not None:
+                self._memo_bytes -= old[2]
+            self._memo[key] = (time.monotonic(), value, size)
+            self._memo_bytes += size
+            while self._memo_bytes > MEMO_BYTES:
+                self._memo_bytes -= self._memo.popitem(last=False)[1][2]
 
     def _forget(self, key: str) -> None:
-        old = self._memo.pop(key, None)
-        if old is not None:
-            self._memo_bytes -= old[2]
+        with self._memo_lock:
+            old = self._memo.pop(key, None)
+            if old is not None:
+                self._memo_bytes -= old[2]
 
     def _recall(self, key: str, fresh: bool) -> tuple[bool, object]:
-        memo = None if fresh else self._memo.get(key)
+        with self._memo_lock:
+            memo = None if fresh else self._memo.get(key)
         if memo is not None and time.monotonic() - memo[0] < self.memo_seconds:
             return True, memo[1]
         return False, None
 
-    def get_meta(self, key: str, fresh: bool = False) -> object | None:
-        """A stored entry (a CachedObject or a pass marker), or None; unreadable entries are misses."""
+    def _stored(self, key: str, fresh: bool) -> tuple[int, object] | None:
+        """(generation, entry) as stored under a meta key, or None; unreadable entries are dropped."""
         known, value = self._recall(key, fresh)
         if not known:
             try:
@@ -108,9 +113,16 @@ class Store:
                 log.warning("unreadable metadata %s dropped: %s", key, e)
                 self.objects.delete(key)
                 stored = None
-            value = stored[1] if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == META_FORMAT else None
+            valid = isinstance(stored, tuple) and len(stored) == 3 and stored[0] == META_FORMAT
+            value = (stored[1], stored[2]) if valid and isinstance(stored, tuple) else None
             self._remember(key, value)
-        return value
+        return value if isinstance(value, tuple) else None
+
+    def get_meta(self, key: str, generation: int, fresh: bool = False) -> object | None:
+        """The entry (a CachedObject or a pass marker) stored under `key` in the key's current
+        generation, or None: what was stored before a purge is never an answer."""
+        stored = self._stored(key, fresh)
+        return stored[1] if stored is not None and stored[0] == generation else None
 
     def vary_index(self, primary: str, fresh: bool = False) -> VaryIndex | None:
         key = vary_index_key(primary)
@@ -133,18 +145,29 @@ class Store:
             if self.generation(primary) != generation:
                 return False
             index_key = vary_index_key(primary)
+            current = self.index.get(index_key)
+            same = isinstance(current, VaryIndex) and current.fields == vary
+            if isinstance(current, VaryIndex) and not same:
+                self.delete(*(current.selections - {key}))  # variants of the old Vary: never orphaned
             if vary:
-                current = self.index.get(index_key)
-                same = isinstance(current, VaryIndex) and current.fields == vary
                 selections = current.selections if isinstance(current, VaryIndex) and same else frozenset()
                 index = VaryIndex(vary, selections | {key})
                 self.index.set(index_key, index)
                 self._remember(index_key, index)
-            elif index_key in self.index:
+            elif current is not None:
                 self.index.delete(index_key)  # it no longer varies
                 self._forget(index_key)
-            self.objects.set(key, (META_FORMAT, entry))
-        self._remember(key, entry)
+            self.objects.set(key, (META_FORMAT, generation, entry))
+            self._remember(key, (generation, entry))
+        return True
+
+    def forget_meta(self, key: str, validator: str) -> bool:
+        """Delete the object stored under `key` if it is still the version named by `validator`."""
+        with self.objects.transact():
+            stored = self._stored(key, fresh=True)
+            if stored is None or not isinstance(stored[1], CachedObject) or stored[1].validator != validator:
+                return False
+            self.delete(key)
         return True
 
     def delete(self, *keys: str) -> None:
@@ -153,8 +176,9 @@ class Store:
             self.objects.delete(key)
 
     def get_object(self, key: str, fresh: bool = False) -> CachedObject | None:
-        value = self.get_meta(key, fresh)
-        return value if isinstance(value, CachedObject) else None
+        """The object stored under `key`, whatever its generation."""
+        stored = self._stored(key, fresh)
+        return stored[1] if stored is not None and isinstance(stored[1], CachedObject) else None
 
     # --- blocks -------------------------------------------------------------
     def open_block(self, key: str, length: int) -> IO[bytes] | bytes | None:
