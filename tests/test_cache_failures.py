@@ -1,0 +1,184 @@
+"""The cache when things go wrong: an origin dying mid-body, a slow reader, an endless body,
+a failing origin with a stale copy, odd requests. Through real servers on loopback."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.config import Settings
+from tests.conftest import RunningServer
+from tests.upstream import Obj
+
+pytestmark = pytest.mark.anyio
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class Scripted:
+    """An ASGI origin whose answer is a coroutine of the test's; counts its requests."""
+
+    def __init__(self, answer: Callable[[int, Receive, Send], Awaitable[None]]) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.gone = False  # the edge closed the connection of the last answer
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.requests += 1
+        await self.answer(self.requests, receive, send)
+
+
+@pytest.fixture
+def scripted_edge(settings: Settings, http_settings: Settings):  # type: ignore[no-untyped-def]
+    """start(answer) -> (origin, edge), both real servers."""
+    running: list[RunningServer] = []
+
+    def start(answer: Callable[[int, Receive, Send], Awaitable[None]], **changes: Any) -> tuple[Scripted, str]:
+        origin = Scripted(answer)
+        up = RunningServer(dataclasses.replace(settings, server_name=""), app=origin).__enter__()
+        edge = RunningServer(dataclasses.replace(http_settings, origin=up.url, **changes)).__enter__()
+        running.extend([edge, up])
+        return origin, edge.url
+
+    yield start
+    for server in running:
+        server.__exit__(None, None, None)
+
+
+async def _start(send: Send, headers: list[tuple[bytes, bytes]], status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def test_an_unvalidated_object_whose_one_fill_died_is_fetched_again(scripted_edge) -> None:  # type: ignore[no-untyped-def]
+    size = 1024 * 1024
+
+    async def answer(n: int, receive: Receive, send: Send) -> None:
+        await _start(send, [(b"cache-control", b"max-age=600"), (b"content-length", str(size).encode())])
+        for i in range(16):
+            if n == 1 and i == 10:
+                raise RuntimeError("the origin dies mid-body")
+            await send({"type": "http.response.body", "body": bytes([i]) * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    origin, edge = scripted_edge(answer)
+    whole = b"".join(bytes([i]) * 65536 for i in range(16))
+    async with httpx.AsyncClient(base_url=edge, timeout=30) as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get("/api")  # cut: never a wrong body
+        for _ in range(20):
+            again = await c.get("/api")
+            if again.headers["x-cache"] == "MISS":
+                break
+            await asyncio.sleep(0.05)
+        hit = await c.get("/api")
+    assert again.content == whole and hit.content == whole and hit.headers["x-cache"] == "HIT"
+    assert origin.requests == 2
+
+
+async def test_a_slow_reader_does_not_hold_other_clients(scripted_edge) -> None:  # type: ignore[no-untyped-def]
+    async def answer(n: int, receive: Receive, send: Send) -> None:
+        await _start(send, [(b"cache-control", b"max-age=600")])  # no length: relayed while stored
+        for _ in range(400):
+            await send({"type": "http.response.body", "body": b"z" * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    origin, edge = scripted_edge(answer)
+    host, port = edge.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sendall(b"GET /feed HTTP/1.1\r\nHost: x\r\n\r\n")
+        slow.recv(100)  # and then reads nothing more
+        began = time.monotonic()
+        async with httpx.AsyncClient(base_url=edge, timeout=30) as c:
+            other = await c.get("/feed")
+        waited = time.monotonic() - began
+    assert len(other.content) == 400 * 65536
+    assert waited < 10  # not held until the slow client has read 25 MiB (it never will)
+    assert origin.requests == 2
+
+
+async def test_a_head_miss_stops_reading_a_body_too_large_to_store(scripted_edge) -> None:  # type: ignore[no-untyped-def]
+    streamed = 0
+    gone = asyncio.Event()
+
+    async def answer(n: int, receive: Receive, send: Send) -> None:
+        nonlocal streamed
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        await _start(send, [(b"cache-control", b"max-age=60")])  # endless, no length
+        while not gone.is_set() and streamed < 512 * 1024 * 1024:
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            streamed += 65536
+            await asyncio.sleep(0)
+        watcher.cancel()
+
+    origin, edge = scripted_edge(answer, max_object_size=1024 * 1024)
+    async with httpx.AsyncClient(base_url=edge, timeout=30) as c:
+        assert (await c.head("/live")).status_code == 200
+        for _ in range(100):
+            if gone.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert gone.is_set() and streamed < 16 * 1024 * 1024
+        again = await c.head("/live")  # remembered as too large: straight through
+    assert again.headers["cache-status"] == 'edgecache; fwd=bypass; fwd-status=200; detail="too large"'
+
+
+async def test_stored_non_200_answers_have_one_age_and_a_204_no_length(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    origin.objects["/moved"] = Obj(b"moved", {"cache-control": "max-age=600", "age": "30", "location": "/x"})
+    origin.objects["/moved"].status = 301
+    origin.objects["/empty"] = Obj(b"", {"cache-control": "max-age=600"})
+    origin.objects["/empty"].status = 204
+    edge = make_server(http_settings)
+    async with httpx.AsyncClient(base_url=edge.url) as c:
+        await c.get("/moved")
+        await c.get("/empty")
+        moved = await c.get("/moved")
+        empty = await c.get("/empty")
+    assert moved.headers["x-cache"] == "HIT" and moved.headers.get_list("age") == ["30"]
+    assert empty.headers["x-cache"] == "HIT" and "content-length" not in empty.headers
+
+
+async def test_waiters_of_a_leader_serving_stale_serve_stale_too(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    origin.objects["/s"] = Obj(b"stale ok", {"cache-control": "max-age=1"})
+    edge = make_server(dataclasses.replace(http_settings, origin_response_timeout=1.0))
+    async with httpx.AsyncClient(base_url=edge.url, timeout=30) as c:
+        assert (await c.get("/s")).content == b"stale ok"
+        await asyncio.sleep(1.2)
+        origin.delay = 3.0  # now the origin times out
+        before = len(origin.gets("/s"))
+        began = time.monotonic()
+        answers = await asyncio.gather(*(c.get("/s") for _ in range(4)))
+        took = time.monotonic() - began
+    assert [(a.status_code, a.content, a.headers["x-cache"]) for a in answers] == [(200, b"stale ok", "STALE")] * 4
+    assert len(origin.gets("/s")) - before == 1 and took < 2.5  # one timeout, not one per waiter
+
+
+async def test_a_get_with_a_body_is_answered(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    origin.objects["/b"] = Obj(b"body", {"cache-control": "max-age=600"})
+    edge = make_server(http_settings)
+    r = httpx.request("GET", edge.url + "/b", content=b"x")
+    assert (r.status_code, r.content) == (200, b"body")
+    assert "content-length" not in origin.gets("/b")[-1].headers  # the edge's own GET has no body
+
+
