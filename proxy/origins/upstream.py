@@ -12,6 +12,7 @@ from ..http.headers import content_type_for, end_to_end
 from .base import OriginError, OriginResponse, Target, Uploaded
 
 VIA = "1.1 edgecache"
+KEEPALIVE_EXPIRY = 4.0  # seconds an idle origin connection is kept
 # What talking to the origin can raise; h11's own errors escape httpx in some cases
 # (a request whose framing h11 refuses).
 _TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, h11.ProtocolError, OSError)
@@ -35,7 +36,10 @@ class UpstreamOrigin:
         self.response_timeout = response_timeout
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            # Idle connections are dropped before the usual 5 s idle timeout of origin servers (Node,
+            # uvicorn): reusing one the origin is closing at that moment fails the request.
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                keepalive_expiry=KEEPALIVE_EXPIRY),
             follow_redirects=False,  # redirects go back to the client
             trust_env=False,  # no proxy from the environment: only the configured origin
         )
