@@ -22,10 +22,18 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, free_port, measure_each, start_edgecache, start_nginx, stop, wait_port, write_random_file  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    SLICE,
+    free_port,
+    measure_each,
+    nginx_proxy,
+    start_edgecache,
+    stop,
+    wait_port,
+    write_random_file,
+)
 from loadgen import run  # noqa: E402
-
-SLICE = 4 << 20
 
 
 def origin_count(port: int, reset: bool = False) -> int:
@@ -86,26 +94,6 @@ def measure(port: int, origin_port: int, size: int, seconds: float) -> dict[str,
     return out
 
 
-def nginx_proxy(workdir: Path, origin_port: int, workers: int) -> tuple[subprocess.Popen, int] | None:
-    cache = workdir / "nginx-cache"
-    http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size=20g inactive=1h "
-                  "use_temp_path=off;")
-    server = f"""server {{
-    listen 127.0.0.1:{{port}};
-    location / {{
-      slice {SLICE};
-      proxy_cache edge;
-      proxy_cache_key $uri$is_args$args$slice_range;
-      proxy_set_header Range $slice_range;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_cache_valid 200 206 1h;
-      proxy_cache_lock on;
-      proxy_cache_lock_timeout 60s;
-      proxy_pass http://127.0.0.1:{origin_port};
-    }}
-  }}"""
-    return start_nginx(workdir / "nginx", workers, server, http_extra)
 
 
 def main() -> None:

@@ -325,3 +325,30 @@ def run_wrk(
     result.errors = {k: figures[k] for k in ("connect", "read", "write", "timeout", "status")}
     result.p50_ms, result.p99_ms, result.max_ms = (figures[k] / 1e3 for k in ("p50_us", "p99_us", "max_us"))
     return result
+
+
+SLICE = 4 << 20  # bytes: the slice size of nginx and the block size of edgecache in the benchmarks
+
+
+def nginx_proxy(workdir: Path, origin_port: int, workers: int) -> tuple[subprocess.Popen, int] | None:
+    """nginx proxy_cache + slice (4 MiB, with a cache lock) in front of the origin; X-Cache says HIT or MISS."""
+    cache = workdir / "nginx-cache"
+    http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size=20g inactive=1h "
+                  "use_temp_path=off;")
+    server = f"""server {{
+    listen 127.0.0.1:{{port}};
+    location / {{
+      slice {SLICE};
+      proxy_cache edge;
+      proxy_cache_key $uri$is_args$args$slice_range;
+      proxy_set_header Range $slice_range;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache_valid 200 206 1h;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s;
+      add_header X-Cache $upstream_cache_status always;
+      proxy_pass http://127.0.0.1:{origin_port};
+    }}
+  }}"""
+    return start_nginx(workdir / "nginx", workers, server, http_extra)

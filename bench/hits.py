@@ -39,23 +39,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
+    SLICE,
     MemorySampler,
     WrkResult,
     cpu_seconds,
     cpu_used,
     free_port,
     measure_each,
+    nginx_proxy,
     nginx_version,
     run_wrk,
     start_edgecache,
-    start_nginx,
     stop,
     wait_port,
     write_random_file,
     wrk_binary,
 )
 
-SLICE = 4 << 20
 BIG, BIG_MIB = "/video.mp4", 64
 SMALL, SMALL_SIZE = "/small.mp4", 1024
 RANGE = 1 << 20
@@ -197,27 +197,6 @@ def measure(port: int, proc: subprocess.Popen, name: str, files: dict[str, bytes
 
 # --- the servers ------------------------------------------------------------------------------
 
-def nginx_proxy(workdir: Path, origin_port: int, workers: int) -> tuple[subprocess.Popen, int] | None:
-    cache = workdir / "nginx-cache"
-    http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size=20g inactive=1h "
-                  "use_temp_path=off;")
-    server = f"""server {{
-    listen 127.0.0.1:{{port}};
-    location / {{
-      slice {SLICE};
-      proxy_cache edge;
-      proxy_cache_key $uri$is_args$args$slice_range;
-      proxy_set_header Range $slice_range;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_cache_valid 200 206 1h;
-      proxy_cache_lock on;
-      proxy_cache_lock_timeout 60s;
-      add_header X-Cache $upstream_cache_status always;
-      proxy_pass http://127.0.0.1:{origin_port};
-    }}
-  }}"""
-    return start_nginx(workdir / "nginx", workers, server, http_extra)
 
 
 def edgecache_version() -> str:

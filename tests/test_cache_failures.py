@@ -14,7 +14,7 @@ import pytest
 
 from proxy.config import Settings
 from tests.conftest import RunningServer
-from tests.upstream import Obj
+from tests.upstream import Obj, lifespan
 
 pytestmark = pytest.mark.anyio
 
@@ -28,13 +28,10 @@ class Scripted:
     def __init__(self, answer: Callable[[int, Receive, Send], Awaitable[None]]) -> None:
         self.answer = answer
         self.requests = 0
-        self.gone = False  # the edge closed the connection of the last answer
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         self.requests += 1
         await self.answer(self.requests, receive, send)

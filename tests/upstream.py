@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 from proxy.http.headers import format_http_date, parse_http_date
 
 
+async def lifespan(receive, send) -> None:  # type: ignore[no-untyped-def]
+    """The ASGI lifespan protocol for a test origin: nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 @dataclass
 class Obj:
     body: bytes
@@ -56,9 +63,7 @@ class Upstream:
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         path = scope["path"] + ("?" + scope["query_string"].decode() if scope["query_string"] else "")
