@@ -37,6 +37,7 @@ from .uploads import (
 
 log = logging.getLogger("edgecache")
 READ_METHODS = ("GET", "HEAD")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # RFC 9110 section 9.2.1: not writes (CORS preflights pass)
 DIRECTORY_METHODS = ("GET", "HEAD", "PUT", "POST")
 _FORWARDED_FIELDS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto")
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
@@ -195,16 +196,20 @@ def create_app(settings: Settings) -> Starlette:
             return _text(400, f"Bad Request: {e}")
         except HiddenPath:
             return _text(404, "Not Found")
-        body: AsyncIterator[bytes] | None = None
-        if method not in READ_METHODS:
+        if method not in SAFE_METHODS:
             refusal = write_refusal(request)
             if refusal is not None:
                 return refusal
-            body = request.stream()
+        # A request body goes along as it arrives, whatever the method (RFC 9112 section 6.3).
+        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
+        body = request.stream() if has_body else None
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
         headers = forwarding_headers(received, peer, request.url.scheme, public_host, settings.proxies)
-        reply = await service.handle(ProxyRequest(method, target_for(path, request, wire_path), headers, body))
+        try:
+            reply = await service.handle(ProxyRequest(method, target_for(path, request, wire_path), headers, body))
+        except ClientDisconnect:
+            return _text(400, "Bad Request: the client went away while sending the request body")
         return ReplyResponse(reply, head=method == "HEAD")
 
     async def upload(request: Request, url_path: str) -> Response:

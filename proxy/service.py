@@ -1,6 +1,7 @@
 """The edge service: reads through the cache, writes to the origin, and what writes invalidate."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from .origins.base import Origin, OriginError, Target, Uploaded
 from .store.disk import Store, StoreErrors
 
 log = logging.getLogger("edgecache")
+INVALIDATION_RETRIES = 40  # about three minutes of retries after a write whose invalidation failed
 
 __all__ = ["EdgeService", "ProxyRequest", "Reply"]
 
@@ -36,8 +38,11 @@ class EdgeService:
         self.origin = origin
         self.store = store
         self.reads = ReadPath(settings, origin, store, policy_of(settings)) if store is not None else None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.reads is not None:
             await self.reads.aclose()
         await self.origin.aclose()
@@ -70,12 +75,30 @@ class EdgeService:
         targets = invalidated(req.method, response.status, self.origin.cache_key(req.target),
                               response.header("location"), response.header("content-location"))
         for target in targets:
-            try:
-                await self.invalidate(target)
-            except StoreErrors as e:
-                log.warning("invalidation of %s failed: %s", target, e)
+            await self._invalidate_after_write(target)
         status = cache_status(fwd=Fwd.METHOD.value, fwd_status=response.status)
         return relay(response, req.method, status, "BYPASS")
+
+    async def _invalidate_after_write(self, primary: str) -> None:
+        """Invalidate what a write changed; if the store fails now, keep trying in the background
+        (the write happened: the old bytes must go)."""
+        try:
+            await self.invalidate(primary)
+        except StoreErrors as e:
+            log.warning("invalidation of %s failed, retrying: %s", primary, e)
+            task = asyncio.get_running_loop().create_task(self._retry_invalidation(primary))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _retry_invalidation(self, primary: str) -> None:
+        for attempt in range(INVALIDATION_RETRIES):
+            await asyncio.sleep(min(2.0**attempt / 4, 5.0))
+            try:
+                await self.invalidate(primary)
+                return
+            except StoreErrors as e:
+                error = e
+        log.error("invalidation of %s failed for good, purge it by hand: %s", primary, error)
 
     async def invalidate(self, primary: str) -> int:
         """Forget every stored response for a primary key (RFC 9111 section 4.4); count them."""
@@ -96,5 +119,5 @@ class EdgeService:
         """Store a file at the origin (streamed), then forget what the edge cached for it."""
         uploaded = await self.origin.upload(target, chunks, content_type, length)
         if 200 <= uploaded.status < 300:
-            await self.invalidate(self.origin.cache_key(target))
+            await self._invalidate_after_write(self.origin.cache_key(target))
         return uploaded

@@ -179,3 +179,38 @@ async def test_a_get_with_a_body_is_answered(upstream, http_settings, make_serve
     assert "content-length" not in origin.gets("/b")[-1].headers  # the edge's own GET has no body
 
 
+
+
+async def test_an_uncacheable_variant_leaves_the_other_variants_alone(settings, http_settings) -> None:  # type: ignore[no-untyped-def]
+    seen: list[str] = []
+
+    async def by_language(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        lang = dict(scope["headers"]).get(b"accept-language", b"-").decode()
+        seen.append(lang)
+        body = f"in {lang}".encode()
+        await _start(send, [(b"cache-control", b"private" if lang == "de" else b"max-age=600"),
+                            (b"vary", b"Accept-Language"), (b"content-length", str(len(body)).encode())])
+        await send({"type": "http.response.body", "body": body})
+
+    with RunningServer(dataclasses.replace(settings, server_name=""), app=by_language) as up, \
+            RunningServer(dataclasses.replace(http_settings, origin=up.url)) as edge:
+        async with httpx.AsyncClient(base_url=edge.url) as c:
+            for lang in ("en", "fr", "de", "de", "en", "fr"):
+                r = await c.get("/page", headers={"Accept-Language": lang})
+                assert r.content == f"in {lang}".encode()
+    assert r.headers["x-cache"] == "HIT"
+    assert seen.count("en") == 1 and seen.count("fr") == 1  # still stored after the private "de"
+
+
+async def test_vary_accept_encoding_is_one_variant_for_every_client(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    origin.objects["/t.txt"] = Obj(b"text", {"cache-control": "max-age=600", "vary": "Accept-Encoding"})
+    edge = make_server(http_settings)
+    async with httpx.AsyncClient(base_url=edge.url) as c:
+        for encoding in ("gzip", "br, gzip", "identity", "gzip, deflate", "*"):
+            r = await c.get("/t.txt", headers={"Accept-Encoding": encoding})
+            assert r.content == b"text" and "content-encoding" not in r.headers
+    assert len(origin.gets("/t.txt")) == 1  # the edge always asks for identity: one copy serves all

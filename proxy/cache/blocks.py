@@ -20,7 +20,7 @@ from ..origins.base import Origin, Target
 from ..store.disk import Store, StoreErrors
 from ..store.handles import OpenBlocks
 from ..store.objects import CachedObject
-from .fills import LEASE_TTL, Filler, FillFailed, Progress, block_request, whole_lease
+from .fills import LEASE_TTL, Filler, FillFailed, Progress, block_request, version_id, whole_lease
 from .threads import StoreThreads
 
 log = logging.getLogger("edgecache.fill")
@@ -65,7 +65,7 @@ class BlockSource:
 
     async def prefetch(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
         key = obj.block_key(index)
-        if key in self.filler.active or obj.key in self.filler.whole:
+        if key in self.filler.active or version_id(obj) in self.filler.whole:
             return
         try:
             if not await self.threads.run(self.store.has_block, key):
@@ -133,7 +133,7 @@ class BlockSource:
 
     async def _wait_for_whole_body(self, obj: CachedObject, block_start: int) -> bool:
         """When a whole-body fill (here or in another worker) will reach the block, wait a moment."""
-        position = self.filler.whole.get(obj.key)
+        position = self.filler.whole.get(version_id(obj))
         if position is not None and position <= block_start:
             await anyio.sleep(0.01)
             return True

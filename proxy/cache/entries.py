@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..http.cache import Entry, Fwd, PassMarker
+from ..http.cache import Entry, Fwd, PassMarker, as_fetched
 from ..http.directives import Headers
-from ..http.freshness import vary_fields, vary_key
+from ..http.freshness import vary_key
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from .threads import StoreThreads
@@ -34,7 +34,7 @@ class Entries:
             generation = self.store.generation(primary)
             index = self.store.vary_index(primary, fresh)
             if index is not None:
-                key = meta_key(primary, vary_key(index.fields, headers))
+                key = meta_key(primary, vary_key(index.fields, as_fetched(headers)))
                 return Lookup(_entry(self.store.get_meta(key, generation, fresh)), Fwd.VARY_MISS, generation)
             entry = self.store.get_meta(meta_key(primary, ""), generation, fresh)
             return Lookup(_entry(entry), Fwd.URI_MISS, generation)
@@ -45,14 +45,17 @@ class Entries:
             log.warning("cache lookup failed, going to the origin: %s", e)
             return Lookup(None, Fwd.MISS, None)
 
-    async def put(self, primary: str, key: str, entry: Entry, response_headers: Headers,
+    async def put(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None,
                   generation: int | None) -> bool:
-        """Store an entry unless the key was invalidated since `generation` (or the store failed)."""
+        """Store an entry unless the key was invalidated since `generation` (or the store failed).
+
+        `vary`: the request fields the entry's response varies on; None leaves the key's Vary
+        index as it is (a pass marker for a response that says nothing about variants).
+        """
         if generation is None:
             return False  # the lookup failed: the store cannot be trusted with it
         try:
-            stored = await self.threads.run(self.store.put_meta, primary, key, entry, vary_fields(response_headers),
-                                            generation)
+            stored = await self.threads.run(self.store.put_meta, primary, key, entry, vary, generation)
         except StoreErrors as e:
             log.warning("metadata not stored: %s", e)
             return False

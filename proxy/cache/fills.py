@@ -88,8 +88,13 @@ def block_request(obj: CachedObject, client: Headers, start: int, end: int) -> H
     return fetch_headers(client, (start, end - 1), if_range(obj))
 
 
+def version_id(obj: CachedObject) -> str:
+    """Names one stored version (its first block's key): fills of two versions never mix."""
+    return obj.block_key(0)
+
+
 def whole_lease(obj: CachedObject) -> str:
-    return "w|" + obj.key
+    return "w|" + version_id(obj)
 
 
 ChangedCallback = Callable[[CachedObject], Awaitable[None]]
@@ -104,7 +109,7 @@ class Filler:
         self.origin = origin
         self.on_changed = on_changed  # the origin has another version: forget the stored one
         self.active: dict[str, Progress] = {}
-        self.whole: dict[str, int] = {}  # object key -> position of a whole-body fill in this process
+        self.whole: dict[str, int] = {}  # version_id -> position of a whole-body fill in this process
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
@@ -186,7 +191,7 @@ class Filler:
                                      f" for bytes {start}-{end - 1}")
             whole = response.status == 200
             if whole:
-                self.whole[obj.key] = 0
+                self.whole[version_id(obj)] = 0
                 whole_owner = progress.path
                 await self.threads.run(self.store.take_lease, whole_lease(obj), whole_owner, LEASE_TTL)
                 held.append((whole_lease(obj), whole_owner))
@@ -208,7 +213,7 @@ class Filler:
         finally:
             renewer.cancel()
             if whole_owner is not None:
-                self.whole.pop(obj.key, None)
+                self.whole.pop(version_id(obj), None)
                 with anyio.CancelScope(shield=True):
                     await self._release(whole_lease(obj), whole_owner)
             if response is not None:
@@ -252,7 +257,7 @@ class Filler:
                     if claimed is not None:
                         owned[index] = claimed
                 if whole:
-                    self.whole[obj.key] = pos
+                    self.whole[version_id(obj)] = pos
                 progress = owned.get(index)
                 if progress is None:
                     continue

@@ -14,7 +14,7 @@ from ..http.cache import Fwd
 from ..http.cachestatus import cache_status, x_cache
 from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
-from ..http.freshness import Policy, current_age, selection, stored_headers
+from ..http.freshness import Policy, current_age, selection, stored_headers, vary_fields
 from ..http.headers import content_type_for, parse_http_date
 from ..http.model import Representation
 from ..http.plan import plan_response
@@ -209,10 +209,11 @@ class ReadPath:
         outcome = hc.on_response(ex.facts, sent, response.status, response.headers, stored, self.policy)
         fwd = action.fwd
         if isinstance(outcome, (hc.StoreBlocks, hc.StoreBody)):
-            return await self._store(ex, stored, fwd, outcome, response, request_time, response_time, flight)
+            return await self._store(ex, stored, fwd, outcome, response, headers, request_time, response_time,
+                                     flight)
         if isinstance(outcome, (hc.Pass, hc.Forward)) and outcome.remember:
             marker = hc.PassMarker(hc.PassReason.UNCACHEABLE, response_time + UNCACHEABLE_TTL)
-            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [], ex.generation)
+            await self._remember(ex, marker, response.headers, headers)
         if isinstance(outcome, hc.Pass):
             return relay_forwarded(response, ex.method, fwd, getattr(action, "detail", None)), False
         await response.close()
@@ -221,7 +222,7 @@ class ReadPath:
             fresh = dataclasses.replace(stored, headers=stored_headers(outcome.headers, self.policy),
                                         request_time=request_time,
                                         response_time=response_time)
-            updated = await self.entries.put(ex.primary, stored.key, fresh, fresh.headers, ex.generation)
+            updated = await self.entries.put(ex.primary, stored.key, fresh, vary_fields(fresh.headers), ex.generation)
             status = cache_status(fwd=fwd.value, fwd_status=304, stored=updated)
             return self._serve(ex, fresh, self._age(fresh), status, x_cache(hit=True)), False
         if isinstance(outcome, hc.ServeStale):
@@ -245,20 +246,27 @@ class ReadPath:
         status = cache_status(fwd=action.fwd.value, fwd_status=fwd_status, detail=detail or "stale")
         return self._serve(ex, stored, self._age(stored), status, x_cache(hit=True, stale=True))
 
+    async def _remember(self, ex: _Exchange, marker: hc.PassMarker, response: Headers, sent: Headers) -> None:
+        """Store a pass marker where the response's variant lives, leaving other variants alone."""
+        key = meta_key(ex.primary, selection(response, sent))
+        await self.entries.put(ex.primary, key, marker, vary_fields(response) or None, ex.generation)
+
     async def _store(
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, outcome: hc.StoreBlocks | hc.StoreBody,
-        response: OriginResponse, request_time: float, response_time: float, flight: Flight | None,
+        response: OriginResponse, sent: Headers, request_time: float, response_time: float, flight: Flight | None,
     ) -> tuple[Reply, bool]:
+        """Store what the origin sent for the request as it was `sent` (the variant it selects)."""
         # The 206 of a block describes that block only; a 200's fields are all the origin's.
         framing = _FRAMING if response.status == 206 else {"content-length"}
         headers = stored_headers([(n, v) for n, v in response.headers if n.lower() not in framing], self.policy)
-        key = meta_key(ex.primary, selection(headers, ex.req.headers))
+        key = meta_key(ex.primary, selection(headers, sent))
         if isinstance(outcome, hc.StoreBody):
-            return await self._store_body(ex, old, fwd, key, response, headers, request_time, response_time, flight)
+            return await self._store_body(ex, old, fwd, key, response, headers, sent, request_time, response_time,
+                                          flight)
         if outcome.size > self.settings.max_object_size:
             await response.close()
             marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
-            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [], ex.generation)
+            await self._remember(ex, marker, headers, sent)
             return relay_forwarded(await self._forward(ex.req), ex.method, Fwd.BYPASS, marker.reason.value), False
         validator = hc.strong_validator(headers) if outcome.sliceable else None
         obj = CachedObject(
@@ -274,7 +282,7 @@ class ReadPath:
             log.warning("block not claimed, relaying: %s", e)
             await response.close()
             return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
-        if not await self.entries.put(ex.primary, key, obj, headers, ex.generation):
+        if not await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation):
             if progress is not None:
                 await self.filler.abandon(progress)
             await response.close()
@@ -292,7 +300,7 @@ class ReadPath:
 
     async def _store_body(
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, response: OriginResponse,
-        headers: Headers, request_time: float, response_time: float, flight: Flight | None,
+        headers: Headers, sent: Headers, request_time: float, response_time: float, flight: Flight | None,
     ) -> tuple[Reply, bool]:
         """Relay this one response while writing it to a part file; store it once complete."""
         try:
@@ -310,14 +318,15 @@ class ReadPath:
             try:
                 if size:
                     await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
-                if await self.entries.put(ex.primary, key, obj, headers, ex.generation) and old is not None:
+                stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation)
+                if stored and old is not None:
                     await self.entries.drop_blocks(old)
             except StoreErrors as e:
                 log.warning("response not stored: %s", e)
 
         async def too_large() -> None:
             marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
-            await self.entries.put(ex.primary, meta_key(ex.primary, ""), marker, [], ex.generation)
+            await self._remember(ex, marker, headers, sent)
 
         spool = Spool(response, fd, path, self.settings.max_object_size, publish, too_large,
                       flight.end if flight is not None else _nothing)

@@ -385,6 +385,13 @@ def fetch_headers(client: Headers, block: tuple[int, int] | None, extra: Headers
     return [*kept, ("Accept-Encoding", "identity"), *(extra or [])]
 
 
+def as_fetched(client: Headers) -> Headers:
+    """The client's fields as the cache's own requests send them, for selecting a stored variant
+    (RFC 9111 section 4.1): the cache always asks for the identity encoding, so a response that
+    varies on Accept-Encoding is the same for every client."""
+    return [*((n, v) for n, v in client if n.lower() != "accept-encoding"), ("Accept-Encoding", "identity")]
+
+
 def invalidated(method: str, status: int, target: str, location: str | None, content_location: str | None
                 ) -> list[str]:
     """Cache keys an unsafe request's answer invalidates (RFC 9111 section 4.4).

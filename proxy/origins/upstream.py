@@ -1,6 +1,7 @@
 """An upstream HTTP origin, reached with one pooled httpx client; nothing else is ever contacted."""
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import anyio
@@ -62,8 +63,11 @@ class UpstreamOrigin:
             outgoing.append(("Content-Length", length))
         outgoing.append(("Via", VIA))
         request = self.client.build_request(method, self._url(target), headers=outgoing, content=body)
+        # The response deadline counts from a request without a body; with one, sending it may take
+        # as long as the client takes (each write and read has its own timeout).
+        deadline = self.response_timeout if body is None else math.inf
         try:
-            with anyio.fail_after(self.response_timeout):
+            with anyio.fail_after(deadline):
                 response = await self.client.send(request, stream=True)
         except TimeoutError:
             raise OriginError("timeout", f"no response within {self.response_timeout:g}s") from None

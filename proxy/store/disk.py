@@ -138,28 +138,39 @@ class Store:
         value = self.index.get(_generation_key(primary), 0)
         return value if isinstance(value, int) else 0
 
-    def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...], generation: int) -> bool:
+    def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None, generation: int) -> bool:
         """Store an entry and keep the primary key's Vary index right, in one transaction of the
-        index; False (nothing written) when the key was invalidated since `generation`."""
+        index; False (nothing written) when the key was invalidated since `generation`.
+        `vary` None leaves the index as it is."""
         with self.index.transact():
             if self.generation(primary) != generation:
                 return False
-            index_key = vary_index_key(primary)
-            current = self.index.get(index_key)
-            same = isinstance(current, VaryIndex) and current.fields == vary
-            if isinstance(current, VaryIndex) and not same:
-                self.delete(*(current.selections - {key}))  # variants of the old Vary: never orphaned
-            if vary:
-                selections = current.selections if isinstance(current, VaryIndex) and same else frozenset()
-                index = VaryIndex(vary, selections | {key})
-                self.index.set(index_key, index)
-                self._remember(index_key, index)
-            elif current is not None:
-                self.index.delete(index_key)  # it no longer varies
-                self._forget(index_key)
+            if vary is not None:
+                self._update_vary_index(primary, key, vary)
             self.objects.set(key, (META_FORMAT, generation, entry))
             self._remember(key, (generation, entry))
         return True
+
+    def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
+        """Record `key` as a variant; when the fields the responses vary on change, the variants of
+        the old fields go (metadata and blocks): never orphaned, never answers."""
+        index_key = vary_index_key(primary)
+        current = self.index.get(index_key)
+        same = isinstance(current, VaryIndex) and current.fields == vary
+        if isinstance(current, VaryIndex) and not same:
+            for old in current.selections - {key}:
+                stale = self.get_object(old, fresh=True)
+                self.delete(old)
+                if stale is not None:
+                    self.drop_blocks(stale)
+        if vary:
+            selections = current.selections if isinstance(current, VaryIndex) and same else frozenset()
+            index = VaryIndex(vary, selections | {key})
+            self.index.set(index_key, index)
+            self._remember(index_key, index)
+        elif current is not None:
+            self.index.delete(index_key)  # it no longer varies
+            self._forget(index_key)
 
     def forget_meta(self, key: str, validator: str) -> bool:
         """Delete the object stored under `key` if it is still the version named by `validator`."""
