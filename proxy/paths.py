@@ -3,6 +3,7 @@ an HTTP origin is asked for (pure)."""
 from __future__ import annotations
 
 import re
+import string
 
 MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
@@ -45,14 +46,33 @@ _SLASHES = re.compile(r"/{2,}")
 def origin_path(raw_path: str) -> str:
     """The path of a request as an HTTP origin gets it (and as its cache key), from the
     path as received: percent-encoding kept (`%2F` stays `%2F`, `%FF` is not `%FE`), a
-    trailing slash kept; runs of '/' merged, as for the cleaned path; the bytes that
-    cannot appear in a request target (controls, space, non-ASCII, '#') percent-encoded.
+    trailing slash kept; runs of '/' merged, as for the cleaned path; normalised as RFC 3986
+    section 6.2.2 says (upper-case hex, unreserved characters decoded) and every character
+    that is not allowed in a path percent-encoded, so that one resource has one key however
+    a client spells it, and the same key as `quote()` of its decoded path (uploads).
 
     `raw_path` is the received bytes as latin-1 text, without the query. The safety
     checks are clean_path's, on the decoded path.
     """
     merged = _SLASHES.sub("/", "/" + raw_path)
-    return "".join(c if "!" <= c <= "~" and c != "#" else _percent(c) for c in merged)
+    out: list[str] = []
+    i = 0
+    while i < len(merged):
+        c = merged[i]
+        if c == "%" and _HEX.fullmatch(merged[i + 1: i + 3]):
+            # RFC 3986 section 6.2.2: upper-case hex, unreserved characters decoded.
+            decoded = chr(int(merged[i + 1: i + 3], 16))
+            out.append(decoded if decoded in _UNRESERVED else "%" + merged[i + 1: i + 3].upper())
+            i += 3
+            continue
+        out.append(c if c in _PCHAR else _percent(c))
+        i += 1
+    return "".join(out)
+
+
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_PCHAR = _UNRESERVED | frozenset("!$&'()*+,;=:@/")  # RFC 3986 section 3.3, and '/'
+_HEX = re.compile(r"[0-9A-Fa-f]{2}")
 
 
 def _percent(char: str) -> str:

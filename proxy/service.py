@@ -72,8 +72,9 @@ class EdgeService:
     async def _forward_unsafe(self, req: ProxyRequest) -> Reply:
         """Other methods go to the origin uncached; success invalidates the target (RFC 9111 section 4.4)."""
         response = await self.origin.request(req.method, req.target, req.headers, req.body)
-        targets = invalidated(req.method, response.status, self.origin.cache_key(req.target),
-                              response.header("location"), response.header("content-location"))
+        others = [self.origin.location_key(v) for v in (response.header("location"),
+                                                         response.header("content-location")) if v]
+        targets = invalidated(req.method, response.status, self.origin.cache_key(req.target), others)
         for target in targets:
             await self._invalidate_after_write(target)
         status = cache_status(fwd=Fwd.METHOD.value, fwd_status=response.status)

@@ -98,12 +98,21 @@ def test_a_trailing_slash_is_kept(edge: RunningServer, raw_origin) -> None:  # t
 
 def test_the_path_is_otherwise_as_received(edge: RunningServer, raw_origin) -> None:  # type: ignore[no-untyped-def]
     origin, _ = raw_origin
-    for path in ("/a%20b.mp4", "/a%2fb.mp4", "/%7Euser/v.mp4", "/~user/v.mp4", "/q.mp4?b=2&a=1&a=%2F",
-                 "/video/x%2Fy.mp4", "/a%2e%2e.mp4", "/v;p=1.mp4"):
+    for path in ("/a%20b.mp4", "/a%2Fb.mp4", "/~user/v.mp4", "/q.mp4?b=2&a=1&a=%2F", "/video/x%2Fy.mp4",
+                 "/v;p=1.mp4"):
         origin.objects[path] = Obj(path.encode())
         r = get(edge, path)
         assert (r.status_code, r.content) == (200, path.encode()), path
         assert asked(origin)[-1] == path
+    # RFC 3986 section 6.2.2: spellings of one path are one path (and one key): hex in upper
+    # case, unreserved characters decoded; %2F stays %2F.
+    for path, expected in (("/b%2fc.mp4", "/b%2Fc.mp4"), ("/%7Eme/v.mp4", "/~me/v.mp4"),
+                           ("/a%2e%2e.mp4", "/a...mp4"), ("/v/a[1].mp4", "/v/a%5B1%5D.mp4")):
+        origin.objects[expected] = Obj(expected.encode())
+        assert get(edge, path).content == expected.encode(), path
+        assert asked(origin)[-1] == expected
+    again = get(edge, "/a%2fb.mp4")  # one key for both spellings
+    assert again.content == b"/a%2Fb.mp4" and again.headers["x-cache"] == "HIT"
     for path, expected in (("//a//b.mp4", "/a/b.mp4"), ("/a//", "/a/")):  # runs of '/' merged, as keys always were
         origin.objects[expected] = Obj(b"merged")
         assert get(edge, path).content == b"merged"

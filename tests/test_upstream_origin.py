@@ -123,3 +123,22 @@ def test_environment_proxies_are_ignored(monkeypatch) -> None:  # type: ignore[n
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     origin = make()
     assert origin.client._mounts == {} or all(v is None for v in origin.client._mounts.values())
+
+
+@pytest.mark.parametrize(
+    "base, location, key",
+    [
+        ("http://o.example:8000/media", "/media/v/b.mp4", "/v/b.mp4"),
+        ("http://o.example:8000/media", "http://o.example:8000/media/v/b.mp4", "/v/b.mp4"),
+        ("http://o.example:8000/media", "/media/v/a%2fb.mp4?x=1", "/v/a%2Fb.mp4?x=1"),
+        ("http://o.example:8000/media", "/other/x.mp4", None),  # the origin's, not served by the edge
+        ("http://o.example:8000/media", "http://other.example/media/x.mp4", None),
+        ("http://o.example:8000/media", "https://o.example:8000/media/x.mp4", None),
+        ("http://o.example:8000/media", "//o.example:8000/media/x.mp4", None),
+        ("http://o.example:8000", "/x.mp4", "/x.mp4"),
+        ("http://o.example:8000", "relative/x.mp4", None),
+    ],
+)
+def test_location_keys(base: str, location: str, key: str | None) -> None:
+    origin = UpstreamOrigin(base, connect_timeout=1, read_timeout=1, response_timeout=1)
+    assert origin.location_key(location) == key

@@ -392,14 +392,10 @@ def as_fetched(client: Headers) -> Headers:
     return [*((n, v) for n, v in client if n.lower() != "accept-encoding"), ("Accept-Encoding", "identity")]
 
 
-def invalidated(method: str, status: int, target: str, location: str | None, content_location: str | None
-                ) -> list[str]:
-    """Cache keys an unsafe request's answer invalidates (RFC 9111 section 4.4).
-
-    Only after a non-error status; besides the target, Location and Content-Location
-    when they are same-origin absolute paths.
-    """
+def invalidated(method: str, status: int, target: str, others: list[str | None]) -> list[str]:
+    """Cache keys an unsafe request's answer invalidates (RFC 9111 section 4.4): after a
+    non-error status, the target and `others` (the keys of Location and Content-Location,
+    None when not on this origin)."""
     if method in ("GET", "HEAD", "OPTIONS", "TRACE") or not 200 <= status < 400:
         return []
-    others = [v for v in (location, content_location) if v and v.startswith("/") and not v.startswith("//")]
-    return [target, *others]
+    return [target, *(key for key in others if key is not None and key != target)]

@@ -81,6 +81,11 @@ class Origin(Protocol):
 
     def cache_key(self, target: Target) -> str: ...
 
+    def location_key(self, location: str) -> str | None:
+        """The cache key of a Location / Content-Location the origin sent, if it names one of
+        this origin's resources (RFC 9111 section 4.4: same origin only); else None."""
+        ...
+
     async def request(
         self, method: str, target: Target, headers: Headers, body: AsyncIterator[bytes] | None = None
     ) -> OriginResponse: ...

@@ -11,6 +11,7 @@ import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import anyio
 
@@ -19,6 +20,7 @@ from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, make_etag
 from ..http.model import Representation
 from ..http.plan import plan_response
+from ..paths import BadPath, HiddenPath, clean_path
 from ..streaming import plan_chunks
 from ..uploads import UploadError
 from .base import BodyAborted, OriginResponse, Target, Uploaded, text_response
@@ -91,6 +93,14 @@ class LocalOrigin:
 
     def cache_key(self, target: Target) -> str:
         return "/" + target.path
+
+    def location_key(self, location: str) -> str | None:
+        if not location.startswith("/") or location.startswith("//"):
+            return None
+        try:
+            return "/" + clean_path(unquote(location.split("?")[0]), allow_dotfiles=self.allow_dotfiles)
+        except (BadPath, HiddenPath):
+            return None
 
     async def healthy(self) -> bool:
         return await anyio.to_thread.run_sync(

@@ -10,6 +10,7 @@ import httpx
 
 from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, end_to_end
+from ..paths import origin_path
 from .base import OriginError, OriginResponse, Target, Uploaded
 
 VIA = "1.1 edgecache"
@@ -47,6 +48,23 @@ class UpstreamOrigin:
 
     def cache_key(self, target: Target) -> str:
         return target.raw
+
+    def location_key(self, location: str) -> str | None:
+        try:
+            url = httpx.URL(location)
+        except httpx.InvalidURL:
+            return None
+        if url.is_absolute_url and (url.scheme, url.host, url.port) != (self.scheme, self.host, self.port):
+            return None
+        if not url.is_absolute_url and not location.startswith("/") or location.startswith("//"):
+            return None
+        path = url.raw_path.decode("ascii").split("?")[0]
+        if self.base_path:
+            if not path.startswith(self.base_path + "/"):
+                return None  # the origin's, but outside what the edge serves
+            path = path[len(self.base_path):]
+        query = url.query.decode("ascii")
+        return origin_path(path.lstrip("/")) + (f"?{query}" if query else "")
 
     def _url(self, target: Target) -> httpx.URL:
         # The host is fixed here: no request path or header can steer it elsewhere.
