@@ -214,3 +214,26 @@ async def test_vary_accept_encoding_is_one_variant_for_every_client(upstream, ht
             r = await c.get("/t.txt", headers={"Accept-Encoding": encoding})
             assert r.content == b"text" and "content-encoding" not in r.headers
     assert len(origin.gets("/t.txt")) == 1  # the edge always asks for identity: one copy serves all
+
+
+async def test_a_stored_body_found_gone_is_fetched_again_not_cut(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    from proxy.store.disk import Store
+
+    origin, _ = upstream
+    body = bytes(range(256)) * 4000  # several blocks, no validator: filled from one response
+    obj = Obj(body, {"cache-control": "max-age=600"}, etag="", last_modified=None)
+    obj.etag = None
+    origin.objects["/gen"] = obj
+    edge = make_server(http_settings)
+    async with httpx.AsyncClient(base_url=edge.url) as c:
+        assert (await c.get("/gen")).content == body
+        assert (await c.get("/gen")).headers["x-cache"] == "HIT"
+        store = Store(http_settings.cache_dir, http_settings.cache_size_limit)
+        try:
+            for key in [k for k in store.objects.iterkeys() if str(k).startswith("b|")]:
+                store.objects.delete(key)  # as if evicted
+        finally:
+            store.close()
+        await asyncio.sleep(5.5)  # past the 5 s the edge trusts the block files it holds open
+        again = await c.get("/gen")
+    assert (again.status_code, again.content, again.headers["x-cache"]) == (200, body, "MISS")

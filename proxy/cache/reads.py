@@ -25,7 +25,7 @@ from ..store.objects import CachedObject, meta_key
 from ..streaming import plan_chunks
 from .blocks import BlockSource
 from .entries import Entries
-from .fills import Filler
+from .fills import Filler, FillFailed
 from .flights import Flight, Flights
 from .replies import Reply, nothing_to_close, relay, relay_forwarded, text_reply
 from .spool import Spool
@@ -98,7 +98,13 @@ class ReadPath:
                     if flight is not None:
                         flight.end()
                         flight = None
-                    return await self._without_flight(ex, stored, action)
+                    reply = await self._without_flight(ex, stored, action)
+                    if isinstance(action, hc.Serve) and attempt < COLLAPSE_ROUNDS:
+                        primed = await _primed(reply)
+                        if primed is None:
+                            continue  # what was stored is gone (its one fill died): look again
+                        reply = primed
+                    return reply
                 if flight is not None or attempt >= COLLAPSE_ROUNDS:
                     leader, flight = flight, None
                     return await self._exchange(ex, stored, action, leader)
@@ -396,3 +402,29 @@ class ReadPath:
 
 def _nothing() -> None:
     return None
+
+
+async def _primed(reply: Reply) -> Reply | None:
+    """The reply with its first chunk already read, so that a stored body that turns out to be
+    gone is found before the status line is sent; None when it is gone."""
+    if reply.chunks is None:
+        return reply
+    chunks = reply.chunks
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return dataclasses.replace(reply, chunks=None)
+    except FillFailed as e:
+        await reply.close()
+        if not e.changed:
+            raise OriginError("unreachable", str(e)) from None  # no byte could be had: a 502
+        log.info("stored body gone before the first byte, looking again: %s", e)
+        return None
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    return dataclasses.replace(reply, chunks=rest())
+
