@@ -40,6 +40,11 @@ class EdgeService:
         self.reads = ReadPath(settings, origin, store, policy_of(settings)) if store is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def start(self) -> None:
+        """Begin the background upkeep (call from the running event loop)."""
+        if self.reads is not None:
+            self.reads.start()
+
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()

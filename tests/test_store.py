@@ -80,3 +80,20 @@ def test_the_memo_is_bounded_in_bytes(tmp_path: Path, monkeypatch) -> None:  # t
         store.put_meta(f"/o{i}", marker_obj.key, marker_obj, (), 0)
     assert store._memo_bytes <= 64 * 1024
     assert sum(size for _, _, size in store._memo.values()) == store._memo_bytes
+
+
+def test_a_sweep_removes_dead_fills_parts_but_not_live_ones(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = Store(str(tmp_path), 64 * 1024**2)
+    fd_dead, dead = store.new_part()
+    fd_live, live = store.new_part()
+    os.close(fd_dead)
+    os.close(fd_live)
+    assert store.take_lease("f|b|x|0", live, 60)  # a live fill, its origin stalled for long
+    old = time.time() - 3600
+    os.utime(dead, (old, old))
+    os.utime(live, (old, old))
+    assert store.sweep_parts(older_than=60) == 1
+    assert not os.path.exists(dead) and os.path.exists(live)

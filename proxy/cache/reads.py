@@ -35,6 +35,7 @@ log = logging.getLogger("edgecache")
 
 UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight to the origin
 COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
+PART_SWEEP_INTERVAL = 60.0  # seconds between sweeps of part files left by dead fills (kill -9 of a worker)
 SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored before asking the origin
 # Stored header fields the edge generates itself when it serves a stored 200.
 _GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
@@ -75,6 +76,21 @@ class ReadPath:
         self.filler = Filler(store, self.threads, origin, self.entries.forget)
         self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size)
         self.flights = Flights(store, self.threads, settings.origin_response_timeout + 5)
+
+    def start(self) -> None:
+        """Background upkeep while serving: part files of dead fills are swept."""
+        self.filler.spawn(self._sweep_parts())
+
+    async def _sweep_parts(self) -> None:
+        while True:
+            await asyncio.sleep(PART_SWEEP_INTERVAL)
+            try:
+                removed = await self.threads.run(self.store.sweep_parts, PART_SWEEP_INTERVAL)
+            except StoreErrors as e:
+                log.warning("part files not swept: %s", e)
+            else:
+                if removed:
+                    log.info("swept %d part files of dead fills", removed)
 
     async def aclose(self) -> None:
         await self.filler.aclose()

@@ -220,13 +220,15 @@ class Store:
         self.objects.set(key, FinishedPart(path, size), read=True)
 
     def sweep_parts(self, older_than: float) -> int:
-        """Remove part files left by crashed fills (kill -9): never visible, just clutter."""
+        """Remove part files left by dead fills (kill -9): never visible, just clutter. A part
+        file a live fill's lease names is kept, however long its origin stalls."""
         removed = 0
         cutoff = time.time() - older_than
+        live = {self.leases.get(name) for name in self.leases.iterkeys()}
         for name in os.listdir(self.parts_dir):
             path = os.path.join(self.parts_dir, name)
             try:
-                if os.stat(path).st_mtime < cutoff:
+                if path not in live and os.stat(path).st_mtime < cutoff:
                     os.unlink(path)
                     removed += 1
             except OSError:
