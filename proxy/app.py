@@ -21,7 +21,7 @@ from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.upstream import UpstreamOrigin
-from .paths import BadPath, HiddenPath, clean_path, origin_path
+from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response
@@ -256,7 +256,8 @@ def create_app(settings: Settings) -> Starlette:
         refusal = write_refusal(request)
         if refusal is not None:
             return refusal
-        path, prefix = request.query_params.get("path"), request.query_params.get("prefix")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        path, prefix = query_value(query, "path"), query_value(query, "prefix")
         if (path is None) == (prefix is None):
             return _text(400, "Bad Request: give exactly one of ?path=/some/file or ?prefix=/some/folder/")
         key = None
@@ -272,7 +273,7 @@ def create_app(settings: Settings) -> Starlette:
                 return _text(400, f"Bad Request: {e}")
             key = service.origin.cache_key(_target(clean, query, wire_path if settings.origin_is_http else None))
         try:
-            purged = await service.purge(key, prefix)
+            purged = await service.purge(key, None if prefix is None else key_prefix(prefix, settings.origin_is_http))
         except StoreErrors as e:
             return _text(503, f"Service Unavailable: the cache could not be purged ({e})")
         return JSONResponse({"purged": purged, "count": len(purged)}, headers={"Cache-Control": "no-store"})

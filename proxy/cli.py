@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings
+from .paths import key_prefix
 from .store.disk import Store, StoreErrors
 
 
@@ -41,7 +42,11 @@ def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
         print(f"edgecache: cannot open the cache in {settings.cache_dir}: {e}", file=sys.stderr)
         return 1
     try:
-        purged = store.purge_prefix(prefix) if prefix is not None else ([path] if path and store.purge(path) else [])
+        if prefix is not None:
+            purged = store.purge_prefix(key_prefix(prefix, settings.origin_is_http))
+        else:
+            key = key_prefix(path, settings.origin_is_http) if path else None  # a whole path: its key
+            purged = [key] if key and store.purge(key) else []
     finally:
         store.close()
     print(json.dumps({"purged": purged, "count": len(purged)}))

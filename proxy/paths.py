@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from urllib.parse import unquote
 
 MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
@@ -78,3 +79,21 @@ _HEX = re.compile(r"[0-9A-Fa-f]{2}")
 def _percent(char: str) -> str:
     data = char.encode("latin-1") if ord(char) < 0x100 else char.encode("utf-8")
     return "".join(f"%{b:02X}" for b in data)
+
+
+def key_prefix(prefix: str, http_origin: bool) -> str:
+    """A purge prefix in the form of the keys it is compared with: an HTTP origin's keys are
+    normalised paths (origin_path), a directory origin's are decoded paths."""
+    if not http_origin:
+        return prefix
+    path, mark, query = prefix.partition("?")
+    return origin_path(path.lstrip("/")) + mark + query
+
+
+def query_value(query: str, name: str) -> str | None:
+    """A parameter of a query string, percent-decoded as a URI (a '+' stays a '+'), or None."""
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key) == name:
+            return unquote(value)
+    return None

@@ -39,6 +39,7 @@ class EdgeService:
         self.store = store
         self.reads = ReadPath(settings, origin, store, policy_of(settings)) if store is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[str] = set()  # keys whose invalidation after a write is still owed
 
     def start(self) -> None:
         """Begin the background upkeep (call from the running event loop)."""
@@ -48,6 +49,11 @@ class EdgeService:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        for primary in sorted(self._pending):  # a last try, and a word for the operator
+            try:
+                await self.invalidate(primary)
+            except StoreErrors as e:
+                log.error("invalidation of %s still failing at shutdown, purge it by hand: %s", primary, e)
         if self.reads is not None:
             await self.reads.aclose()
         await self.origin.aclose()
@@ -92,6 +98,7 @@ class EdgeService:
             await self.invalidate(primary)
         except StoreErrors as e:
             log.warning("invalidation of %s failed, retrying: %s", primary, e)
+            self._pending.add(primary)
             task = asyncio.get_running_loop().create_task(self._retry_invalidation(primary))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -101,9 +108,11 @@ class EdgeService:
             await asyncio.sleep(min(2.0**attempt / 4, 5.0))
             try:
                 await self.invalidate(primary)
+                self._pending.discard(primary)
                 return
             except StoreErrors as e:
                 error = e
+        self._pending.discard(primary)
         log.error("invalidation of %s failed for good, purge it by hand: %s", primary, error)
 
     async def invalidate(self, primary: str) -> int:

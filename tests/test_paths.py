@@ -59,3 +59,14 @@ def test_origin_path_is_a_valid_request_path(raw: str) -> None:
     assert path.startswith("/") and "//" not in path and "#" not in path
     assert all("!" <= c <= "~" for c in path)
     assert origin_path(path) == path  # what it keeps, it keeps exactly
+
+
+def test_purge_keys_and_query_values_are_spelled_as_the_keys() -> None:
+    from proxy.paths import key_prefix, query_value
+
+    assert key_prefix("/caf%c3%a9/", True) == "/caf%C3%A9/"
+    assert key_prefix("/v/a.mp4?x=1", True) == "/v/a.mp4?x=1"
+    assert key_prefix("/caf%c3%a9/", False) == "/caf%c3%a9/"  # a directory origin's keys are decoded paths
+    assert query_value("path=/a+b.mp4&x=1", "path") == "/a+b.mp4"
+    assert query_value("prefix=/caf%25c3%25a9/", "prefix") == "/caf%c3%a9/"
+    assert query_value("x=1", "path") is None

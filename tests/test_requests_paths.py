@@ -78,8 +78,11 @@ def test_ff_and_fe_are_different_keys(edge: RunningServer, raw_origin) -> None: 
     assert get(edge, "/%C3%A9t%C3%A9%201.mp4").content == b"v1"
     origin.objects["/%C3%A9t%C3%A9%201.mp4"] = Obj(b"v2", {"cache-control": "max-age=60"})
     assert get(edge, "/%C3%A9t%C3%A9%201.mp4").content == b"v1"  # stored
-    purged = httpx.post(edge.url + "/_edge/purge", params={"path": "/été 1.mp4"})  # decoded: UTF-8, encoded
+    # the query value is percent-decoded as a URI's ('+' is a '+', not a space), then spelled as the keys are
+    purged = httpx.post(edge.url + "/_edge/purge?path=/%C3%A9t%C3%A9%201.mp4")
     assert purged.json() == {"purged": ["/%C3%A9t%C3%A9%201.mp4"], "count": 1}
+    plus = httpx.post(edge.url + "/_edge/purge?path=/a+b.mp4")
+    assert plus.json() == {"purged": [], "count": 0}  # the key /a+b.mp4, which nothing filled
     assert get(edge, "/%C3%A9t%C3%A9%201.mp4").content == b"v2"
 
 

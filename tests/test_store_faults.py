@@ -35,18 +35,22 @@ async def test_a_failing_store_degrades_to_the_origin(  # type: ignore[no-untype
     origin, _ = upstream
     origin.objects["/v.mp4"] = Obj(BODY, {"cache-control": "max-age=600"})
     origin.objects["/w.mp4"] = Obj(BODY[:1000], {"cache-control": "max-age=600"})
+    bare = Obj(BODY[:5000], {"cache-control": "max-age=600"}, etag="", last_modified=None)
+    bare.etag = None  # no validator: its one stored copy cannot be patched from the origin
+    origin.objects["/n.mp4"] = bare
     # A pool of two origin connections: one leaked per failure would soon turn every request into a 504.
     monkeypatch.setattr(proxy.app, "UpstreamOrigin", functools.partial(UpstreamOrigin, max_connections=2))
     edge = make_server(http_settings)
     async with httpx.AsyncClient(base_url=edge.url, timeout=20) as c:
         assert (await c.get("/w.mp4")).content == BODY[:1000]  # something stored before the store breaks
+        assert (await c.get("/n.mp4")).content == BODY[:5000]
 
         def broken(*args: object, **kwargs: object) -> object:
             raise FAULTS[fault]
 
         monkeypatch.setattr(Store, method, broken)
         for _ in range(3):
-            for path, body in (("/v.mp4", BODY), ("/w.mp4", BODY[:1000])):
+            for path, body in (("/v.mp4", BODY), ("/w.mp4", BODY[:1000]), ("/n.mp4", BODY[:5000])):
                 full = await c.get(path)
                 assert (full.status_code, full.content) == (200, body), (path, full.headers)
                 part = await c.get(path, headers={"Range": "bytes=300-799"})

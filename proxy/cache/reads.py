@@ -16,7 +16,7 @@ from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
 from ..http.freshness import Policy, current_age, selection, stored_headers, vary_fields
 from ..http.headers import content_type_for, parse_http_date
-from ..http.model import Representation
+from ..http.model import Representation, Span
 from ..http.plan import plan_response
 from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
@@ -41,6 +41,7 @@ SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored befo
 _GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
 _FRAMING = frozenset({"content-length", "content-range"})
 _BODY_ERRORS: tuple[type[Exception], ...] = (OriginError, *StoreErrors)
+_PRIME_STORE_ERRORS: tuple[type[Exception], ...] = (*StoreErrors,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +116,18 @@ class ReadPath:
                         flight.end()
                         flight = None
                     reply = await self._without_flight(ex, stored, action)
-                    if isinstance(action, hc.Serve) and attempt < COLLAPSE_ROUNDS:
-                        primed = await _primed(reply)
-                        if primed is None:
-                            continue  # what was stored is gone (its one fill died): look again
-                        reply = primed
-                    return reply
+                    if not isinstance(action, hc.Serve):
+                        return reply
+                    try:
+                        return await _primed(reply)
+                    except _PRIME_STORE_ERRORS as e:  # our disk, not the origin: serve from the origin
+                        log.warning("stored body unreadable, relaying %s: %s", primary, e)
+                        return relay_forwarded(await self._forward(req), req.method, Fwd.MISS, "store error")
+                    except FillFailed as e:  # gone, or its one fill died: look again, and fetch it anew
+                        if attempt >= COLLAPSE_ROUNDS:
+                            raise OriginError("unreachable", str(e)) from None
+                        log.info("stored body of %s gone before the first byte, looking again: %s", primary, e)
+                        continue
                 if flight is not None or attempt >= COLLAPSE_ROUNDS:
                     leader, flight = flight, None
                     return await self._exchange(ex, stored, action, leader)
@@ -401,7 +408,8 @@ class ReadPath:
         def reader(start: int, end: int) -> AsyncIterator[bytes]:
             return blocks.read(obj, req.target, req.headers, start, end)
 
-        return Reply(plan.status, headers, plan_chunks(plan, reader), nothing_to_close)
+        literal = next((i for i, segment in enumerate(plan.body) if isinstance(segment, Span)), 0)
+        return Reply(plan.status, headers, plan_chunks(plan, reader), nothing_to_close, literal)
 
     # --- straight through ---------------------------------------------------------------
     async def _forward(self, req: ProxyRequest) -> OriginResponse:
@@ -420,27 +428,27 @@ def _nothing() -> None:
     return None
 
 
-async def _primed(reply: Reply) -> Reply | None:
-    """The reply with its first chunk already read, so that a stored body that turns out to be
-    gone is found before the status line is sent; None when it is gone."""
+async def _primed(reply: Reply) -> Reply:
+    """The reply with its first stored chunk already read (after any multipart framing), so
+    that a stored body that cannot be read is found before the status line is sent; then the
+    reply is closed and the error raised (FillFailed, or a store error)."""
     if reply.chunks is None:
         return reply
     chunks = reply.chunks
+    head: list[bytes] = []
     try:
-        first = await anext(chunks)
+        while len(head) <= reply.literal:
+            head.append(await anext(chunks))
     except StopAsyncIteration:
-        return dataclasses.replace(reply, chunks=None)
-    except FillFailed as e:
+        pass
+    except BaseException:
         await reply.close()
-        if not e.changed:
-            raise OriginError("unreachable", str(e)) from None  # no byte could be had: a 502
-        log.info("stored body gone before the first byte, looking again: %s", e)
-        return None
+        raise
 
     async def rest() -> AsyncIterator[bytes]:
-        yield first
+        for chunk in head:
+            yield chunk
         async for chunk in chunks:
             yield chunk
 
     return dataclasses.replace(reply, chunks=rest())
-

@@ -18,6 +18,7 @@ class Reply:
     headers: Headers
     chunks: AsyncIterator[bytes] | None
     close: Callable[[], Awaitable[None]]
+    literal: int = 0  # chunks of generated text (multipart framing) before the first stored byte
 
 
 async def nothing_to_close() -> None:
