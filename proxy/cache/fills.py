@@ -196,19 +196,22 @@ class Filler:
                 await self.threads.run(self.store.take_lease, whole_lease(obj), whole_owner, LEASE_TTL)
                 held.append((whole_lease(obj), whole_owner))
             await self._consume(obj, response, 0 if whole else start, owned, whole=whole)
+        # The stored object is forgotten before its readers hear of the failure: a client whose
+        # response was cut and asks again must not be served the same version again.
         except FillFailed as e:
-            await self._fail(owned, e)
             if e.changed or not obj.sliceable:
-                await self.on_changed(obj)
+                with anyio.CancelScope(shield=True):
+                    await self.on_changed(obj)
+            await self._fail(owned, e)
         except OriginError as e:
+            await self._forget_unfinished(obj)
             await self._fail(owned, FillFailed(f"origin: {e}"))
-            await self._forget_unfinished(obj)
         except StoreErrors as e:
+            await self._forget_unfinished(obj)
             await self._fail(owned, FillFailed(f"store: {e}", local=True))
-            await self._forget_unfinished(obj)
         except BaseException:
-            await self._fail(owned, FillFailed("fill cancelled"))
             await self._forget_unfinished(obj)
+            await self._fail(owned, FillFailed("fill cancelled"))
             raise
         finally:
             renewer.cancel()
