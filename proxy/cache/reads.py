@@ -40,8 +40,6 @@ SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored befo
 # Stored header fields the edge generates itself when it serves a stored 200.
 _GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
 _FRAMING = frozenset({"content-length", "content-range"})
-_BODY_ERRORS: tuple[type[Exception], ...] = (OriginError, *StoreErrors)
-_PRIME_STORE_ERRORS: tuple[type[Exception], ...] = (*StoreErrors,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +118,7 @@ class ReadPath:
                         return reply
                     try:
                         return await _primed(reply)
-                    except _PRIME_STORE_ERRORS as e:  # our disk, not the origin: serve from the origin
+                    except StoreErrors as e:  # our disk, not the origin: serve from the origin
                         log.warning("stored body unreadable, relaying %s: %s", primary, e)
                         return relay_forwarded(await self._forward(req), req.method, Fwd.MISS, "store error")
                     except FillFailed as e:  # gone, or its one fill died: look again, and fetch it anew
@@ -244,7 +242,8 @@ class ReadPath:
             marker = hc.PassMarker(hc.PassReason.UNCACHEABLE, response_time + UNCACHEABLE_TTL)
             await self._remember(ex, marker, response.headers, headers)
         if isinstance(outcome, hc.Pass):
-            return relay_forwarded(response, ex.method, fwd, getattr(action, "detail", None)), False
+            detail = action.detail if isinstance(action, hc.Fetch) else None
+            return relay_forwarded(response, ex.method, fwd, detail), False
         await response.close()
         if isinstance(outcome, hc.Freshen):
             assert stored is not None
