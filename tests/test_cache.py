@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import httpx
 import pytest
@@ -156,9 +155,8 @@ async def test_stale_while_revalidate(origin: Upstream, edge_server: RunningServ
         hits = len(origin.hits)
         await asyncio.sleep(3.2)
         origin.delay = 0.5  # a slow origin must not delay the stale answer
-        began = time.monotonic()
         r = await c.get("/movie.mp4", headers={"Range": "bytes=0-99"})
-        assert time.monotonic() - began < 0.45
+        assert origin.hits[-1].status == 0  # answered while the origin has not yet answered the refresh
         assert r.content == MOVIE[:100] and r.headers["x-cache"] == "STALE"
         assert 'detail="stale"' in r.headers["cache-status"]
         await asyncio.sleep(0.8)
@@ -191,19 +189,15 @@ async def test_origin_down_without_stale_is_502(http_settings, make_server) -> N
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     edge = make_server(http_settings, origin=dead)
-    began = time.monotonic()
-    r = httpx.get(edge.url + "/movie.mp4")
+    r = httpx.get(edge.url + "/movie.mp4", timeout=3)  # not left waiting: refused at once
     assert r.status_code == 502 and r.text.startswith("Bad Gateway")
-    assert time.monotonic() - began < 3
 
 
 async def test_slow_origin_is_504_within_the_timeout(origin: Upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
     edge = make_server(http_settings, origin_response_timeout=0.5)
     origin.delay = 3
-    began = time.monotonic()
-    r = httpx.get(edge.url + "/movie.mp4", timeout=10)
+    r = httpx.get(edge.url + "/movie.mp4", timeout=2.5)  # the origin's answer would come too late for this
     assert r.status_code == 504 and r.text.startswith("Gateway Timeout")
-    assert time.monotonic() - began < 2.5
 
 
 async def test_size_limit_respected_under_churn(origin: Upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]

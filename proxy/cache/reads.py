@@ -172,11 +172,11 @@ class ReadPath:
         if not isinstance(flight, Flight):
             return
         action = hc.Validate(hc.validators(obj.headers), Fwd.STALE, 0.0, 0.0, False)
+        # Asked as for a HEAD: nothing is read back from the store, and a body the origin sends
+        # is stored in the background like a HEAD miss's.
+        head = dataclasses.replace(ex, req=dataclasses.replace(ex.req, method="HEAD"))
         try:
-            reply = await self._exchange(ex, obj, action, flight)
-            if reply.chunks is not None:
-                async for _ in reply.chunks:
-                    pass
+            reply = await self._exchange(head, obj, action, flight)
             await reply.close()
         except OriginError as e:
             log.warning("background revalidation failed: %s", e)
