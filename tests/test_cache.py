@@ -156,7 +156,8 @@ async def test_stale_while_revalidate(origin: Upstream, edge_server: RunningServ
         await asyncio.sleep(3.2)
         origin.delay = 0.5  # a slow origin must not delay the stale answer
         r = await c.get("/movie.mp4", headers={"Range": "bytes=0-99"})
-        assert origin.hits[-1].status == 0  # answered while the origin has not yet answered the refresh
+        # answered before the origin has answered the (slow) background revalidation
+        assert not [h for h in origin.hits if "if-none-match" in h.headers and h.status]
         assert r.content == MOVIE[:100] and r.headers["x-cache"] == "STALE"
         assert 'detail="stale"' in r.headers["cache-status"]
         await asyncio.sleep(0.8)
