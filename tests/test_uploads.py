@@ -317,7 +317,7 @@ async def test_disk_full_is_507_and_leaves_the_old_file(  # type: ignore[no-unty
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(local, "_write_all", full)
+    monkeypatch.setattr(local, "write_all", full)
     r = await client.put("/small.txt", content=b"new bytes")
     assert r.status_code == 507 and r.text.startswith("Insufficient Storage")
     assert (origin_dir / "small.txt").read_bytes() == b"hello, edge\n" and leftovers(origin_dir) == []

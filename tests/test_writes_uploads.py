@@ -208,7 +208,7 @@ async def test_temp_files_are_created_and_removed_off_the_event_loop(  # type: i
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(local, "_write_all", full)
+    monkeypatch.setattr(local, "write_all", full)
     assert (await client.put("/full.mp4", content=b"x")).status_code == 507
     assert [name for name, _ in calls] == ["open", "open", "unlink"]
     assert all(thread is not loop_thread for _, thread in calls)

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from ..files import write_all
 from ..http.cache import BlockAnswer, block_answer, fetch_headers
 from ..http.directives import Headers, get
 from ..origins.base import BodyAborted, Origin, OriginError, OriginResponse, Target
@@ -318,12 +319,6 @@ class Filler:
                 fd, progress.fd = progress.fd, -1
                 await anyio.to_thread.run_sync(discard, fd, progress.path)
                 await self._release(progress.lease, progress.path)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def discard(fd: int, path: str) -> None:

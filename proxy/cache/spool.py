@@ -11,8 +11,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import anyio
 
+from ..files import write_all
 from ..origins.base import OriginResponse
-from .fills import discard, write_all
+from .fills import discard
 
 
 class Spool:

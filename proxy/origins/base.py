@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..http.freshness import Headers
+from ..http.directives import Headers, get
 
 
 class BodyAborted(Exception):
@@ -33,14 +33,7 @@ class OriginResponse:
     close: Callable[[], Awaitable[None]]
 
     def header(self, name: str) -> str | None:
-        values = [v for n, v in self.headers if n.lower() == name]
-        return ", ".join(values) if values else None
-
-    @property
-    def content_length(self) -> int | None:
-        """The body length the origin declared; None when absent, repeated or invalid."""
-        value = self.header("content-length")
-        return int(value) if value and value.isdigit() else None
+        return get(self.headers, name)
 
 
 def text_response(status: int, message: str, headers: Headers | None = None) -> OriginResponse:

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import anyio
 
+from ..files import write_all
 from ..http.conditional import conditions_from
 from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, make_etag
@@ -164,9 +165,9 @@ class LocalOrigin:
             async for chunk in chunks:
                 buffer += chunk
                 if len(buffer) >= WRITE_BATCH:
-                    await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
+                    await anyio.to_thread.run_sync(write_all, fd, bytes(buffer))
                     buffer.clear()
-            await anyio.to_thread.run_sync(_write_all, fd, bytes(buffer))
+            await anyio.to_thread.run_sync(write_all, fd, bytes(buffer))
             closing, fd = fd, -1
             await anyio.to_thread.run_sync(_finish, closing)
             created = await anyio.to_thread.run_sync(_commit, temp, full, folder)
@@ -240,12 +241,6 @@ class LocalOrigin:
 
 
 WRITE_BATCH = 1024 * 1024  # bytes gathered per write of an upload
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _create(temp: str) -> int:
