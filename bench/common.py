@@ -86,6 +86,19 @@ def start_edgecache(origin: str, cache_dir: Path, workers: int, **env: str) -> t
     return proc, port
 
 
+def start_ceiling(directory: Path, workers: int) -> tuple[subprocess.Popen, int]:
+    """bench/ceiling.py (a bare ASGI app serving the same files) under uvicorn, as edgecache runs."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "bench"), "ceiling:app", "--port", str(port),
+         "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+         "--log-level", "warning"],
+        cwd=REPO, env={**os.environ, "EDGECACHE_CEILING_DIR": str(directory)}, start_new_session=True,
+    )
+    started(proc, port)
+    return proc, port
+
+
 def measure_each(starters, measure, *, with_process: bool = False):  # type: ignore[no-untyped-def]
     """Start each (name, starter) server in turn, measure it with measure(port) (or
     measure(port, proc, name) when with_process), stop it.

@@ -1,4 +1,5 @@
-"""Benchmark: warm cache hits under wrk, edgecache against nginx proxy_cache + slice 4m.
+"""Benchmark: warm cache hits under wrk, edgecache against nginx proxy_cache + slice 4m, and
+the Python ceiling (bench/ceiling.py: a bare ASGI app serving the same files under uvicorn).
 
     python bench/hits.py [--seconds 8] [--workers 2] [--also-one-worker] [--origin-delay-ms 20]
 
@@ -49,6 +50,7 @@ from common import (  # noqa: E402
     nginx_proxy,
     nginx_version,
     run_wrk,
+    start_ceiling,
     start_edgecache,
     stop,
     wait_port,
@@ -287,6 +289,8 @@ def main() -> None:
                 (f"edgecache, {args.workers} workers",
                  lambda: start_edgecache(upstream, work / "edgecache-cache", args.workers, block_size=str(SLICE))),
             ]
+            servers.append((f"Python ceiling (bench/ceiling.py), {args.workers} workers",
+                            lambda: start_ceiling(origin_dir, args.workers)))
             if args.also_one_worker and args.workers != 1:
                 servers.append(("edgecache, 1 worker",
                                 lambda: start_edgecache(upstream, work / "edgecache-cache-1", 1,
@@ -305,7 +309,9 @@ def main() -> None:
     print(f"{platform.machine()}, {cores} cores, Python {platform.python_version()}, edgecache "
           f"{edgecache_version()}, {nginx} proxy_cache + slice 4m, {wrk_version.split(' [')[0]}; "
           f"origin: bench/origin.py, {args.origin_delay_ms:g} ms per request; objects: {BIG_MIB} MiB and "
-          f"{SMALL_SIZE} B, warm; {args.seconds} s per figure; ratio = edgecache / nginx.\n")
+          f"{SMALL_SIZE} B, warm; {args.seconds} s per figure; ratio = this column / nginx. The Python ceiling "
+          "is a bare ASGI app answering the same requests from the same files with no cache logic "
+          "(bench/ceiling.py: pread + send, no zero-copy).\n")
     print(table(rows, reference))
     print(f"\nwrk -t{args.wrk_threads} (-t1 for the 1 connection) --timeout 30s. MiB/s count the response "
           "bytes, headers included. CPU per request: utime+stime of all the server's processes over the "

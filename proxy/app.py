@@ -1,4 +1,5 @@
-"""The Starlette app: routes and lifespan. Thin: request -> facts -> service -> response."""
+"""The ASGI app: content requests straight to the edge, its own routes and the lifespan in
+Starlette. Thin: request -> facts -> service -> response."""
 from __future__ import annotations
 
 import contextlib
@@ -7,11 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote, urlsplit
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
+from starlette.datastructures import State
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .auth import cross_site_reason, origin_of, write_denial
@@ -24,7 +25,7 @@ from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
-from .streaming import send_response
+from .streaming import send_response, zero_copy
 from .uploads import (
     MultipartFile,
     UploadError,
@@ -44,6 +45,8 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "C
             415: "Unsupported Media Type", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
             507: "Insufficient Storage"}
 _PATH_SAFE = "/!$&'()*+,;=:@~"
+# A content request: scope, receive, send, the path decoded, the path as received.
+Content = Callable[[Scope, Receive, Send, str, str | None], Awaitable[None]]
 
 
 class ReplyResponse(Response):
@@ -57,7 +60,7 @@ class ReplyResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             chunks = None if self.head else self.reply.chunks
-            await send_response(self.reply.status, self.reply.headers, chunks, receive, send)
+            await send_response(self.reply.status, self.reply.headers, chunks, receive, send, zero_copy(scope))
         finally:
             await self.reply.close()
 
@@ -80,10 +83,9 @@ def _target(path: str, query: str, received: str | None = None) -> Target:
     return Target(path=path, raw=raw + (f"?{query}" if query else ""))
 
 
-def _received_path(request: Request) -> str:
+def _received_path(scope: Scope) -> str:
     """The request's path as it came on the wire (its bytes as latin-1 text, no query,
     no root_path); the decoded path quoted again if the server gave no raw_path."""
-    scope = request.scope
     raw = scope.get("raw_path")
     if not isinstance(raw, bytes):
         return quote(scope["path"], safe=_PATH_SAFE)
@@ -137,7 +139,7 @@ def open_store(settings: Settings) -> Store | None:
         return None
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> EdgeApp:
     origin = make_origin(settings)
     service = EdgeService(settings, origin, open_store(settings))
     public_host = urlsplit(settings.public_base_url).netloc or None
@@ -205,7 +207,7 @@ def create_app(settings: Settings) -> Starlette:
         body = request.stream() if has_body else None
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
-        headers = forwarding_headers(received, peer, request.url.scheme, public_host, settings.proxies)
+        headers = forwarding_headers(received, peer, request.scope["scheme"], public_host, settings.proxies)
         try:
             reply = await service.handle(ProxyRequest(method, target_for(path, request, wire_path), headers, body))
         except ClientDisconnect:
@@ -278,15 +280,10 @@ def create_app(settings: Settings) -> Starlette:
             return _text(503, f"Service Unavailable: the cache could not be purged ({e})")
         return JSONResponse({"purged": purged, "count": len(purged)}, headers={"Cache-Control": "no-store"})
 
-    async def content(request: Request) -> Response:
-        return await serve(request, request.path_params["path"], _received_path(request))
-
-    async def compat_video(request: Request) -> Response:
-        rest = _after_prefix(_received_path(request), "get_video_by_name")
-        return await serve(request, "video/" + request.path_params["name"], None if rest is None else "/video" + rest)
-
-    async def assets(request: Request) -> Response:
-        return await serve(request, request.path_params["path"], _after_prefix(_received_path(request), "assets"))
+    async def content(scope: Scope, receive: Receive, send: Send, url_path: str, wire_path: str | None) -> None:
+        request = Request(scope, receive)
+        response = await serve(request, url_path, wire_path)
+        await response(scope, receive, send)
 
     async def welcome(request: Request) -> Response:
         return JSONResponse(
@@ -318,20 +315,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/_edge/{rest:path}", AnyMethod(edge_reserved)),
     ]
     if settings.compat_routes:
-        routes += [
-            Route("/", welcome, methods=list(READ_METHODS)),
-            Route("/get_video_by_name/{name:path}", AnyMethod(compat_video)),
-            Route("/assets/{path:path}", AnyMethod(assets)),
-        ]
-    routes.append(Route("/{path:path}", AnyMethod(content)))
-    middleware = [
-        Middleware(
-            EdgeHeaders,
-            max_count=settings.max_header_count,
-            max_bytes=settings.max_header_bytes,
-            server=settings.server_name,
-        )
-    ]
+        routes.append(Route("/", welcome, methods=list(READ_METHODS)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -339,11 +323,69 @@ def create_app(settings: Settings) -> Starlette:
         yield
         await service.aclose()
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.state.service = service
-    return app
+    routes_app = Starlette(routes=routes, lifespan=lifespan)
+    routes_app.state.service = service
+    dispatch = Dispatch(content, routes_app, settings.compat_routes)
+    edge = EdgeHeaders(dispatch, max_count=settings.max_header_count, max_bytes=settings.max_header_bytes,
+                       server=settings.server_name)
+    return EdgeApp(edge, routes_app.state)
 
 
-def app_from_env() -> Starlette:
+class Dispatch:
+    """Content requests (the files the edge serves, any method) go straight to the edge; the
+    edge's own routes (/_edge/..., the welcome at /) and the lifespan to Starlette."""
+
+    def __init__(self, content: Content, routes: ASGIApp, compat: bool) -> None:
+        self.content = content
+        self.routes = routes
+        self.compat = compat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = content_path(scope, self.compat)
+            if found is not None:
+                await self.content(scope, receive, send, *found)
+                return
+        await self.routes(scope, receive, send)
+
+
+class EdgeApp:
+    """The ASGI app create_app makes; `state` is the Starlette app's (state.service)."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def content_path(scope: Scope, compat: bool) -> tuple[str, str | None] | None:
+    """(path as decoded, path as received) of a content request, or None for the edge's own
+    routes: /_edge/..., and with the compat routes / (the JSON welcome).
+
+    /get_video_by_name/<name> is the file video/<name>, /assets/<path> the file <path>.
+    The received path is None when a route matched only once decoded (then the decoded path,
+    quoted again, is what the origin is asked for).
+    """
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    if path.startswith("/_edge/"):
+        return None
+    received = _received_path(scope)
+    if compat:
+        if path == "/":
+            return None
+        if path.startswith("/get_video_by_name/"):
+            rest = _after_prefix(received, "get_video_by_name")
+            return "video/" + path[len("/get_video_by_name/"):], None if rest is None else "/video" + rest
+        if path.startswith("/assets/"):
+            return path[len("/assets/"):], _after_prefix(received, "assets")
+    return path[1:], received
+
+
+def app_from_env() -> EdgeApp:
     """uvicorn factory for worker processes (`--workers N` needs an import string)."""
     return create_app(settings_for_worker())

@@ -57,7 +57,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options every edgecache server runs with (also used by the tests)."""
     return dict(
         loop="uvloop",
-        http="httptools",  # llhttp: rejects CL+TE, duplicate lengths, obs-fold with 400
+        # httptools (llhttp: rejects CL+TE, duplicate lengths, obs-fold with 400), plus sendfile
+        http="proxy.server.zerocopy:ZeroCopyProtocol",
         lifespan="on",
         proxy_headers=False,  # X-Forwarded-* are trusted only where configured
         server_header=False,  # the app sends one Server header itself

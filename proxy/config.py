@@ -5,6 +5,7 @@ Precedence: CLI flag > EDGECACHE_* environment variable > TOML file > default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import json
 import os
@@ -70,25 +71,25 @@ class Settings:
     def origin_is_http(self) -> bool:
         return self.origin.startswith(("http://", "https://"))
 
-    @property
+    @functools.cached_property
     def ttl_rules(self) -> tuple[tuple[str, int], ...]:
         """default_ttls 'GLOB=SECONDS, ...' as pairs, in order."""
         return _parse_ttls(self.default_ttls)
 
-    @property
+    @functools.cached_property
     def cdn_fields(self) -> tuple[str, ...]:
         """Targeted cache-control fields (RFC 9213), lower-case, in order of precedence."""
         return tuple(f.lower() for f in _items(self.cdn_cache_control))
 
-    @property
+    @functools.cached_property
     def tokens(self) -> tuple[str, ...]:
         return _items(self.write_tokens)
 
-    @property
+    @functools.cached_property
     def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in _items(self.trusted_proxies))
 
-    @property
+    @functools.cached_property
     def extensions(self) -> tuple[str, ...]:
         """Allowed upload extensions, lower-case with the dot; empty: any."""
         return tuple(("." + e.lstrip(".")).lower() for e in _items(self.upload_extensions))

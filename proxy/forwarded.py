@@ -1,12 +1,14 @@
 """Who the client is, and the public base URL, behind trusted proxies. Pure."""
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text.strip().strip("[]"))

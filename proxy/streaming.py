@@ -1,23 +1,50 @@
-"""ASGI body sending: chunks streamed to the client, stopped at once when it disconnects."""
+"""ASGI body sending: chunks streamed to the client, stopped at once when it disconnects.
+
+A chunk is bytes, or a FileSpan: bytes of an open stored file, sent with the
+server's zero-copy extension (`http.response.zerocopysend`, see server/zerocopy.py)
+when the request's scope offers it, else read in a thread and sent as bytes.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 from .http.model import ResponsePlan, Span
 from .origins.base import BodyAborted, OriginError
+from .server.zerocopy import EXTENSION
 
 log = logging.getLogger("edgecache")
 
-# Reads bytes [start, end) of the representation.
-SpanReader = Callable[[int, int], AsyncIterator[bytes]]
+FALLBACK_READ = 512 * 1024  # bytes per read when a span must pass through Python
 
 
-async def plan_chunks(plan: ResponsePlan, reader: SpanReader) -> AsyncIterator[bytes]:
-    """The body of a plan: literal segments as they are, spans from the reader."""
+@dataclass(frozen=True)
+class FileSpan:
+    """Bytes [offset, offset + count) of an open file. Its producer owns the descriptor, which
+    stays open until the consumer asks for the next chunk."""
+
+    fd: int
+    offset: int
+    count: int
+
+
+Chunk = bytes | FileSpan
+C = TypeVar("C", bytes, Chunk)
+
+
+def size_of(chunk: Chunk) -> int:
+    return chunk.count if isinstance(chunk, FileSpan) else len(chunk)
+
+
+async def plan_chunks(plan: ResponsePlan, reader: Callable[[int, int], AsyncIterator[C]]) -> AsyncIterator[C | bytes]:
+    """The body of a plan: literal segments as they are, spans [start, end) from the reader."""
     for segment in plan.body:
         if isinstance(segment, Span):
             async for chunk in reader(segment.start, segment.end):
@@ -30,12 +57,18 @@ def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
+def zero_copy(scope: Scope) -> bool:
+    """Does the server send files itself for this request?"""
+    return EXTENSION in scope.get("extensions", ())
+
+
 async def send_response(
     status: int,
     headers: list[tuple[str, str]],
-    chunks: AsyncIterator[bytes] | None,
+    chunks: AsyncIterator[Chunk] | None,
     receive: Receive,
     send: Send,
+    zerocopy: bool = False,
 ) -> None:
     """Send status, headers and the chunks; None or HEAD sends the headers only.
 
@@ -48,21 +81,42 @@ async def send_response(
     if chunks is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
-    async with anyio.create_task_group() as tg:
+    with anyio.CancelScope() as reading:
+        def gone(_: object) -> None:
+            reading.cancel()
 
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(watch_disconnect)
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher.add_done_callback(gone)
         try:
             async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if isinstance(chunk, bytes):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                elif zerocopy:
+                    await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
+                                "more_body": True})
+                else:
+                    await _send_read(chunk, send)
         except (BodyAborted, OriginError, OSError) as e:
             # Leave the response incomplete: uvicorn closes the connection.
             log.warning("response body aborted: %s", e)
-            tg.cancel_scope.cancel()
             return
+        finally:
+            watcher.remove_done_callback(gone)
+            watcher.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        tg.cancel_scope.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_read(span: FileSpan, send: Send) -> None:
+    """A span read in a thread and sent as bytes (no zero-copy here: TLS, or the tests' ASGI client)."""
+    pos, end = span.offset, span.offset + span.count
+    while pos < end:
+        data = await anyio.to_thread.run_sync(os.pread, span.fd, min(FALLBACK_READ, end - pos), pos)
+        if not data:
+            raise OSError(f"stored file ended {end - pos} bytes early")
+        pos += len(data)
+        await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -6,9 +6,12 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 from proxy.http.cache import PassMarker, PassReason
 from proxy.store import disk
 from proxy.store.disk import Store
+from proxy.store.epochs import Epochs
 from proxy.store.objects import CachedObject, meta_key
 
 
@@ -78,8 +81,44 @@ def test_the_memo_is_bounded_in_bytes(tmp_path: Path, monkeypatch) -> None:  # t
         marker_obj = CachedObject(status=200, headers=big, request_time=1, response_time=1,
                                   key=meta_key(f"/o{i}", ""), size=1, block_size=1, validator="v", sliceable=False)
         store.put_meta(f"/o{i}", marker_obj.key, marker_obj, (), 0)
+        assert store.get_meta(meta_key(f"/k{i}", ""), 0) == entry  # read: remembered
+        assert store.get_meta(marker_obj.key, 0) == marker_obj
     assert store._memo_bytes <= 64 * 1024
-    assert sum(size for _, _, size in store._memo.values()) == store._memo_bytes
+    assert sum(size for _, _, _, size in store._memo.values()) == store._memo_bytes
+
+
+def test_what_a_process_remembers_ends_with_any_processs_write(tmp_path: Path) -> None:
+    """Two Stores on one directory stand for two worker processes: a lookup answered from
+    memory (memo_only) is right until the other one writes, then it must read the store."""
+    one, two = Store(str(tmp_path), 64 * 1024**2), Store(str(tmp_path), 64 * 1024**2)
+    key = meta_key("/a", "")
+    assert one.put_meta("/a", key, obj("/a"), (), 0)
+    with pytest.raises(disk.NotRemembered):
+        two.get_meta(key, 0, memo_only=True)  # never read here: not remembered
+    assert two.get_meta(key, 0) == obj("/a")
+    assert two.get_meta(key, 0, memo_only=True) == obj("/a")  # now answered from memory
+    assert two.generation("/a", fresh=False) == 0 == two.generation("/a", fresh=False, memo_only=True)
+    one.purge("/a")  # the other process purges...
+    with pytest.raises(disk.NotRemembered):
+        two.generation("/a", fresh=False, memo_only=True)  # ...so neither the generation...
+    with pytest.raises(disk.NotRemembered):
+        two.get_meta(key, 0, memo_only=True)  # ...nor the entry is taken from memory
+    assert two.generation("/a", fresh=False) == 1
+    assert two.get_meta(key, 1) is None
+    two.put_meta("/a", key, obj("/a", size=20), (), 1)  # and a write here is seen there at once
+    assert one.get_meta(key, 1) == obj("/a", size=20)
+
+
+def test_keys_sharing_a_slot_are_read_again_never_served_stale(tmp_path: Path) -> None:
+    store, other = Store(str(tmp_path), 64 * 1024**2), Store(str(tmp_path), 64 * 1024**2)
+    a = "/a"
+    b = next(f"/b{i}" for i in range(100_000) if store.epochs.slot(f"/b{i}") == store.epochs.slot(a))
+    store.put_meta(a, meta_key(a, ""), obj(a), (), 0)
+    assert store.get_meta(meta_key(a, ""), 0, memo_only=False) == obj(a)
+    other.put_meta(b, meta_key(b, ""), obj(b), (), 0)  # another key of the same slot changes
+    with pytest.raises(disk.NotRemembered):
+        store.get_meta(meta_key(a, ""), 0, memo_only=True)
+    assert store.get_meta(meta_key(a, ""), 0) == obj(a)
 
 
 def test_a_sweep_removes_dead_fills_parts_but_not_live_ones(tmp_path: Path) -> None:
@@ -97,3 +136,25 @@ def test_a_sweep_removes_dead_fills_parts_but_not_live_ones(tmp_path: Path) -> N
     os.utime(live, (old, old))
     assert store.sweep_parts(older_than=60) == 1
     assert not os.path.exists(dead) and os.path.exists(live)
+
+
+def _bump_many(path: str, times: int) -> None:
+    epochs = Epochs(path)
+    for _ in range(times):
+        epochs.bump(7)
+    epochs.close()
+
+
+def test_change_counters_lose_no_bump_across_processes(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = str(tmp_path / "epochs")
+    Epochs(path).close()
+    workers = [multiprocessing.get_context("spawn").Process(target=_bump_many, args=(path, 300)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    _bump_many(path, 300)
+    for w in workers:
+        w.join()
+    epochs = Epochs(path)
+    assert epochs.read(7) == 1200 and epochs.read(6) == 0

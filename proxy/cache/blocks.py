@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import IO
 
 import anyio
 
@@ -20,6 +21,7 @@ from ..origins.base import Origin, Target
 from ..store.disk import Store, StoreErrors
 from ..store.handles import OpenBlocks
 from ..store.objects import CachedObject
+from ..streaming import Chunk, FileSpan, size_of
 from .fills import LEASE_TTL, Filler, FillFailed, Progress, block_request, version_id, whole_lease
 from .threads import StoreThreads
 
@@ -27,6 +29,7 @@ log = logging.getLogger("edgecache.fill")
 
 REMOTE_POLL = 0.005  # seconds between size checks of another process's part file
 LEASE_CHECK = 0.5  # seconds between checks that another process's fill is alive
+IN_MEMORY = 64 * 1024  # blocks up to this size are kept at hand as bytes (OpenBlocks bounds how many)
 
 
 _FILL_OR_STORE: tuple[type[Exception], ...] = (FillFailed, *StoreErrors)
@@ -52,7 +55,7 @@ class BlockSource:
 
     async def read(
         self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Chunk]:
         """Bytes [start, end) of the object, block by block, prefetching the next block."""
         first, last = start // obj.block_size, (end - 1) // obj.block_size
         for index in range(first, last + 1):
@@ -75,7 +78,7 @@ class BlockSource:
 
     async def block(
         self, obj: CachedObject, target: Target, headers: Headers, index: int, lo: int, hi: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Chunk]:
         """Bytes [lo, hi) of one block: stored, being filled (here or elsewhere), or filled now."""
         key = obj.block_key(index)
         block_start, block_end = obj.block_span(index)
@@ -94,7 +97,7 @@ class BlockSource:
                     stored = await self._stored(key, block_end - block_start)
                     if stored is not None:
                         async for chunk in self._read_stored(stored, pos, hi):
-                            pos += len(chunk)
+                            pos += size_of(chunk)
                             yield chunk
                         return
                     if await self._wait_for_whole_body(obj, block_start):
@@ -109,7 +112,7 @@ class BlockSource:
                         raise FillFailed(f"block {index} of {obj.key} is gone", changed=True)
                     continue  # the other fill just ended: published or failed
                 async for chunk in self._tail(path, pos, hi, progress, lease):
-                    pos += len(chunk)
+                    pos += size_of(chunk)
                     yield chunk
             except _Abandoned:
                 attempts -= 1
@@ -128,7 +131,7 @@ class BlockSource:
                 # Our disk failed: serve the rest of this block straight from the origin.
                 log.warning("store failed, block %d of %s from the origin: %s", index, obj.key, e)
                 async for chunk in self.direct(obj, target, headers, block_start + pos, block_start + hi):
-                    pos += len(chunk)
+                    pos += size_of(chunk)
                     yield chunk
 
     async def _wait_for_whole_body(self, obj: CachedObject, block_start: int) -> bool:
@@ -144,26 +147,34 @@ class BlockSource:
 
     async def _stored(self, key: str, length: int) -> int | bytes | None:
         """A stored block: a descriptor of our own (or small bytes), or None if not stored."""
-        fd = self.open_blocks.acquire(key)
-        if fd is not None:
-            return fd
-        handle = await self.threads.run(self.store.open_block, key, length)
+        held = self.open_blocks.acquire(key)
+        if held is not None:
+            return held
+        handle = await self.threads.run(self._open, key, length)
         if handle is None:
             self.open_blocks.forget(key)
             return None
-        return handle if isinstance(handle, bytes) else self.open_blocks.adopt(key, handle)
+        return self.open_blocks.adopt(key, handle)
 
-    async def _read_stored(self, stored: int | bytes, pos: int, hi: int) -> AsyncIterator[bytes]:
+    def _open(self, key: str, length: int) -> IO[bytes] | bytes | None:
+        """On a store thread: the stored block, small ones read into memory (kept at hand, they
+        are then served with no file read at all)."""
+        handle = self.store.open_block(key, length)
+        if handle is None or isinstance(handle, bytes) or length > IN_MEMORY:
+            return handle
+        with handle:
+            data = handle.read(length + 1)
+        if len(data) != length:
+            raise FillFailed(f"stored block {key} changed length while read", local=True)
+        return data
+
+    async def _read_stored(self, stored: int | bytes, pos: int, hi: int) -> AsyncIterator[Chunk]:
+        """A stored block's bytes [pos, hi): small ones from memory, else as a span of its file."""
         if isinstance(stored, bytes):
-            yield stored[pos:hi]
+            yield stored[pos:hi] if pos or hi < len(stored) else stored
             return
         try:
-            while pos < hi:
-                data = await anyio.to_thread.run_sync(os.pread, stored, min(self.chunk_size, hi - pos), pos)
-                if not data:
-                    raise FillFailed("stored block shorter than its length", local=True)
-                pos += len(data)
-                yield data
+            yield FileSpan(stored, pos, hi - pos)
         finally:
             os.close(stored)
 
@@ -212,7 +223,7 @@ class BlockSource:
             pos = start if answer is BlockAnswer.BODY else 0
             async for chunk in response.body:
                 piece = chunk[max(0, start - pos): max(0, end - pos)]
-                pos += len(chunk)
+                pos += size_of(chunk)
                 if piece:
                     yield piece
                 if pos >= end:

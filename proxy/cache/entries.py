@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from ..http.cache import Entry, Fwd, PassMarker, as_fetched
 from ..http.directives import Headers
 from ..http.freshness import vary_key
-from ..store.disk import Store, StoreErrors
+from ..store.disk import NotRemembered, Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from .threads import StoreThreads
 
 log = logging.getLogger("edgecache")
+_NOT_IN_MEMORY: tuple[type[Exception], ...] = (NotRemembered, *StoreErrors)
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,23 @@ class Entries:
         """The entry selected for this request (RFC 9111 section 4.1), the miss reason if none,
         and the key's generation (what a fill started now may store into)."""
 
-        def lookup() -> Lookup:
-            generation = self.store.generation(primary)
-            index = self.store.vary_index(primary, fresh)
+        def lookup(memo_only: bool) -> Lookup:
+            store = self.store
+            generation = store.generation(primary, fresh, memo_only)
+            index = store.vary_index(primary, fresh, memo_only)
             if index is not None:
                 key = meta_key(primary, vary_key(index.fields, as_fetched(headers)))
-                return Lookup(_entry(self.store.get_meta(key, generation, fresh)), Fwd.VARY_MISS, generation)
-            entry = self.store.get_meta(meta_key(primary, ""), generation, fresh)
+                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only)), Fwd.VARY_MISS, generation)
+            entry = store.get_meta(meta_key(primary, ""), generation, fresh, memo_only)
             return Lookup(_entry(entry), Fwd.URI_MISS, generation)
 
+        if not fresh:
+            try:
+                return lookup(True)  # what this process remembers, unchanged since: no thread, no store
+            except _NOT_IN_MEMORY:
+                pass  # read the store, on a store thread
         try:
-            return await self.threads.run(lookup)
+            return await self.threads.run(lookup, False)
         except StoreErrors as e:
             log.warning("cache lookup failed, going to the origin: %s", e)
             return Lookup(None, Fwd.MISS, None)

@@ -22,7 +22,7 @@ from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
-from ..streaming import plan_chunks
+from ..streaming import Chunk, plan_chunks
 from .blocks import BlockSource
 from .entries import Entries
 from .fills import Filler, FillFailed
@@ -404,7 +404,7 @@ class ReadPath:
             return Reply(plan.status, headers, None, nothing_to_close)
         blocks = self.blocks
 
-        def reader(start: int, end: int) -> AsyncIterator[bytes]:
+        def reader(start: int, end: int) -> AsyncIterator[Chunk]:
             return blocks.read(obj, req.target, req.headers, start, end)
 
         literal = next((i for i, segment in enumerate(plan.body) if isinstance(segment, Span)), 0)
@@ -434,7 +434,7 @@ async def _primed(reply: Reply) -> Reply:
     if reply.chunks is None:
         return reply
     chunks = reply.chunks
-    head: list[bytes] = []
+    head: list[Chunk] = []
     try:
         while len(head) <= reply.literal:
             head.append(await anext(chunks))
@@ -444,7 +444,7 @@ async def _primed(reply: Reply) -> Reply:
         await reply.close()
         raise
 
-    async def rest() -> AsyncIterator[bytes]:
+    async def rest() -> AsyncIterator[Chunk]:
         for chunk in head:
             yield chunk
         async for chunk in chunks:

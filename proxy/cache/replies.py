@@ -8,6 +8,7 @@ from ..http.cache import Fwd
 from ..http.cachestatus import cache_status
 from ..http.directives import Headers
 from ..origins.base import OriginResponse, text_response
+from ..streaming import Chunk
 
 
 @dataclass
@@ -16,7 +17,7 @@ class Reply:
 
     status: int
     headers: Headers
-    chunks: AsyncIterator[bytes] | None
+    chunks: AsyncIterator[Chunk] | None
     close: Callable[[], Awaitable[None]]
     literal: int = 0  # chunks of generated text (multipart framing) before the first stored byte
 

@@ -1,25 +1,35 @@
 """Caching directives: Cache-Control (RFC 9111 section 5.2) and CDN-Cache-Control (RFC 9213)."""
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from .headers import split_list
 
 Headers = list[tuple[str, str]]
-Directives = dict[str, str | None]
+Directives = Mapping[str, str | None]  # read-only: parsed values are shared (cached by field value)
+_PARSED = 4096  # distinct field values whose parse is kept
 MAX_DELTA = 2**31  # RFC 9111 section 1.2.2: delta-seconds overflow to 2^31
 
 
 def get(headers: Headers, name: str) -> str | None:
     """All lines of a field joined as one list value, or None (`name` lower-case)."""
-    values = [v for n, v in headers if n.lower() == name]
+    size = len(name)  # most names differ in length: no lower() for them
+    values = [v for n, v in headers if len(n) == size and n.lower() == name]
     return ", ".join(values) if values else None
 
 
 def cache_control(value: str | None) -> Directives:
     """Directives of a Cache-Control field, lower-cased; the first occurrence wins (section 4.2.1)."""
-    directives: Directives = {}
-    for member in split_list(value or ""):
+    return _cache_control(value or "")
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _cache_control(value: str) -> Directives:
+    directives: dict[str, str | None] = {}
+    for member in split_list(value):
         name, eq, arg = member.partition("=")
         name = name.strip().lower()
         if not name or name in directives:
@@ -28,7 +38,7 @@ def cache_control(value: str | None) -> Directives:
         if eq and len(arg) >= 2 and arg[0] == arg[-1] == '"':
             arg = arg[1:-1].replace('\\"', '"')
         directives[name] = arg if eq else None
-    return directives
+    return MappingProxyType(directives)
 
 
 def delta_seconds(value: str | None) -> int | None:
@@ -50,7 +60,8 @@ _SF_ITEM = re.compile(
 _SF_PARAM = re.compile(r";\s*([a-z*][a-z0-9_\-.*]*)(?:=(" + _SF_ITEM.pattern + r"))?")
 
 
-def sf_dictionary(value: str) -> dict[str, str | bool] | None:
+@functools.lru_cache(maxsize=_PARSED)
+def sf_dictionary(value: str) -> Mapping[str, str | bool] | None:
     """A Structured Field Dictionary as {key: item text, or True for a bare key}; None if invalid.
 
     Only what cache directives use: bare items and booleans; an inner list is invalid here.
@@ -81,7 +92,7 @@ def sf_dictionary(value: str) -> dict[str, str | bool] | None:
         text, pos = rest[1:].lstrip(" \t"), 0
         if not text:
             return None  # a trailing comma
-    return result
+    return MappingProxyType(result)
 
 
 def cdn_directives(headers: Headers, fields: tuple[str, ...]) -> Directives | None:
@@ -95,14 +106,19 @@ def cdn_directives(headers: Headers, fields: tuple[str, ...]) -> Directives | No
         parsed = sf_dictionary(value) if value else None
         if not parsed or any(k in _DELTAS and not (isinstance(v, str) and v.isdigit()) for k, v in parsed.items()):
             continue
-        directives: Directives = {}
-        for key, item in parsed.items():
-            if item is True:
-                directives[key] = None
-            elif isinstance(item, str):
-                directives[key] = item[1:-1] if item.startswith('"') else item
-        return directives
+        return _targeted(value)
     return None
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _targeted(value: str) -> Directives:
+    directives: dict[str, str | None] = {}
+    for key, item in (sf_dictionary(value) or {}).items():
+        if item is True:
+            directives[key] = None
+        elif isinstance(item, str):
+            directives[key] = item[1:-1] if item.startswith('"') else item
+    return MappingProxyType(directives)
 
 
 _DELTAS = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})

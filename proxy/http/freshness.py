@@ -76,7 +76,7 @@ def storable(
     return bool(explicit) or status in HEURISTIC_STATUSES
 
 
-def omitted_fields(directives: dict[str, str | None]) -> frozenset[str]:
+def omitted_fields(directives: Directives) -> frozenset[str]:
     """Fields named by qualified private="..." and no-cache="..." (RFC 9111 sections 5.2.2.4, 5.2.2.7):
     a shared cache may store and reuse the response without them."""
     names = (directives.get(d) for d in ("private", "no-cache"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import mimetypes
 import re
 import time
@@ -25,7 +26,12 @@ _ASCTIME = re.compile(
 
 def format_http_date(epoch_seconds: float) -> str:
     """IMF-fixdate in GMT (RFC 9110 section 5.6.7), e.g. 'Sun, 06 Nov 1994 08:49:37 GMT'."""
-    t = time.gmtime(int(epoch_seconds))
+    return _format_http_date(int(epoch_seconds))
+
+
+@functools.lru_cache(maxsize=1024)  # this second's Date, and stored objects' Last-Modified
+def _format_http_date(epoch_seconds: int) -> str:
+    t = time.gmtime(epoch_seconds)
     return (
         f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
@@ -40,13 +46,16 @@ def parse_http_date(value: str | None, now: float | None = None) -> int | None:
     """
     if value is None:
         return None
-    value = value.strip()
+    return _parse_http_date(value.strip(), time.gmtime(now).tm_year if now is not None else 2000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_http_date(value: str, this_year: int) -> int | None:
     m = _IMF_FIXDATE.fullmatch(value)
     if m:
         day, mon, year, hh, mm, ss = m.groups()
     elif m := _RFC850.fullmatch(value):
         day, mon, yy, hh, mm, ss = m.groups()
-        this_year = time.gmtime(now).tm_year if now is not None else 2000
         year = str(_expand_two_digit_year(int(yy), this_year))
     elif m := _ASCTIME.fullmatch(value):
         mon, day, hh, mm, ss, year = m.groups()

@@ -9,16 +9,22 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import IO
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from .epochs import Epochs
 from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_key
 
 log = logging.getLogger("edgecache.store")
 # Errors that mean "the store cannot help now": serve from the origin instead.
 StoreErrors: tuple[type[Exception], ...] = (OSError, sqlite3.Error, diskcache.Timeout)
+
+
+class NotRemembered(LookupError):
+    """A lookup that may not read the store found the key not remembered (or changed)."""
 
 
 class FinishedPart:
@@ -50,10 +56,11 @@ class Store:
     """Metadata and blocks in one LRU cache with a size limit; in caches that never evict: the
     index (Vary fields and selections, purge generations) and the leases."""
 
-    def __init__(self, directory: str, size_limit: int, memo_seconds: float = 1.0) -> None:
+    def __init__(self, directory: str, size_limit: int, memo_seconds: float = 5.0) -> None:
         self.directory = directory
         self.memo_seconds = memo_seconds
-        self._memo: OrderedDict[str, tuple[float, object, int]] = OrderedDict()
+        # key -> (change count when read, when read (monotonic), value, approximate bytes)
+        self._memo: OrderedDict[str, tuple[int, float, object, int]] = OrderedDict()
         self._memo_bytes = 0
         self._memo_lock = threading.Lock()  # the store threads share the memo
         self.parts_dir = os.path.join(directory, "parts")
@@ -68,74 +75,97 @@ class Store:
         )
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
+        self.epochs = Epochs(os.path.join(directory, "epochs"))
 
     def close(self) -> None:
         self.objects.close()
         self.index.close()
         self.leases.close()
+        self.epochs.close()
 
     # --- metadata ---------------------------------------------------------
-    # Reads are remembered for `memo_seconds` (at most MEMO_BYTES): with the LRU policy
-    # every read of the cache is a write transaction, and hot keys are read by every
-    # request. Writes from this process are seen at once; from other workers within
-    # memo_seconds.
-    def _remember(self, key: str, value: object) -> None:
+    # Lookups are remembered (at most MEMO_BYTES) while the key's change counter (epochs.py)
+    # is unchanged, so a hit reads no store at all; whatever any process writes is seen by
+    # the next lookup. A remembered entry is read again after `memo_seconds` all the same:
+    # that read is what tells the LRU that a hot entry is in use.
+    def _recall(self, key: str, fresh: bool, memo_only: bool) -> tuple[bool, object]:
+        """(True, value) when `key` is remembered and still valid; NotRemembered when it is not
+        and `memo_only`."""
+        if not fresh:
+            with self._memo_lock:
+                memo = self._memo.get(key)
+            if memo is not None and memo[0] == self._epoch(key) and time.monotonic() - memo[1] < self.memo_seconds:
+                return True, memo[2]
+        if memo_only:
+            raise NotRemembered(key)
+        return False, None
+
+    def _read(self, key: str, read: Callable[[], object]) -> object:
+        """Read `key` from the store and remember it with the change count noted before the read."""
+        epoch = self._epoch(key)
+        value = read()
         size = len(key) + _approximate_size(value)
         with self._memo_lock:
             old = self._memo.pop(key, None)
             if old is not None:
-                self._memo_bytes -= old[2]
-            self._memo[key] = (time.monotonic(), value, size)
+                self._memo_bytes -= old[3]
+            self._memo[key] = (epoch, time.monotonic(), value, size)
             self._memo_bytes += size
             while self._memo_bytes > MEMO_BYTES:
-                self._memo_bytes -= self._memo.popitem(last=False)[1][2]
+                self._memo_bytes -= self._memo.popitem(last=False)[1][3]
+        return value
 
-    def _forget(self, key: str) -> None:
+    def _epoch(self, key: str) -> int:
+        primary = _primary(key)
+        return self.epochs.read(self.epochs.slot(primary)) if primary is not None else 0
+
+    def _changed(self, *keys: str) -> None:
+        """After a committed write: forget what this process remembers of the keys, and tell
+        every process (one bump per slot)."""
         with self._memo_lock:
-            old = self._memo.pop(key, None)
-            if old is not None:
-                self._memo_bytes -= old[2]
+            for key in keys:
+                old = self._memo.pop(key, None)
+                if old is not None:
+                    self._memo_bytes -= old[3]
+        primaries = {p for p in map(_primary, keys) if p is not None}
+        for slot in {self.epochs.slot(p) for p in primaries}:
+            self.epochs.bump(slot)
 
-    def _recall(self, key: str, fresh: bool) -> tuple[bool, object]:
-        with self._memo_lock:
-            memo = None if fresh else self._memo.get(key)
-        if memo is not None and time.monotonic() - memo[0] < self.memo_seconds:
-            return True, memo[1]
-        return False, None
-
-    def _stored(self, key: str, fresh: bool) -> tuple[int, object] | None:
+    def _stored(self, key: str, fresh: bool, memo_only: bool = False) -> tuple[int, object] | None:
         """(generation, entry) as stored under a meta key, or None; unreadable entries are dropped."""
-        known, value = self._recall(key, fresh)
+        known, value = self._recall(key, fresh, memo_only)
         if not known:
-            try:
-                stored: object = self.objects.get(key)
-            except _UNREADABLE as e:
-                log.warning("unreadable metadata %s dropped: %s", key, e)
-                self.objects.delete(key)
-                stored = None
-            valid = isinstance(stored, tuple) and len(stored) == 3 and stored[0] == META_FORMAT
-            value = (stored[1], stored[2]) if valid and isinstance(stored, tuple) else None
-            self._remember(key, value)
+            value = self._read(key, lambda: _valid_meta(self._load(key)))
         return value if isinstance(value, tuple) else None
 
-    def get_meta(self, key: str, generation: int, fresh: bool = False) -> object | None:
+    def _load(self, key: str) -> object:
+        try:
+            return self.objects.get(key)
+        except _UNREADABLE as e:
+            log.warning("unreadable metadata %s dropped: %s", key, e)
+            self.objects.delete(key)
+            return None
+
+    def get_meta(self, key: str, generation: int, fresh: bool = False, memo_only: bool = False) -> object | None:
         """The entry (a CachedObject or a pass marker) stored under `key` in the key's current
         generation, or None: what was stored before a purge is never an answer."""
-        stored = self._stored(key, fresh)
+        stored = self._stored(key, fresh, memo_only)
         return stored[1] if stored is not None and stored[0] == generation else None
 
-    def vary_index(self, primary: str, fresh: bool = False) -> VaryIndex | None:
+    def vary_index(self, primary: str, fresh: bool = False, memo_only: bool = False) -> VaryIndex | None:
         key = vary_index_key(primary)
-        known, value = self._recall(key, fresh)
+        known, value = self._recall(key, fresh, memo_only)
         if not known:
-            value = self.index.get(key)
-            self._remember(key, value)
+            value = self._read(key, lambda: self.index.get(key))
         return value if isinstance(value, VaryIndex) else None
 
-    def generation(self, primary: str) -> int:
+    def generation(self, primary: str, fresh: bool = True, memo_only: bool = False) -> int:
         """How many times the key was invalidated: a fill started at one generation may not
         store into another."""
-        value = self.index.get(_generation_key(primary), 0)
+        key = _generation_key(primary)
+        known, value = self._recall(key, fresh, memo_only)
+        if not known:
+            value = self._read(key, lambda: self.index.get(key, 0))
         return value if isinstance(value, int) else 0
 
     def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None, generation: int) -> bool:
@@ -148,7 +178,7 @@ class Store:
             if vary is not None:
                 self._update_vary_index(primary, key, vary)
             self.objects.set(key, (META_FORMAT, generation, entry))
-            self._remember(key, (generation, entry))
+        self._changed(key, vary_index_key(primary))
         return True
 
     def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
@@ -160,17 +190,15 @@ class Store:
         if isinstance(current, VaryIndex) and not same:
             for old in current.selections - {key}:
                 stale = self.get_object(old, fresh=True)
-                self.delete(old)
+                self._delete(old)
                 if stale is not None:
                     self.drop_blocks(stale)
         if vary:
             selections = current.selections if isinstance(current, VaryIndex) and same else frozenset()
             index = VaryIndex(vary, selections | {key})
             self.index.set(index_key, index)
-            self._remember(index_key, index)
         elif current is not None:
             self.index.delete(index_key)  # it no longer varies
-            self._forget(index_key)
 
     def forget_meta(self, key: str, validator: str) -> bool:
         """Delete the object stored under `key` if it is still the version named by `validator`."""
@@ -178,12 +206,17 @@ class Store:
             stored = self._stored(key, fresh=True)
             if stored is None or not isinstance(stored[1], CachedObject) or stored[1].validator != validator:
                 return False
-            self.delete(key)
+            self._delete(key)
+        self._changed(key)
         return True
 
     def delete(self, *keys: str) -> None:
+        self._delete(*keys)
+        self._changed(*keys)
+
+    def _delete(self, *keys: str) -> None:
+        """Delete without telling other processes: the caller does, once its transaction is committed."""
         for key in keys:
-            self._forget(key)
             self.objects.delete(key)
 
     def get_object(self, key: str, fresh: bool = False) -> CachedObject | None:
@@ -264,8 +297,8 @@ class Store:
         with self.index.transact():
             self.index.set(_generation_key(primary), self.generation(primary) + 1)
             index = self.index.pop(vary_index_key(primary), None)
-        self._forget(vary_index_key(primary))
         keys = {meta_key(primary, "")} | (set(index.selections) if isinstance(index, VaryIndex) else set())
+        self._changed(_generation_key(primary), vary_index_key(primary), *keys)
         objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
         self.delete(*keys)
         for obj in objects:
@@ -289,8 +322,21 @@ def _generation_key(primary: str) -> str:
     return "g|" + primary
 
 
+def _primary(key: str) -> str | None:
+    """The primary key a metadata, Vary index or generation key belongs to (None for blocks)."""
+    return key[2:] if key.startswith("g|") else primary_of(key)
+
+
+def _valid_meta(stored: object) -> tuple[int, object] | None:
+    """(generation, entry) of stored metadata in this layout, else None (another format: a miss)."""
+    if isinstance(stored, tuple) and len(stored) == 3 and stored[0] == META_FORMAT:
+        return stored[1], stored[2]
+    return None
+
+
 def _approximate_size(value: object) -> int:
     """Bytes a remembered entry holds, roughly: its headers dominate."""
-    headers = getattr(value, "headers", None)
+    entry = value[-1] if isinstance(value, tuple) and value else value
+    headers = getattr(entry, "headers", None)
     fields = sum(len(n) + len(v) for n, v in headers) if isinstance(headers, list) else 0
     return 256 + fields

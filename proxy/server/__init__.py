@@ -1,0 +1,1 @@
+"""The server side: uvicorn protocol with zero-copy file sends."""

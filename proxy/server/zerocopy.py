@@ -1,0 +1,162 @@
+"""uvicorn's httptools protocol with the ASGI `http.response.zerocopysend` extension.
+
+Stored blocks are regular files: a response can send them with `sendfile(2)`, from
+the page cache to the socket, without their bytes passing through Python. uvicorn
+implements no zero-copy send on HTTP/1.1 but takes a protocol class (`http=`);
+this one advertises the extension in every plain-HTTP request's scope and carries
+it out:
+
+- the status line and headers uvicorn has buffered are flushed first, so bytes go
+  out in order; sendfile writes to a duplicate of the socket's descriptor (the
+  transport may close its own meanwhile, and the number be reused), which stays
+  non-blocking and which the event loop polls for room;
+- each `sendfile` call runs on a small pool of threads of its own: the socket side
+  never blocks (it sends what fits), the file side may wait for the disk, and that
+  wait must not hold the event loop;
+- Content-Length is accounted as for body messages, chunked framing written around
+  the span; a file shorter than announced is an error, never a short response
+  presented as complete; a client gone mid-send ends the response as uvicorn does
+  for ordinary sends.
+
+Over TLS (the kernel cannot encrypt what sendfile moves) the extension is not
+offered, and the app falls back to ordinary sends.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+EXTENSION = "http.response.zerocopysend"
+SENDFILE_THREADS = 4
+MAX_PER_CALL = 8 * 1024**2  # bytes one sendfile call may move (it sends at most what the socket takes)
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+_pool = ThreadPoolExecutor(max_workers=SENDFILE_THREADS, thread_name_prefix="edgecache-sendfile")
+
+
+class ShortFile(OSError):
+    """The file ended before the bytes the message asked for."""
+
+
+class ZeroCopyProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol whose requests may send files with `http.response.zerocopysend`."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.transport.get_extra_info("sslcontext") is None:
+            self.scope["extensions"] = {EXTENSION: {}}
+
+    def on_headers_complete(self) -> None:
+        before = self.cycle
+        super().on_headers_complete()
+        if self.cycle is not before and type(self.cycle) is RequestResponseCycle:
+            # uvicorn builds its own cycle class; ours only adds one message type to `send`.
+            self.cycle.__class__ = ZeroCopyCycle
+
+
+class ZeroCopyCycle(RequestResponseCycle):
+    async def send(self, message: Any) -> None:
+        if message["type"] != EXTENSION:
+            await super().send(message)
+            return
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started or self.response_complete:
+            raise RuntimeError(f"Unexpected ASGI message '{EXTENSION}' before the response start or after its end.")
+        file = message["file"]
+        fd = file if isinstance(file, int) else file.fileno()
+        offset = message.get("offset")
+        count = message.get("count")
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if count is None:
+            count = max(os.fstat(fd).st_size - offset, 0)
+        more_body = bool(message.get("more_body", False))
+        if self.scope["method"] != "HEAD" and count:
+            if self.chunked_encoding:
+                self.transport.write(b"%x\r\n" % count)
+            elif count > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            else:
+                self.expected_content_length -= count
+            if not await self._sendfile(fd, offset, count):
+                return  # the client went away: nothing more is sent
+            if message.get("offset") is None:
+                os.lseek(fd, offset + count, os.SEEK_SET)
+            if self.chunked_encoding:
+                self.transport.write(b"\r\n")
+        # The end of the body (and of chunked framing) as an ordinary empty body message.
+        await super().send({"type": "http.response.body", "body": b"", "more_body": more_body})
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> bool:
+        """Send bytes [offset, offset + count) of `fd`; False when the client went away."""
+        loop = asyncio.get_running_loop()
+        # A descriptor of our own: the transport may close its one while a thread sends, and
+        # that number may then name another client's connection.
+        sock = _Socket(self.transport.get_extra_info("socket").fileno())
+        try:
+            while count:
+                if self.transport.is_closing():
+                    self._gone()
+                    return False
+                if self.transport.get_write_buffer_size():
+                    # What the transport holds (headers, chunk framing) goes first.
+                    await sock.writable()
+                    await asyncio.sleep(0)  # let the transport write what it holds
+                    continue
+                try:
+                    sent = await loop.run_in_executor(_pool, os.sendfile, sock.fd, fd, offset,
+                                                      min(count, MAX_PER_CALL))
+                except BlockingIOError:
+                    await sock.writable()
+                    continue
+                except OSError as e:
+                    if e.errno in _GONE:
+                        self._gone()
+                        return False
+                    raise
+                if sent == 0:
+                    raise ShortFile(errno.EIO, f"file ended {count} bytes before the end of the span")
+                offset += sent
+                count -= sent
+            return True
+        finally:
+            sock.close()
+
+    def _gone(self) -> None:
+        """The client is gone: later sends are dropped and `receive` says http.disconnect."""
+        self.disconnected = True
+        self.message_event.set()
+        self.transport.close()
+
+
+class _Socket:
+    """A duplicate descriptor of the connection's socket: sendfile writes to it, and the loop
+    polls it for room (the loop refuses to poll a descriptor a transport owns). A reset or
+    closed peer counts as writable: the next send reports it."""
+
+    def __init__(self, sock: int) -> None:
+        self.fd = os.dup(sock)
+        self.loop = asyncio.get_running_loop()
+
+    async def writable(self) -> None:
+        ready = self.loop.create_future()
+        self.loop.add_writer(self.fd, _settle, ready)
+        try:
+            await ready
+        finally:
+            self.loop.remove_writer(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

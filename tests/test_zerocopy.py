@@ -1,0 +1,238 @@
+"""Zero-copy sends (proxy/server/zerocopy.py) at the wire, through a real uvicorn on loopback:
+exact bytes for every range shape, chunked framing, a file shorter than announced, clients
+that read slowly or go away mid-send, keep-alive and pipelining after a sendfile response."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from proxy.cache import blocks
+from proxy.server import zerocopy
+from tests.conftest import SAMPLE_SIZE, RunningServer, pattern
+
+BLOCK = 256 * 1024
+BODY = pattern(SAMPLE_SIZE)
+CLIP = "/video/clip.mp4"
+IN_FILES = SAMPLE_SIZE - SAMPLE_SIZE % BLOCK  # the last block, 12345 bytes, is small: kept in memory
+assert SAMPLE_SIZE % BLOCK <= blocks.IN_MEMORY < BLOCK
+
+
+def from_files(first: int, last: int) -> int:
+    """How many bytes of [first, last] the edge sends from block files (the rest from memory)."""
+    return max(0, min(last + 1, IN_FILES) - first)
+
+
+@pytest.fixture
+def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes moved by each os.sendfile call (the server runs in this process)."""
+    moved: list[int] = []
+    real = os.sendfile
+
+    def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        n = real(out_fd, in_fd, offset, count)
+        moved.append(n)
+        return n
+
+    monkeypatch.setattr(zerocopy.os, "sendfile", counting)
+    return moved
+
+
+@pytest.fixture
+def warm(make_server, settings) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+    """An edge with 256 KiB blocks whose copy of the clip is complete."""
+    edge = make_server(settings, block_size=BLOCK)
+    assert httpx.get(edge.url + CLIP).content == BODY  # the miss fills every block
+    yield edge
+
+
+def _parts(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """(Content-Range, bytes) of each part of a multipart/byteranges body (RFC 9110 section 14.6)."""
+    boundary = re.search(r"boundary=(\S+)", response.headers["content-type"])
+    assert boundary is not None
+    parts = []
+    for piece in response.content.split(b"--" + boundary.group(1).encode())[1:-1]:
+        head, _, data = piece.partition(b"\r\n\r\n")
+        found = re.search(rb"Content-Range: (\S+ \S+)", head, re.IGNORECASE)
+        assert found is not None
+        parts.append((found.group(1).decode(), data[:-2]))  # each part ends with CRLF
+    return parts
+
+
+@pytest.mark.parametrize(
+    "range_, first, last",
+    [
+        (None, 0, SAMPLE_SIZE - 1),
+        ("bytes=0-0", 0, 0),
+        ("bytes=100-200", 100, 200),
+        (f"bytes={BLOCK - 10}-{BLOCK + 9}", BLOCK - 10, BLOCK + 9),  # across a block boundary
+        (f"bytes={BLOCK}-{3 * BLOCK - 1}", BLOCK, 3 * BLOCK - 1),  # exactly two whole blocks
+        ("bytes=-500", SAMPLE_SIZE - 500, SAMPLE_SIZE - 1),  # in the small last block: from memory
+        (f"bytes={IN_FILES - 100}-", IN_FILES - 100, SAMPLE_SIZE - 1),  # a file block, then memory
+        (f"bytes=5-{SAMPLE_SIZE + 1000}", 5, SAMPLE_SIZE - 1),  # past the end: up to the end
+    ],
+)
+def test_every_single_range_shape_is_exact_and_sent_by_sendfile(  # type: ignore[no-untyped-def]
+    warm, sendfile_calls, range_, first, last
+) -> None:
+    headers = {"Range": range_} if range_ else {}
+    response = httpx.get(warm.url + CLIP, headers=headers)
+    assert response.status_code == (206 if range_ else 200)
+    assert response.headers["cache-status"] == "edgecache; hit" or response.headers["cache-status"].startswith(
+        "edgecache; hit;")
+    assert response.content == BODY[first:last + 1]
+    assert int(response.headers["content-length"]) == last + 1 - first
+    assert sum(sendfile_calls) == from_files(first, last)  # file bytes by sendfile, none read by Python
+
+
+def test_a_multipart_answer_mixes_framing_and_sendfile_spans_exactly(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
+    ranges = [(0, 9), (BLOCK - 3, BLOCK + 2), (SAMPLE_SIZE - 5, SAMPLE_SIZE - 1)]
+    spec = "bytes=" + ",".join(f"{a}-{b}" for a, b in ranges)
+    response = httpx.get(warm.url + CLIP, headers={"Range": spec})
+    assert response.status_code == 206
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert _parts(response) == [(f"bytes {a}-{b}/{SAMPLE_SIZE}", BODY[a:b + 1]) for a, b in ranges]
+    assert sum(sendfile_calls) == sum(from_files(a, b) for a, b in ranges)
+
+
+def test_a_head_sends_no_body(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.head(warm.url + CLIP)
+    assert (response.status_code, response.content) == (200, b"")
+    assert response.headers["content-length"] == str(SAMPLE_SIZE)
+    assert sendfile_calls == []
+
+
+def _read_response(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """(head, body, what follows) of one Content-Length response read from a raw socket."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        assert more, "connection closed before the response head"
+        data += more
+    head, _, data = data.partition(b"\r\n\r\n")
+    found = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+    assert found is not None
+    length = int(found.group(1))
+    while len(data) < length:
+        more = sock.recv(1 << 20)
+        assert more, "connection closed before the end of the body"
+        data += more
+    return head, data[:length], data[length:]
+
+
+def _request(range_: str) -> bytes:
+    return f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\nRange: {range_}\r\n\r\n".encode()
+
+
+def test_keep_alive_and_pipelining_continue_after_sendfile_responses(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
+    with socket.create_connection(("127.0.0.1", warm.port)) as sock:
+        sock.sendall(_request("bytes=0-99999"))
+        head, body, rest = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 206") and body == BODY[:100000] and rest == b""
+        sock.sendall(_request(f"bytes={BLOCK - 1}-{BLOCK}"))  # the same connection, kept alive
+        head, body, rest = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 206") and body == BODY[BLOCK - 1:BLOCK + 1]
+        # Three requests at once: answered in order, each body exact, no byte of one in another.
+        sock.sendall(_request("bytes=10-19") + _request("bytes=-7") + _request(f"bytes={2 * BLOCK}-{3 * BLOCK}"))
+        expected = [BODY[10:20], BODY[-7:], BODY[2 * BLOCK:3 * BLOCK + 1]]
+        for want in expected:
+            head, body, rest = _read_response(sock, rest)
+            assert head.startswith(b"HTTP/1.1 206") and body == want
+        assert rest == b""
+
+
+def test_a_slow_reader_gets_every_byte_in_order(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
+    warm.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # connections accepted now inherit it
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # the server's sends fill it at once
+        sock.connect(("127.0.0.1", warm.port))
+        sock.sendall(f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+        received = b""
+        for _ in range(40):  # the first reads come slowly: the server waits for room, it does not spin or drop
+            received += sock.recv(4096)
+            time.sleep(0.005)
+        head, body, _ = _read_response(sock, received)
+    assert head.startswith(b"HTTP/1.1 200") and body == BODY
+    # More sendfile calls than spans: each call sent what the socket took, the rest after a wait for room.
+    assert sum(sendfile_calls) == IN_FILES and len(sendfile_calls) > IN_FILES // BLOCK
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_clients_gone_mid_send_leave_no_descriptor_and_the_edge_serving(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
+    assert httpx.get(warm.url + CLIP).content == BODY  # steady state: every block file kept open at hand
+    before = _open_fds()
+    warm.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # so the server is mid-send when they go
+    sendfile_calls.clear()
+    for linger in (False, True):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            if linger:  # close with a reset, not a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.connect(("127.0.0.1", warm.port))
+            sock.sendall(f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 10  # a bound on waiting for the server to notice, not a speed check
+    while _open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _open_fds() <= before  # the block descriptors and the sockets' duplicates are closed
+    assert sum(sendfile_calls) < 2 * IN_FILES  # both sends stopped when their client went away
+    assert httpx.get(warm.url + CLIP).content == BODY
+
+
+# --- the protocol itself, under a small ASGI app ------------------------------------------------
+
+
+def _file_app(path: str, spans: list[tuple[int | None, int | None]], headers: list[tuple[bytes, bytes]]):  # type: ignore[no-untyped-def]
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        assert zerocopy.EXTENSION in scope["extensions"]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        with open(path, "rb") as f:
+            for offset, count in spans:
+                message = {"type": zerocopy.EXTENSION, "file": f, "more_body": True}
+                if offset is not None:
+                    message["offset"] = offset
+                if count is not None:
+                    message["count"] = count
+                await send(message)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+@pytest.fixture
+def data_file() -> Iterator[str]:
+    with tempfile.NamedTemporaryFile(delete=False) as f:
+        f.write(BODY[:300000])
+    yield f.name
+    os.unlink(f.name)
+
+
+def test_chunked_framing_and_file_positions(settings, data_file) -> None:  # type: ignore[no-untyped-def]
+    # Without Content-Length the spans go as chunks; no offset means the file's position, which moves on.
+    spans: list[tuple[int | None, int | None]] = [(1000, 5000), (None, 10), (None, 20), (299990, None)]
+    with RunningServer(settings, app=_file_app(data_file, spans, [])) as running:
+        response = httpx.get(running.url)
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert response.content == BODY[1000:6000] + BODY[:10] + BODY[10:30] + BODY[299990:300000]
+
+
+def test_a_file_shorter_than_announced_never_looks_complete(settings, data_file) -> None:  # type: ignore[no-untyped-def]
+    headers = [(b"content-length", b"300100")]
+    with RunningServer(settings, app=_file_app(data_file, [(0, 300100)], headers)) as running:
+        with pytest.raises(httpx.RemoteProtocolError):  # the connection closes short of Content-Length
+            httpx.get(running.url)
+        chunked = _file_app(data_file, [(299000, 5000)], [])
+    with RunningServer(settings, app=chunked) as running, pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(running.url)  # no terminating chunk: never a complete chunked body
