@@ -2,6 +2,7 @@
 an HTTP origin is asked for (pure)."""
 from __future__ import annotations
 
+import functools
 import re
 import string
 from urllib.parse import unquote
@@ -18,6 +19,7 @@ class HiddenPath(LookupError):
     """A dot-file or dot-folder, not served by default (404)."""
 
 
+@functools.lru_cache(maxsize=1024)  # hot paths repeat; failures (exceptions) are not kept
 def clean_path(url_path: str, *, allow_dotfiles: bool = False) -> str:
     """The relative path 'a/b.mp4' for the (already percent-decoded) URL path '/a/b.mp4'.
 
@@ -44,6 +46,7 @@ def clean_path(url_path: str, *, allow_dotfiles: bool = False) -> str:
 _SLASHES = re.compile(r"/{2,}")
 
 
+@functools.lru_cache(maxsize=1024)
 def origin_path(raw_path: str) -> str:
     """The path of a request as an HTTP origin gets it (and as its cache key), from the
     path as received: percent-encoding kept (`%2F` stays `%2F`, `%FF` is not `%FE`), a
