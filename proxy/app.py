@@ -60,7 +60,8 @@ class ReplyResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             chunks = None if self.head else self.reply.chunks
-            await send_response(self.reply.status, self.reply.headers, chunks, receive, send, zero_copy(scope))
+            await send_response(self.reply.status, self.reply.headers, chunks, receive, send, zero_copy(scope),
+                                self.reply.in_hand)
         finally:
             await self.reply.close()
 

@@ -69,17 +69,22 @@ async def send_response(
     receive: Receive,
     send: Send,
     zerocopy: bool = False,
+    in_hand: bool = False,
 ) -> None:
     """Send status, headers and the chunks; None or HEAD sends the headers only.
 
     The client's `http.disconnect` cancels the reads at once (uvicorn would
-    otherwise drop our sends silently while we keep reading). A body that fails
-    midway is not completed, so the client sees a truncated response, never a
-    wrong one.
+    otherwise drop our sends silently while we keep reading), unless the whole body is
+    `in_hand` (nothing left to wait for). A body that fails midway is not completed, so
+    the client sees a truncated response, never a wrong one.
     """
     await send({"type": "http.response.start", "status": status, "headers": encode_headers(headers)})
     if chunks is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    if in_hand:
+        if await _send_all(chunks, send, zerocopy):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     with anyio.CancelScope() as reading:
         def gone(_: object) -> None:
@@ -88,22 +93,30 @@ async def send_response(
         watcher = asyncio.ensure_future(_disconnected(receive))
         watcher.add_done_callback(gone)
         try:
-            async for chunk in chunks:
-                if isinstance(chunk, bytes):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                elif zerocopy:
-                    await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
-                                "more_body": True})
-                else:
-                    await _send_read(chunk, send)
-        except (BodyAborted, OriginError, OSError) as e:
-            # Leave the response incomplete: uvicorn closes the connection.
-            log.warning("response body aborted: %s", e)
-            return
+            complete = await _send_all(chunks, send, zerocopy)
         finally:
             watcher.remove_done_callback(gone)
             watcher.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if complete:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_all(chunks: AsyncIterator[Chunk], send: Send, zerocopy: bool) -> bool:
+    """Send every chunk; False when the body failed midway (then it must stay incomplete:
+    uvicorn closes the connection)."""
+    try:
+        async for chunk in chunks:
+            if isinstance(chunk, bytes):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            elif zerocopy:
+                await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
+                            "more_body": True})
+            else:
+                await _send_read(chunk, send)
+    except (BodyAborted, OriginError, OSError) as e:
+        log.warning("response body aborted: %s", e)
+        return False
+    return True
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -9,6 +9,7 @@ import socket
 import struct
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -50,7 +51,21 @@ def warm(make_server, settings) -> Iterator[RunningServer]:  # type: ignore[no-u
     """An edge with 256 KiB blocks whose copy of the clip is complete."""
     edge = make_server(settings, block_size=BLOCK)
     assert httpx.get(edge.url + CLIP).content == BODY  # the miss fills every block
+    filler = edge.server.config.app.state.service.reads.filler
+    deadline = time.monotonic() + 30
+    while filler.active and time.monotonic() < deadline:  # the last fills publish after the last byte
+        time.sleep(0.01)
+    assert not filler.active
     yield edge
+
+
+def _moved(calls: list[int], expected: int) -> bool:
+    """Did sendfile move `expected` bytes? The client can read the last bytes before the server's
+    thread has counted them: wait for the count to settle (never for more bytes than expected)."""
+    deadline = time.monotonic() + 10
+    while sum(calls) < expected and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return sum(calls) == expected
 
 
 def _parts(response: httpx.Response) -> list[tuple[str, bytes]]:
@@ -89,7 +104,7 @@ def test_every_single_range_shape_is_exact_and_sent_by_sendfile(  # type: ignore
         "edgecache; hit;")
     assert response.content == BODY[first:last + 1]
     assert int(response.headers["content-length"]) == last + 1 - first
-    assert sum(sendfile_calls) == from_files(first, last)  # file bytes by sendfile, none read by Python
+    assert _moved(sendfile_calls, from_files(first, last))  # file bytes by sendfile, none read by Python
 
 
 def test_a_multipart_answer_mixes_framing_and_sendfile_spans_exactly(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
@@ -99,7 +114,7 @@ def test_a_multipart_answer_mixes_framing_and_sendfile_spans_exactly(warm, sendf
     assert response.status_code == 206
     assert int(response.headers["content-length"]) == len(response.content)
     assert _parts(response) == [(f"bytes {a}-{b}/{SAMPLE_SIZE}", BODY[a:b + 1]) for a, b in ranges]
-    assert sum(sendfile_calls) == sum(from_files(a, b) for a, b in ranges)
+    assert _moved(sendfile_calls, sum(from_files(a, b) for a, b in ranges))
 
 
 def test_a_head_sends_no_body(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
@@ -161,16 +176,27 @@ def test_a_slow_reader_gets_every_byte_in_order(warm, sendfile_calls) -> None:  
         head, body, _ = _read_response(sock, received)
     assert head.startswith(b"HTTP/1.1 200") and body == BODY
     # More sendfile calls than spans: each call sent what the socket took, the rest after a wait for room.
-    assert sum(sendfile_calls) == IN_FILES and len(sendfile_calls) > IN_FILES // BLOCK
+    assert _moved(sendfile_calls, IN_FILES) and len(sendfile_calls) > IN_FILES // BLOCK
 
 
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _fd_targets() -> list[str]:
+    """What this process's descriptors name (for a failure's message)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return sorted(targets)
+
+
 def test_clients_gone_mid_send_leave_no_descriptor_and_the_edge_serving(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
     assert httpx.get(warm.url + CLIP).content == BODY  # steady state: every block file kept open at hand
-    before = _open_fds()
+    before, named = _open_fds(), _fd_targets()
     warm.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # so the server is mid-send when they go
     sendfile_calls.clear()
     for linger in (False, True):
@@ -181,11 +207,12 @@ def test_clients_gone_mid_send_leave_no_descriptor_and_the_edge_serving(warm, se
             sock.connect(("127.0.0.1", warm.port))
             sock.sendall(f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-    deadline = time.monotonic() + 10  # a bound on waiting for the server to notice, not a speed check
+    deadline = time.monotonic() + 30  # a bound on waiting for the server to notice, not a speed check
     while _open_fds() > before and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _open_fds() <= before  # the block descriptors and the sockets' duplicates are closed
-    assert sum(sendfile_calls) < 2 * IN_FILES  # both sends stopped when their client went away
+    # The block descriptors and the sockets' duplicates are closed.
+    assert _open_fds() <= before, sorted((Counter(_fd_targets()) - Counter(named)).elements())
+    assert sum(sendfile_calls) < 2 * IN_FILES, sendfile_calls  # both sends stopped when their client went away
     assert httpx.get(warm.url + CLIP).content == BODY
 
 

@@ -22,7 +22,7 @@ from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
-from ..streaming import Chunk, plan_chunks
+from ..streaming import Chunk, plan_chunks, size_of
 from .blocks import BlockSource
 from .entries import Entries
 from .fills import Filler, FillFailed
@@ -450,4 +450,6 @@ async def _primed(reply: Reply) -> Reply:
         async for chunk in chunks:
             yield chunk
 
-    return dataclasses.replace(reply, chunks=rest())
+    # One span whose first chunk is all of it (a small object, a range within one block).
+    in_hand = reply.literal == 0 and len(head) == 1 and str(size_of(head[0])) == get(reply.headers, "content-length")
+    return dataclasses.replace(reply, chunks=rest(), in_hand=in_hand)

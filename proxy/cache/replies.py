@@ -20,6 +20,7 @@ class Reply:
     chunks: AsyncIterator[Chunk] | None
     close: Callable[[], Awaitable[None]]
     literal: int = 0  # chunks of generated text (multipart framing) before the first stored byte
+    in_hand: bool = False  # the chunks hold the whole body already: sending it waits for nothing
 
 
 async def nothing_to_close() -> None:

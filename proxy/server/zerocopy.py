@@ -59,8 +59,32 @@ class ZeroCopyProtocol(HttpToolsProtocol):
 
 
 class ZeroCopyCycle(RequestResponseCycle):
+    _head = b""  # the status line and headers, held until the first body bytes
+
     async def send(self, message: Any) -> None:
-        if message["type"] != EXTENSION:
+        kind = message["type"]
+        if kind == "http.response.start" and not self.response_started:
+            # Held, to go out with the first body bytes in one write: one segment and one
+            # wake-up of the client instead of two, which is most of a small response's cost.
+            real, self.transport = self.transport, _Holding()  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self._head, self.transport = b"".join(self.transport.held), real  # type: ignore[attr-defined]
+            return
+        if kind == "http.response.body" and self._head and message.get("body") and self.scope["method"] != "HEAD":
+            real, self.transport = self.transport, _Prefixed(self.transport, self._head)  # type: ignore[assignment]
+            self._head = b""
+            try:
+                await super().send(message)
+            finally:
+                self.transport = real
+            return
+        if self._head:  # anything else (no body bytes, a file) goes after the head
+            head, self._head = self._head, b""
+            if not self.disconnected:
+                self.transport.write(head)
+        if kind != EXTENSION:
             await super().send(message)
             return
         if self.flow.write_paused and not self.disconnected:
@@ -134,6 +158,33 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.disconnected = True
         self.message_event.set()
         self.transport.close()
+
+
+class _Holding:
+    """Stands in for the transport while uvicorn writes a response head: keeps the bytes."""
+
+    def __init__(self) -> None:
+        self.held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.held.append(data)
+
+
+class _Prefixed:
+    """Stands in for the transport for one body message: its one write goes out after `head`,
+    in the same call; anything else is the transport's."""
+
+    def __init__(self, transport: asyncio.Transport, head: bytes) -> None:
+        self._transport = transport
+        self._head: bytes | None = head
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _Socket:

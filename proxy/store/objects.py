@@ -1,6 +1,7 @@
 """What the cache keeps about one stored response, and the keys it is kept under (no I/O)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -32,8 +33,13 @@ class CachedObject(Stored):
         return start, min(start + self.block_size, self.size)
 
     def block_key(self, index: int) -> str:
+        return f"{self._block_prefix}{index}"
+
+    @functools.cached_property
+    def _block_prefix(self) -> str:
+        """'b|<digest of key, version and block size>|' (computed once per object)."""
         digest = hashlib.sha256(f"{self.key}\n{self.validator}\n{self.block_size}".encode()).hexdigest()[:32]
-        return f"b|{digest}|{index}"
+        return f"b|{digest}|"
 
 
 @dataclass(frozen=True)
