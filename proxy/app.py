@@ -3,7 +3,9 @@ Starlette. Thin: request -> facts -> service -> response."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote, urlsplit
 
@@ -14,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, signing
 from .auth import cross_site_reason, origin_of, write_denial
 from .config import Settings, settings_for_worker
 from .forwarded import base_url, client_address, forwarding_headers, is_trusted
@@ -205,11 +207,18 @@ def create_app(settings: Settings) -> EdgeApp:
         # A request body goes along as it arrives, whatever the method (RFC 9112 section 6.3).
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         body = request.stream() if has_body else None
+        target = target_for(path, request, wire_path)
+        if settings.signing_key and method in READ_METHODS:
+            required = signing.needs_signature("/" + path, settings.signed_paths)
+            verdict = signing.check(settings.signing_key, target.raw, required, time.time())
+            if isinstance(verdict, signing.Refused):
+                return _text(403, f"Forbidden: {verdict.reason}", {"Cache-Control": "no-store"})
+            target = dataclasses.replace(target, raw=verdict.raw)
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
         headers = forwarding_headers(received, peer, request.scope["scheme"], public_host, settings.proxies)
         try:
-            reply = await service.handle(ProxyRequest(method, target_for(path, request, wire_path), headers, body))
+            reply = await service.handle(ProxyRequest(method, target, headers, body))
         except ClientDisconnect:
             return _text(400, "Bad Request: the client went away while sending the request body")
         return ReplyResponse(reply, head=method == "HEAD")
