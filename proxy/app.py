@@ -20,6 +20,7 @@ from . import __version__, signing
 from .auth import cross_site_reason, origin_of, write_denial
 from .config import Settings, settings_for_worker
 from .forwarded import base_url, client_address, forwarding_headers, is_trusted
+from .http.cachestatus import chained
 from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
@@ -221,6 +222,7 @@ def create_app(settings: Settings) -> EdgeApp:
             reply = await service.handle(ProxyRequest(method, target, headers, body))
         except ClientDisconnect:
             return _text(400, "Bad Request: the client went away while sending the request body")
+        reply.headers = chained(reply.headers, settings.cache_name)
         return ReplyResponse(reply, head=method == "HEAD")
 
     async def upload(request: Request, url_path: str) -> Response:
