@@ -26,6 +26,7 @@ from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
+from .peers import HOPS, PurgePeers
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response, zero_copy
@@ -145,6 +146,8 @@ def open_store(settings: Settings) -> Store | None:
 def create_app(settings: Settings) -> EdgeApp:
     origin = make_origin(settings)
     service = EdgeService(settings, origin, open_store(settings))
+    peers = PurgePeers(settings.peers, next(iter(settings.tokens), None), settings.origin_response_timeout) \
+        if settings.peers else None
     public_host = urlsplit(settings.public_base_url).netloc or None
 
     def public_base(request: Request, configured: str) -> str:
@@ -270,6 +273,7 @@ def create_app(settings: Settings) -> EdgeApp:
         if refusal is not None:
             return refusal
         query = request.scope.get("query_string", b"").decode("latin-1")
+        forwarded_query = query
         path, prefix = query_value(query, "path"), query_value(query, "prefix")
         if (path is None) == (prefix is None):
             return _text(400, "Bad Request: give exactly one of ?path=/some/file or ?prefix=/some/folder/")
@@ -285,11 +289,14 @@ def create_app(settings: Settings) -> EdgeApp:
             except (BadPath, HiddenPath) as e:
                 return _text(400, f"Bad Request: {e}")
             key = service.origin.cache_key(_target(clean, query, wire_path if settings.origin_is_http else None))
+        # The next tier first (purge_peers): this edge could otherwise fill again from its old copy.
+        failed = await peers.purge(forwarded_query, request.headers.get(HOPS)) if peers is not None else []
         try:
             purged = await service.purge(key, None if prefix is None else key_prefix(prefix, settings.origin_is_http))
         except StoreErrors as e:
             return _text(503, f"Service Unavailable: the cache could not be purged ({e})")
-        return JSONResponse({"purged": purged, "count": len(purged)}, headers={"Cache-Control": "no-store"})
+        answer = {"purged": purged, "count": len(purged), **({"peers_failed": failed} if failed else {})}
+        return JSONResponse(answer, status_code=502 if failed else 200, headers={"Cache-Control": "no-store"})
 
     async def content(scope: Scope, receive: Receive, send: Send, url_path: str, wire_path: str | None) -> None:
         request = Request(scope, receive)
@@ -333,6 +340,8 @@ def create_app(settings: Settings) -> EdgeApp:
         service.start()
         yield
         await service.aclose()
+        if peers is not None:
+            await peers.aclose()
 
     routes_app = Starlette(routes=routes, lifespan=lifespan)
     routes_app.state.service = service

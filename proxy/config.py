@@ -63,6 +63,7 @@ class Settings:
     cache_name: str = "edgecache"
     signing_key: str = ""
     signed_prefixes: str = ""
+    purge_peers: str = ""
     log_level: str = "info"
     access_log: bool = True
 
@@ -91,6 +92,11 @@ class Settings:
     @functools.cached_property
     def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in _items(self.trusted_proxies))
+
+    @functools.cached_property
+    def peers(self) -> tuple[str, ...]:
+        """Base URLs of the next tier's edges a purge is forwarded to."""
+        return _items(self.purge_peers)
 
     @functools.cached_property
     def signed_paths(self) -> tuple[str, ...]:
@@ -238,6 +244,12 @@ def _signing(s: Settings) -> None:
         raise ConfigError(f"invalid setting 'signed_prefixes': {bad[0]!r} does not start with '/'")
 
 
+def _peers(s: Settings) -> None:
+    bad = [p for p in s.peers if not p.startswith(("http://", "https://")) or any(c in p for c in " ?#@\t\r\n")]
+    if bad:
+        raise ConfigError(f"invalid setting 'purge_peers': expected http(s)://host[:port], ... (got {bad[0]!r})")
+
+
 def _positive(name: str, high: float) -> Check:
     def check(s: Settings) -> None:
         value = getattr(s, name)
@@ -279,6 +291,7 @@ _CHECKS: list[Check] = [
     _header_value("server_name"),
     _cache_name,
     _signing,
+    _peers,
     _one_of("log_level", ("critical", "error", "warning", "info", "debug")),
 ]
 

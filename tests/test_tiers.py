@@ -106,3 +106,40 @@ def test_a_purge_reaches_every_tier_shield_first(tiers: Tiers) -> None:
     assert fresh.content == new
     assert fresh.headers["cache-status"] == "shield; fwd=uri-miss; fwd-status=206; stored, " \
                                             "edge-1; fwd=uri-miss; fwd-status=206; stored"
+
+
+def test_purge_peers_forward_a_purge_to_the_shield_with_the_token(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    base = dataclasses.replace(settings, write_tokens="tier-token")
+    origin = Upstream()
+    old, new = pattern(1000, 1), pattern(1200, 2)
+    origin.objects["/p.bin"] = Obj(old)
+    auth = {"authorization": "Bearer tier-token"}
+    with RunningServer(dataclasses.replace(settings, server_name=""), app=origin) as o, \
+            RunningServer(dataclasses.replace(base, origin=o.url, cache_dir=str(tmp_path / "s"),
+                                              cache_name="shield")) as shield, \
+            RunningServer(dataclasses.replace(base, origin=shield.url, cache_dir=str(tmp_path / "e"),
+                                              cache_name="edge", purge_peers=shield.url)) as edge, \
+            RunningServer(dataclasses.replace(base, origin=shield.url, cache_dir=str(tmp_path / "f"),
+                                              cache_name="other", purge_peers=o.url)) as misconfigured:
+        assert httpx.get(edge.url + "/p.bin").content == old
+        origin.objects["/p.bin"] = Obj(new)
+        # Without the token nothing is purged, on either tier.
+        assert httpx.post(edge.url + "/_edge/purge?path=/p.bin").status_code == 401
+        assert httpx.get(edge.url + "/p.bin").content == old
+        r = httpx.post(edge.url + "/_edge/purge?path=/p.bin", headers=auth)
+        assert (r.status_code, r.json()) == (200, {"purged": ["/p.bin"], "count": 1})
+        fresh = httpx.get(edge.url + "/p.bin")
+        assert fresh.content == new
+        assert fresh.headers["cache-status"] == "shield; fwd=uri-miss; fwd-status=206; stored, " \
+                                                "edge; fwd=uri-miss; fwd-status=206; stored"
+        # A peer that does not confirm (here the origin: 204, not an edge's 200) makes the purge a 502 naming it.
+        r = httpx.post(misconfigured.url + "/_edge/purge?path=/p.bin", headers=auth)
+        assert r.status_code == 502
+        assert r.json() == {"purged": [], "count": 0, "peers_failed": [f"{o.url}: 204"]}
+    assert [h.headers.get("authorization") for h in origin.hits if h.method == "POST"] == ["Bearer tier-token"]
+
+
+def test_purge_hops_are_bounded() -> None:
+    from proxy.peers import MAX_HOPS, hops_left
+
+    assert [hops_left(v) for v in (None, "", "x", "3", "0", "99")] == [MAX_HOPS, MAX_HOPS, MAX_HOPS, 3, 0, MAX_HOPS]
