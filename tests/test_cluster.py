@@ -28,9 +28,9 @@ KEY = "cluster-signing-key"
 
 def render(config: str, port: int, edges: dict[str, int], admin: Path) -> str:
     """deploy/haproxy.cfg for loopback: its listen port, the edges' ports, health checks every
-    100 ms (down after one failure, so the test need not wait), and an admin socket to read state."""
+    100 ms (so the test need not wait long for a stopped edge to be seen), and an admin socket."""
     config = config.replace("bind :8080", f"bind 127.0.0.1:{port}", 1)
-    config = config.replace("check inter 2s fall 2 rise 2", "check inter 100ms fall 1 rise 1", 1)
+    config = config.replace("check inter 2s fall 2 rise 2", "check inter 100ms fall 2 rise 1", 1)
     config = config.replace("global\n", f"global\n    stats socket {admin} mode 600 level admin\n", 1)
     for name, edge_port in edges.items():
         config, count = re.subn(rf"server {name} {name}:8080\n", f"server {name} 127.0.0.1:{edge_port}\n", config)
@@ -38,9 +38,9 @@ def render(config: str, port: int, edges: dict[str, int], admin: Path) -> str:
     return config
 
 
-def server_states(admin: Path) -> dict[str, str]:
+def server_states(admin: Path, field: str = "") -> dict[str, str]:
     """Each edge's state as HAProxy sees it, 'UP L7OK 200' or 'DOWN L4CON ...' (status, last
-    health check, its HTTP status), from `show stat` on its admin socket."""
+    health check, its HTTP status), from `show stat` on its admin socket; or another `field`."""
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(admin))
         s.sendall(b"show stat\n")
@@ -48,7 +48,7 @@ def server_states(admin: Path) -> dict[str, str]:
         while chunk := s.recv(65536):
             data += chunk
     rows = csv.DictReader(data.decode().removeprefix("# ").splitlines())
-    return {row["svname"]: f"{row['status']} {row['check_status']} {row['check_code']}".strip()
+    return {row["svname"]: row[field] if field else f"{row['status']} {row['check_status']} {row['check_code']}".strip()
             for row in rows if row["pxname"] == "edges" and row["svname"] in EDGES}
 
 
@@ -132,6 +132,7 @@ def test_each_object_is_fetched_once_and_a_lost_edge_moves_only_its_keys(cluster
         # Another signed URL: the query is not hashed, so the same edge answers, from its cached copy.
         again = {path: _served(c, path, body, 2**33 + 1) for path, body in bodies.items()}
     owner = {path: name for path, (name, _) in first.items()}
+    assert server_states(cluster.admin, "chkdown") == dict.fromkeys(EDGES, "0")  # no edge was ever down
     assert set(owner.values()) == set(EDGES)  # every edge has a share
     assert not any(hit for _, hit in first.values())
     assert again == {path: (owner[path], True) for path in bodies}
