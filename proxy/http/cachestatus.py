@@ -46,10 +46,17 @@ def chained(headers: Headers, name: str) -> Headers:
     appends last as CACHE_NAME and which is named `name` here (RFC 9211 section 2: a cache
     keeps the members it received and appends its own, so the first is nearest the origin).
     X-Cache is one value, this cache's: the next hop's is dropped."""
-    statuses = [v.strip() for n, v in headers if n.lower() == "cache-status" and v.strip()]
-    summaries = [v for n, v in headers if n.lower() == "x-cache"]
-    if not statuses:
-        return headers
+    statuses: list[str] = []
+    summaries: list[str] = []
+    for n, v in headers:
+        if len(n) in (7, 12):  # cheap before lower(): this runs on every response
+            low = n.lower()
+            if low == "cache-status" and v.strip():
+                statuses.append(v.strip())
+            elif low == "x-cache":
+                summaries.append(v)
+    if not statuses or (len(statuses) == 1 and len(summaries) <= 1 and name == CACHE_NAME):
+        return headers  # one hop, default name: as it is
     own = statuses[-1]
     if own == CACHE_NAME or own.startswith(CACHE_NAME + ";"):
         own = name + own[len(CACHE_NAME):]
