@@ -3,7 +3,9 @@ Starlette. Thin: request -> facts -> service -> response."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote, urlsplit
 
@@ -14,15 +16,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, signing
 from .auth import cross_site_reason, origin_of, write_denial
 from .config import Settings, settings_for_worker
 from .forwarded import base_url, client_address, forwarding_headers, is_trusted
+from .http.cachestatus import chained
 from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
+from .peers import HOPS, PurgePeers
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response, zero_copy
@@ -143,6 +147,8 @@ def open_store(settings: Settings) -> Store | None:
 def create_app(settings: Settings) -> EdgeApp:
     origin = make_origin(settings)
     service = EdgeService(settings, origin, open_store(settings))
+    peers = PurgePeers(settings.peers, next(iter(settings.tokens), None), settings.origin_response_timeout) \
+        if settings.peers else None
     public_host = urlsplit(settings.public_base_url).netloc or None
 
     def public_base(request: Request, configured: str) -> str:
@@ -206,13 +212,21 @@ def create_app(settings: Settings) -> EdgeApp:
         # A request body goes along as it arrives, whatever the method (RFC 9112 section 6.3).
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         body = request.stream() if has_body else None
+        target = target_for(path, request, wire_path)
+        if settings.signing_key and method in READ_METHODS:
+            required = signing.needs_signature("/" + path, settings.signed_paths)
+            verdict = signing.check(settings.signing_key, target.raw, required, time.time())
+            if isinstance(verdict, signing.Refused):
+                return _text(403, f"Forbidden: {verdict.reason}", {"Cache-Control": "no-store"})
+            target = dataclasses.replace(target, raw=verdict.raw)
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
         headers = forwarding_headers(received, peer, request.scope["scheme"], public_host, settings.proxies)
         try:
-            reply = await service.handle(ProxyRequest(method, target_for(path, request, wire_path), headers, body))
+            reply = await service.handle(ProxyRequest(method, target, headers, body))
         except ClientDisconnect:
             return _text(400, "Bad Request: the client went away while sending the request body")
+        reply.headers = chained(reply.headers, settings.cache_name)
         return ReplyResponse(reply, head=method == "HEAD")
 
     async def upload(request: Request, url_path: str) -> Response:
@@ -260,6 +274,7 @@ def create_app(settings: Settings) -> EdgeApp:
         if refusal is not None:
             return refusal
         query = request.scope.get("query_string", b"").decode("latin-1")
+        forwarded_query = query
         path, prefix = query_value(query, "path"), query_value(query, "prefix")
         if (path is None) == (prefix is None):
             return _text(400, "Bad Request: give exactly one of ?path=/some/file or ?prefix=/some/folder/")
@@ -275,11 +290,14 @@ def create_app(settings: Settings) -> EdgeApp:
             except (BadPath, HiddenPath) as e:
                 return _text(400, f"Bad Request: {e}")
             key = service.origin.cache_key(_target(clean, query, wire_path if settings.origin_is_http else None))
+        # The next tier first (purge_peers): this edge could otherwise fill again from its old copy.
+        failed = await peers.purge(forwarded_query, request.headers.get(HOPS)) if peers is not None else []
         try:
             purged = await service.purge(key, None if prefix is None else key_prefix(prefix, settings.origin_is_http))
         except StoreErrors as e:
             return _text(503, f"Service Unavailable: the cache could not be purged ({e})")
-        return JSONResponse({"purged": purged, "count": len(purged)}, headers={"Cache-Control": "no-store"})
+        answer = {"purged": purged, "count": len(purged), **({"peers_failed": failed} if failed else {})}
+        return JSONResponse(answer, status_code=502 if failed else 200, headers={"Cache-Control": "no-store"})
 
     async def content(scope: Scope, receive: Receive, send: Send, url_path: str, wire_path: str | None) -> None:
         request = Request(scope, receive)
@@ -323,6 +341,8 @@ def create_app(settings: Settings) -> EdgeApp:
         service.start()
         yield
         await service.aclose()
+        if peers is not None:
+            await peers.aclose()
 
     routes_app = Starlette(routes=routes, lifespan=lifespan)
     routes_app.state.service = service

@@ -5,12 +5,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import uvicorn
 
 from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings
-from .paths import key_prefix
+from .paths import key_prefix, origin_path
+from .signing import signed_query
 from .store.disk import Store, StoreErrors
 
 
@@ -31,7 +33,27 @@ def _parser() -> argparse.ArgumentParser:
     which = purge.add_mutually_exclusive_group(required=True)
     which.add_argument("--path", help="one cache key, e.g. /video/a.mp4")
     which.add_argument("--prefix", help="every cache key starting with this, e.g. /video/")
+    sign = commands.add_parser("sign", help="print a signed URL for a path (needs signing_key)")
+    sign.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
+    sign.add_argument("sign_path", metavar="PATH", help="the file's path, e.g. /premium/a.mp4")
+    sign.add_argument("--ttl", type=int, default=3600, help="seconds the URL stays valid (default 3600)")
+    sign.add_argument("--base", help="base URL (default: public_base_url)")
     return parser
+
+
+def run_sign(settings: Settings, path: str, ttl: int, base: str | None) -> int:
+    """Print `base` + the path as the edge keys it + a signature valid for `ttl` seconds."""
+    base = (base or settings.public_base_url).rstrip("/")
+    problem = ("no signing_key is set" if not settings.signing_key
+               else "give --base or set public_base_url" if not base.startswith(("http://", "https://"))
+               else "--ttl must be positive" if ttl <= 0 else None)
+    if problem:
+        print(f"edgecache sign: {problem}", file=sys.stderr)
+        return 2
+    key_path = origin_path(path.lstrip("/"))
+    expires = int(time.time()) + ttl
+    print(f"{base}{key_path}?{signed_query(settings.signing_key, key_path, expires)}")
+    return 0
 
 
 def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
@@ -88,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     config_file = args.pop("config")
     path, prefix = args.pop("path", None), args.pop("prefix", None)
+    sign_path, ttl, base = args.pop("sign_path", None), args.pop("ttl", None), args.pop("base", None)
     try:
         settings = load_settings(flags=args, config_file=config_file)
     except ConfigError as e:
@@ -95,5 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "purge":
         return run_purge(settings, path, prefix)
+    if command == "sign":
+        return run_sign(settings, sign_path, ttl, base)
     run_server(settings)
     return 0

@@ -60,6 +60,10 @@ class Settings:
     max_header_count: int = 100
     max_header_bytes: int = 16 * 1024
     server_name: str = "edgecache"
+    cache_name: str = "edgecache"
+    signing_key: str = ""
+    signed_prefixes: str = ""
+    purge_peers: str = ""
     log_level: str = "info"
     access_log: bool = True
 
@@ -88,6 +92,16 @@ class Settings:
     @functools.cached_property
     def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in _items(self.trusted_proxies))
+
+    @functools.cached_property
+    def peers(self) -> tuple[str, ...]:
+        """Base URLs of the next tier's edges a purge is forwarded to."""
+        return _items(self.purge_peers)
+
+    @functools.cached_property
+    def signed_paths(self) -> tuple[str, ...]:
+        """Path prefixes whose reads need a signature; empty: every read (when signing_key is set)."""
+        return _items(self.signed_prefixes)
 
     @functools.cached_property
     def extensions(self) -> tuple[str, ...]:
@@ -211,6 +225,31 @@ def _base_url(s: Settings) -> None:
         raise ConfigError(f"invalid setting 'public_base_url': expected http(s)://host[/path] (got {url!r})")
 
 
+# RFC 8941 section 3.3.4: a Cache-Status cache identifier is an sf-token (RFC 9211 section 2).
+_SF_TOKEN = re.compile(r"[A-Za-z*][0-9A-Za-z:/!#$%&'*+.^_`|~-]*")
+
+
+def _cache_name(s: Settings) -> None:
+    if not _SF_TOKEN.fullmatch(s.cache_name):
+        raise ConfigError(f"invalid setting 'cache_name': expected a token such as edge-1 (got {s.cache_name!r})")
+
+
+def _signing(s: Settings) -> None:
+    if s.signing_key and len(s.signing_key) < 16:
+        raise ConfigError("invalid setting 'signing_key': must be at least 16 characters")
+    if s.signed_paths and not s.signing_key:
+        raise ConfigError("invalid setting 'signed_prefixes': needs a signing_key")
+    bad = [p for p in s.signed_paths if not p.startswith("/")]
+    if bad:
+        raise ConfigError(f"invalid setting 'signed_prefixes': {bad[0]!r} does not start with '/'")
+
+
+def _peers(s: Settings) -> None:
+    bad = [p for p in s.peers if not p.startswith(("http://", "https://")) or any(c in p for c in " ?#@\t\r\n")]
+    if bad:
+        raise ConfigError(f"invalid setting 'purge_peers': expected http(s)://host[:port], ... (got {bad[0]!r})")
+
+
 def _positive(name: str, high: float) -> Check:
     def check(s: Settings) -> None:
         value = getattr(s, name)
@@ -250,6 +289,9 @@ _CHECKS: list[Check] = [
     _between("max_header_count", 10, 1000),
     _between("max_header_bytes", 1024, 1024 * 1024),
     _header_value("server_name"),
+    _cache_name,
+    _signing,
+    _peers,
     _one_of("log_level", ("critical", "error", "warning", "info", "debug")),
 ]
 

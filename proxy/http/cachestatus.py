@@ -1,6 +1,8 @@
 """The Cache-Status response field (RFC 9211) and the human X-Cache summary."""
 from __future__ import annotations
 
+from .directives import Headers
+
 CACHE_NAME = "edgecache"
 
 
@@ -36,3 +38,28 @@ def x_cache(*, hit: bool, stale: bool = False, bypass: bool = False) -> str:
     if stale:
         return "STALE"
     return "HIT" if hit else "MISS"
+
+
+def chained(headers: Headers, name: str) -> Headers:
+    """The fields of a response with one Cache-Status: the members it came with from the
+    next hop (relayed or stored), in order, then this cache's own member, which the driver
+    appends last as CACHE_NAME and which is named `name` here (RFC 9211 section 2: a cache
+    keeps the members it received and appends its own, so the first is nearest the origin).
+    X-Cache is one value, this cache's: the next hop's is dropped."""
+    statuses: list[str] = []
+    summaries: list[str] = []
+    for n, v in headers:
+        if len(n) in (7, 12):  # cheap before lower(): this runs on every response
+            low = n.lower()
+            if low == "cache-status" and v.strip():
+                statuses.append(v.strip())
+            elif low == "x-cache":
+                summaries.append(v)
+    if not statuses or (len(statuses) == 1 and len(summaries) <= 1 and name == CACHE_NAME):
+        return headers  # one hop, default name: as it is
+    own = statuses[-1]
+    if own == CACHE_NAME or own.startswith(CACHE_NAME + ";"):
+        own = name + own[len(CACHE_NAME):]
+    out = [(n, v) for n, v in headers if n.lower() not in ("cache-status", "x-cache")]
+    out.append(("Cache-Status", ", ".join([*statuses[:-1], own])))
+    return out + [("X-Cache", summaries[-1])] if summaries else out
