@@ -263,3 +263,19 @@ def test_a_file_shorter_than_announced_never_looks_complete(settings, data_file)
         chunked = _file_app(data_file, [(299000, 5000)], [])
     with RunningServer(settings, app=chunked) as running, pytest.raises(httpx.RemoteProtocolError):
         httpx.get(running.url)  # no terminating chunk: never a complete chunked body
+
+
+def test_a_head_that_is_the_whole_response_is_not_held(settings) -> None:  # type: ignore[no-untyped-def]
+    """The head waits for the first body bytes, to go out in one write, only where a body may
+    follow: a HEAD's or a 304's head goes at once, even from an app that sends nothing more."""
+
+    async def head_only(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            status = 304 if scope["path"] == "/304" else 200
+            await send({"type": "http.response.start", "status": status, "headers": [(b"etag", b'"1"')]})
+
+    with RunningServer(settings, app=head_only) as running:
+        head = httpx.head(running.url + "/x")
+        not_modified = httpx.get(running.url + "/304")
+    assert (head.status_code, head.headers["etag"]) == (200, '"1"')
+    assert (not_modified.status_code, not_modified.content) == (304, b"")

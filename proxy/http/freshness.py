@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 from enum import Enum
 
@@ -14,6 +15,7 @@ __all__ = ["Headers", "get", "cache_control", "delta_seconds"]
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # Statuses whose semantics this cache understands (RFC 9111 section 5.2.2.3, must-understand).
 UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307, 400, 403, 500, 502, 503, 504}
+_REMEMBERED = 4096  # stored responses whose rules and lifetime are kept (pure: the same inputs, the same answer)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,12 @@ class ResponseRules:
 
 
 def response_rules(headers: Headers, policy: Policy) -> ResponseRules:
+    return _response_rules(tuple(headers), policy)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)  # a stored response's rules are asked for on every hit
+def _response_rules(fields: tuple[tuple[str, str], ...], policy: Policy) -> ResponseRules:
+    headers = list(fields)
     targeted = cdn_directives(headers, policy.cdn_fields)
     if targeted is not None:
         return ResponseRules(targeted, True)
@@ -97,6 +105,14 @@ def allows_authorized(response_headers: Headers) -> bool:
 
 def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
     """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2)."""
+    return _freshness_lifetime(status, tuple(headers), path, response_time, policy)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _freshness_lifetime(
+    status: int, fields: tuple[tuple[str, str], ...], path: str, response_time: float, policy: Policy
+) -> float:
+    headers = list(fields)
     rules = response_rules(headers, policy)
     cc = rules.directives
     for directive in ("s-maxage", "max-age"):

@@ -63,9 +63,10 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
-        if kind == "http.response.start" and not self.response_started:
+        if kind == "http.response.start" and not self.response_started and _has_body(self.scope, message):
             # Held, to go out with the first body bytes in one write: one segment and one
             # wake-up of the client instead of two, which is most of a small response's cost.
+            # (A head that is the whole response, HEAD, 204, 304, goes at once, as uvicorn sends it.)
             real, self.transport = self.transport, _Holding()  # type: ignore[assignment]
             try:
                 await super().send(message)
@@ -158,6 +159,11 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.disconnected = True
         self.message_event.set()
         self.transport.close()
+
+
+def _has_body(scope: Any, start: Any) -> bool:
+    """May this response carry body bytes? (RFC 9110 sections 9.3.2, 15.3.5, 15.4.5)"""
+    return bool(scope["method"] != "HEAD" and start["status"] not in (204, 304))
 
 
 class _Holding:
