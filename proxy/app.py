@@ -24,6 +24,7 @@ from .http.cachestatus import chained
 from .middleware import EdgeHeaders
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
+from .origins.s3 import S3Origin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
 from .peers import HOPS, PurgePeers
@@ -115,6 +116,18 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 
 def make_origin(settings: Settings) -> Origin:
+    if settings.origin_is_s3:
+        return S3Origin(
+            *settings.s3_location,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            credentials=(settings.s3_access_key_id, settings.s3_secret_access_key, settings.s3_session_token),
+            part_size=settings.s3_part_size,
+            cache_control=settings.cache_control,
+            connect_timeout=settings.origin_connect_timeout,
+            read_timeout=settings.origin_read_timeout,
+            response_timeout=settings.origin_response_timeout,
+        )
     if settings.origin_is_http:
         return UpstreamOrigin(
             settings.origin,

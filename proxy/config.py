@@ -12,8 +12,10 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
+
+from .paths import BadPath, clean_path
 
 ENV_PREFIX = "EDGECACHE_"
 # The CLI hands the resolved settings to worker processes through this variable.
@@ -66,6 +68,14 @@ class Settings:
     purge_peers: str = ""
     log_level: str = "info"
     access_log: bool = True
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_part_size: int = 8 * 1024**2
+    # Credentials of an S3 origin, from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+    # AWS_SESSION_TOKEN (see read_env); empty: anonymous requests. Never shown in a repr.
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
+    s3_session_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -74,6 +84,17 @@ class Settings:
     @property
     def origin_is_http(self) -> bool:
         return self.origin.startswith(("http://", "https://"))
+
+    @property
+    def origin_is_s3(self) -> bool:
+        return self.origin.startswith("s3://")
+
+    @property
+    def s3_location(self) -> tuple[str, str]:
+        """The bucket and key prefix of an `s3://BUCKET/PREFIX` origin ('videos', 'edge/' or '')."""
+        bucket, _, prefix = self.origin.removeprefix("s3://").partition("/")
+        prefix = prefix.strip("/")
+        return bucket, prefix + "/" if prefix else ""
 
     @functools.cached_property
     def ttl_rules(self) -> tuple[tuple[str, int], ...]:
@@ -129,7 +150,7 @@ def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
 
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _SIZE_FIELDS = {"chunk_size", "max_header_bytes", "cache_size_limit", "block_size", "max_object_size",
-                "max_upload_size"}
+                "max_upload_size", "s3_part_size"}
 _MULTIPLIERS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -193,8 +214,13 @@ def _header_value(name: str) -> Check:
 
 
 def _origin(s: Settings) -> None:
+    if s.origin_is_s3:
+        _s3_origin(s)
+        return
     if "://" in s.origin and not s.origin_is_http:
-        raise ConfigError(f"invalid setting 'origin': only http:// and https:// URLs or a directory (got {s.origin!r})")
+        raise ConfigError(
+            f"invalid setting 'origin': only http://, https:// and s3:// URLs or a directory (got {s.origin!r})"
+        )
     if s.origin_is_http:
         rest = s.origin.split("://", 1)[1]
         host = rest.split("/", 1)[0]
@@ -202,6 +228,32 @@ def _origin(s: Settings) -> None:
             raise ConfigError(
                 f"invalid setting 'origin': expected http(s)://host[:port][/base] (got {s.origin!r})"
             )
+
+
+# S3 bucket names: 3-63 lower-case letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _s3_origin(s: Settings) -> None:
+    bucket, prefix = s.s3_location
+    if not _BUCKET.fullmatch(bucket):
+        raise ConfigError(f"invalid setting 'origin': expected s3://BUCKET[/PREFIX] with a valid bucket name "
+                          f"(got {s.origin!r})")
+    try:
+        if clean_path(prefix, allow_dotfiles=True) != prefix.rstrip("/") or "?" in prefix or "#" in prefix:
+            raise BadPath("'?', '#' and empty segments are not allowed")
+    except BadPath as e:
+        raise ConfigError(f"invalid setting 'origin': the S3 key prefix is not a clean path: {e}") from None
+    if s.max_upload_size > 10_000 * s.s3_part_size:  # S3 takes at most 10,000 parts
+        raise ConfigError("invalid setting 's3_part_size': 10,000 parts must hold max_upload_size")
+
+
+def _endpoint(s: Settings) -> None:
+    url = s.s3_endpoint_url
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    if url and (not url.startswith(("http://", "https://")) or not host or "@" in host
+                or any(c in url for c in " ?#\t\r\n")):
+        raise ConfigError(f"invalid setting 's3_endpoint_url': expected http(s)://host[:port] (got {url!r})")
 
 
 def _cache_sizes(s: Settings) -> None:
@@ -293,6 +345,11 @@ _CHECKS: list[Check] = [
     _signing,
     _peers,
     _one_of("log_level", ("critical", "error", "warning", "info", "debug")),
+    _endpoint,
+    _nonempty("s3_region"),
+    _header_value("s3_region"),
+    # S3 multipart upload: parts of 5 MiB to 5 GiB (but the last), at most 10,000 of them.
+    _between("s3_part_size", 5 * 1024**2, 5 * 1024**3),
 ]
 
 FIELD_TYPES: dict[str, type] = {f.name: get_type_hints(Settings)[f.name] for f in fields(Settings)}
@@ -355,12 +412,19 @@ def read_file(path: str) -> dict[str, Any]:
     return _from_mapping(data.get("edgecache", data), path)
 
 
+# The standard AWS variables an S3 origin's credentials come from (EDGECACHE_S3_* go first).
+_AWS_ENV = {"s3_access_key_id": "AWS_ACCESS_KEY_ID", "s3_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+            "s3_session_token": "AWS_SESSION_TOKEN"}
+
+
 def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values = {}
     for name in FIELD_TYPES:
         key = ENV_PREFIX + name.upper()
         if key in environ:
             values[name] = _coerce(name, environ[key])
+        elif name in _AWS_ENV and _AWS_ENV[name] in environ:
+            values[name] = environ[_AWS_ENV[name]]
     return values
 
 

@@ -81,24 +81,13 @@ class UpstreamOrigin:
             outgoing.append(("Content-Length", length))
         outgoing.append(("Via", VIA))
         request = self.client.build_request(method, self._url(target), headers=outgoing, content=body)
-        # The response deadline counts from a request without a body; with one, sending it may take
-        # as long as the client takes (each write and read has its own timeout).
-        deadline = self.response_timeout if body is None else math.inf
-        try:
-            with anyio.fail_after(deadline):
-                response = await self.client.send(request, stream=True)
-        except TimeoutError:
-            raise OriginError("timeout", f"no response within {self.response_timeout:g}s") from None
-        except httpx.TimeoutException as e:
-            raise OriginError("timeout", type(e).__name__) from None
-        except _TRANSPORT_ERRORS as e:
-            raise OriginError("unreachable", type(e).__name__) from None
+        response = await send(self.client, request, self.response_timeout, body is not None)
         if not 200 <= response.status_code <= 599:  # RFC 9110 section 15: a final status is 200-599
             await response.aclose()
             raise OriginError("invalid", f"status {response.status_code}")
         response_headers = end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw])
         response_headers.append(("Via", VIA))
-        return OriginResponse(response.status_code, response_headers, _body(response), response.aclose)
+        return OriginResponse(response.status_code, response_headers, body_of(response), response.aclose)
 
     async def upload(
         self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
@@ -131,7 +120,23 @@ class UpstreamOrigin:
         await self.client.aclose()
 
 
-async def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+async def send(client: httpx.AsyncClient, request: httpx.Request, response_timeout: float,
+               has_body: bool) -> httpx.Response:
+    """Send a request and wait for the response head; its body streams. Raises OriginError.
+    The response deadline counts from a request without a body; with one, sending it may take
+    as long as the client takes (each write and read has its own timeout)."""
+    try:
+        with anyio.fail_after(math.inf if has_body else response_timeout):
+            return await client.send(request, stream=True)
+    except TimeoutError:
+        raise OriginError("timeout", f"no response within {response_timeout:g}s") from None
+    except httpx.TimeoutException as e:
+        raise OriginError("timeout", type(e).__name__) from None
+    except _TRANSPORT_ERRORS as e:
+        raise OriginError("unreachable", f"{request.url.host}: {type(e).__name__}") from None
+
+
+async def body_of(response: httpx.Response) -> AsyncIterator[bytes]:
     """The raw body bytes, as the origin sent them (no decoding); errors become OriginError."""
     try:
         async for chunk in response.aiter_raw():
