@@ -90,7 +90,7 @@ async def test_full_gets_and_ranges_are_the_objects_exact_bytes(s3_server: S3Ser
         assert first.headers["content-type"] == "video/mp4"
         assert first.headers["cache-control"] == "public, max-age=3600"  # the configured one: S3 gave none
         assert first.headers["x-cache"] == "MISS"
-        assert not any(name.startswith("x-amz-") for name in first.headers)
+        assert not any(name.startswith(("x-amz-", "x-amzn-")) for name in first.headers)  # the store's own
         again = await edge.get("/video/clip.mp4")
         assert again.content == data and again.headers["x-cache"] == "HIT"
 
@@ -109,6 +109,15 @@ async def test_full_gets_and_ranges_are_the_objects_exact_bytes(s3_server: S3Ser
         assert middle.status_code == 206 and middle.content == data[1000000:1000010]
         missing = await edge.get("/video/none.mp4")
         assert missing.status_code == 404
+        head = await edge.head("/dir/a%20b%20%C3%BC.bin")
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(data))
+
+        # An empty object: S3 answers a range of it with 416, the edge asks again for the whole.
+        s3_server.s3.put_object(Bucket=BUCKET, Key="edge/empty.bin", Body=b"")
+        empty = await edge.get("/empty.bin")
+        assert empty.status_code == 200 and empty.content == b"" and empty.headers["content-length"] == "0"
+        empty_range = await edge.get("/empty.bin", headers={"Range": "bytes=0-5"})
+        assert empty_range.status_code == 416 and empty_range.headers["content-range"] == "bytes */0"
 
 
 async def test_paths_never_leave_the_prefix(s3_server: S3Server, s3_edge: RunningServer) -> None:
@@ -206,20 +215,18 @@ async def test_aborted_uploads_leave_no_multipart_upload_open(
     s3_server: S3Server, s3_settings: Settings, make_server: Any
 ) -> None:
     edge = make_server(s3_settings, max_upload_size=8 * MiB)
-    async with httpx.AsyncClient(base_url=edge.url, timeout=60) as client:
-        too_big = await client.put("/aborted/too-big.bin", content=_body(12 * MiB, 1))
-        assert too_big.status_code == 413
-    assert "aborted/too-big.bin" not in str(s3_server.s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
-    assert _open_uploads(s3_server) == []
-
-    # A client that goes away after 7 MiB of 20: one part was sent, then the upload is aborted.
+    # A client that goes away after 7 MiB of 8: one part was sent, then the upload is aborted.
     with socket.create_connection(("127.0.0.1", edge.port)) as sock:
-        sock.sendall(b"PUT /aborted/gone.bin HTTP/1.1\r\nHost: edge\r\nContent-Length: 20971520\r\n\r\n")
+        sock.sendall(b"PUT /aborted/gone.bin HTTP/1.1\r\nHost: edge\r\nContent-Length: 8388608\r\n\r\n")
         for piece in range(7):
             sock.sendall(pattern(MiB, piece))
     _wait_until(lambda: _open_uploads(s3_server) == [], "the multipart upload was not aborted")
-    contents = s3_server.s3.list_objects_v2(Bucket=BUCKET, Prefix="edge/aborted/").get("Contents", [])
-    assert contents == []
+
+    async with httpx.AsyncClient(base_url=edge.url, timeout=60) as client:
+        too_big = await client.put("/aborted/too-big.bin", content=_body(12 * MiB, 1))
+        assert too_big.status_code == 413
+    assert _open_uploads(s3_server) == []
+    assert s3_server.s3.list_objects_v2(Bucket=BUCKET, Prefix="edge/aborted/").get("Contents", []) == []
 
 
 async def test_a_missing_bucket_is_a_502_with_the_reason_logged(
@@ -313,7 +320,8 @@ def test_object_keys_and_requests() -> None:
 
 
 def test_answer_fields() -> None:
-    fields = [("ETag", '"e"'), ("x-amz-request-id", "1"), ("x-amz-meta-owner", "me"), ("Connection", "close")]
+    fields = [("ETag", '"e"'), ("x-amz-request-id", "1"), ("x-amzn-requestid", "2"), ("x-amz-meta-owner", "me"),
+              ("Connection", "close")]
     assert answer_fields(fields, 200, "public, max-age=60") == [
         ("ETag", '"e"'), ("Cache-Control", "public, max-age=60")]
     assert answer_fields([*fields, ("Cache-Control", "no-cache")], 206, "public") == [
@@ -336,3 +344,49 @@ def test_answer_fields() -> None:
 def test_s3_errors(status: int, code: str | None, anonymous: bool, expected: int, words: str) -> None:
     found = failure(status, code, "a message", anonymous)
     assert found.status == expected and words in found.reason
+
+
+
+
+class Recorder:
+    """An ASGI app standing in for the store, to see exactly what the edge sends it."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.requests.append((scope["method"], scope["raw_path"].decode() + "?" + scope["query_string"].decode(),
+                              headers))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5"), (b"etag", b'"e"')]})
+        await send({"type": "http.response.body", "body": b"bytes"})
+
+
+@pytest.mark.parametrize("credentials", [("AKIAEXAMPLE", "secret", "the-session-token"), ("", "", "")])
+async def test_what_the_store_is_sent(s3_settings: Settings, make_server: Any, credentials: tuple[str, ...]) -> None:
+    recorder = Recorder()
+    with RunningServer(dataclasses.replace(s3_settings, server_name=""), app=recorder) as store:
+        key_id, secret, token = credentials
+        edge = make_server(s3_settings, s3_endpoint_url=store.url, s3_access_key_id=key_id,
+                           s3_secret_access_key=secret, s3_session_token=token, s3_region="eu-west-3")
+        async with httpx.AsyncClient(base_url=edge.url) as client:
+            response = await client.get("/a%20b/%C3%BC.bin?versionId=1&uploads", headers={
+                "Authorization": "Bearer client", "x-amz-server-side-encryption": "AES256", "Cookie": "c=1",
+                "Range": "bytes=0-2", "If-None-Match": '"x"'})
+            assert response.status_code == 206 and response.content == b"byt"
+    method, path, headers = recorder.requests[0]
+    assert (method, path) == ("GET", "/media/edge/a%20b/%C3%BC.bin?")  # no query: it could name other things
+    assert headers["range"].startswith("bytes=0-")
+    assert "cookie" not in headers and "x-amz-server-side-encryption" not in headers
+    if key_id:
+        assert headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={key_id}/")
+        assert "/eu-west-3/s3/aws4_request, SignedHeaders=" in headers["authorization"]
+        signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+        assert {"host", "range", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token"} <= set(signed)
+        assert headers["x-amz-security-token"] == token
+        assert headers["x-amz-content-sha256"] == hashlib.sha256(b"").hexdigest()
+    else:
+        assert "authorization" not in headers and "x-amz-security-token" not in headers

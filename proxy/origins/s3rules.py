@@ -55,10 +55,10 @@ def read_fields(headers: Headers) -> dict[str, str]:
 
 def answer_fields(headers: Headers, status: int, cache_control: str) -> Headers:
     """The store's response fields as the edge passes them on: end-to-end fields without the
-    store's own `x-amz-*` (request ids, user metadata, encryption details); the configured
+    store's own `x-amz-*` and `x-amzn-*` (request ids, user metadata, encryption details); the configured
     Cache-Control when the object has none (not on a 304, which updates the stored fields:
     RFC 9111 section 4.3.4)."""
-    kept = [(n, v) for n, v in end_to_end(headers) if not n.lower().startswith("x-amz-")]
+    kept = [(n, v) for n, v in end_to_end(headers) if not n.lower().startswith(("x-amz-", "x-amzn-"))]
     if cache_control and status != 304 and get(kept, "cache-control") is None:
         kept.append(("Cache-Control", cache_control))
     return kept
