@@ -141,7 +141,7 @@ class S3Origin:
         if status not in (200, 206, 304, 412, 416):
             found = await self._error(response)
             return text_response(found.status, "Not Found" if found.status == 404 else
-                                 f"Bad Gateway: the S3 origin answered {response.status_code}")
+                                 f"Bad Gateway: the S3 origin answered {found.answer}")
         fields = answer_fields([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw],
                                status, self.cache_control)
         if status in (412, 416):  # the store's XML error body is not the client's
@@ -212,14 +212,14 @@ class S3Origin:
         document = await self._document(response)
         upload_id = xml_field(document, "UploadId")
         if not upload_id:
-            raise _Refused(Failure(502, "the store's CreateMultipartUpload answer has no UploadId"))
+            raise _Refused(Failure(502, "the store's CreateMultipartUpload answer has no UploadId", "200"))
         return upload_id
 
     async def _part(self, key: str, upload_id: str, number: int, body: list[bytes]) -> str:
         response = await self._send("PUT", key, upload_query(upload_id, number), body=body)
         etag = await self._etag(response)
         if etag is None:
-            raise _Refused(Failure(502, f"the store's answer to part {number} has no ETag"))
+            raise _Refused(Failure(502, f"the store's answer to part {number} has no ETag", "200"))
         return etag
 
     async def _complete(self, key: str, upload_id: str, etags: list[str]) -> str | None:

@@ -83,7 +83,8 @@ class Failure:
     """What an S3 error answer means: the status the client gets, and the reason for the log."""
 
     status: int
-    reason: str
+    reason: str  # for the log
+    answer: str  # what the store said, for the client: '403 SignatureDoesNotMatch'
 
 
 def failure(status: int, code: str | None, message: str | None, anonymous: bool) -> Failure:
@@ -91,17 +92,22 @@ def failure(status: int, code: str | None, message: str | None, anonymous: bool)
     anonymous reader is told 403 for it when the bucket does not allow listing); anything else
     (a missing bucket, refused credentials, a bucket in another region, a failing store) is a
     502 with the reason."""
-    detail = f"{status} {code or 'no error code'}" + (f": {message}" if message else "")
+    answer = f"{status} {code}" if code else str(status)
+    detail = answer + (f": {message}" if message else "")
+
+    def meaning(client_status: int, reason: str) -> Failure:
+        return Failure(client_status, f"{reason} ({detail})", answer)
+
     if status == 404 and code in (None, "NoSuchKey"):
-        return Failure(404, f"no such object ({detail})")
+        return meaning(404, "no such object")
     if status == 403 and anonymous and code in (None, "AccessDenied"):
-        return Failure(404, f"not readable anonymously ({detail})")
+        return meaning(404, "not readable anonymously")
     if code == "NoSuchBucket":
-        return Failure(502, f"the bucket does not exist ({detail})")
+        return meaning(502, "the bucket does not exist")
     if code in _CREDENTIAL_ERRORS:
-        return Failure(502, f"the store refused the edge's credentials ({detail})")
+        return meaning(502, "the store refused the edge's credentials")
     if status == 403:
-        return Failure(502, f"the store denied access ({detail})")
+        return meaning(502, "the store denied access")
     if status in (301, 307) or code in ("PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed"):
-        return Failure(502, f"the bucket is in another region or at another endpoint ({detail})")
-    return Failure(502, f"the store failed ({detail})")
+        return meaning(502, "the bucket is in another region or at another endpoint")
+    return meaning(502, "the store failed")
