@@ -17,7 +17,16 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from proxy.config import ConfigError, Settings, load_settings
-from proxy.origins.s3rules import answer_fields, complete_body, failure, object_key, read_fields, upload_query
+from proxy.origins.s3rules import (
+    Address,
+    address,
+    answer_fields,
+    complete_body,
+    failure,
+    object_key,
+    read_fields,
+    upload_query,
+)
 from tests.conftest import RunningServer, pattern
 
 MiB = 1024 * 1024
@@ -333,6 +342,15 @@ def test_object_keys_and_requests() -> None:
     assert complete_body(['"e1"', '"e2"']) == (
         b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>&quot;e1&quot;</ETag></Part>"
         b"<Part><PartNumber>2</PartNumber><ETag>&quot;e2&quot;</ETag></Part></CompleteMultipartUpload>")
+
+
+def test_addresses() -> None:
+    assert address("http://127.0.0.1:9000", "media", "us-east-1") == Address("http", "127.0.0.1", 9000, "/media")
+    assert address("https://acc.r2.cloudflarestorage.com/", "media", "auto") == Address(
+        "https", "acc.r2.cloudflarestorage.com", None, "/media")
+    assert address("", "media", "eu-west-3") == Address("https", "media.s3.eu-west-3.amazonaws.com", None, "")
+    assert address("", "media.example", "eu-west-3") == Address(
+        "https", "s3.eu-west-3.amazonaws.com", None, "/media.example")
 
 
 def test_answer_fields() -> None:

@@ -20,6 +20,7 @@ from .base import OriginError, OriginResponse, Target, Uploaded, text_response
 from .local import SANDBOX, active_content
 from .s3rules import (
     Failure,
+    address,
     answer_fields,
     complete_body,
     failure,
@@ -37,8 +38,8 @@ MAX_XML = 64 * 1024  # bytes of an S3 XML answer (an error, an upload id) read a
 
 
 class _Signer(S3SigV4Auth):  # type: ignore[misc]
-    """botocore's S3 SigV4 signer, given the payload's SHA-256 computed as the body streamed by
-    (botocore would hash a body it holds, and S3 over plain HTTP needs the real hash)."""
+    """botocore's S3 SigV4 signer, given the payload's SHA-256 (the edge hashes a part's chunks
+    in a thread; botocore would want them as one body to hash on the event loop)."""
 
     def payload(self, request: AWSRequest) -> str:
         return str(request.context["payload_sha256"])
@@ -74,13 +75,7 @@ class S3Origin:
         self.part_size = part_size
         self.cache_control = cache_control
         self.response_timeout = response_timeout
-        if endpoint_url:  # path-style: what MinIO, Ceph and a local endpoint need, and R2 accepts
-            url = httpx.URL(endpoint_url)
-            self.scheme, self.host, self.port = url.scheme, url.host, url.port
-            self.base_path = url.raw_path.decode("ascii").rstrip("/") + "/" + bucket
-        else:  # AWS, virtual-hosted style
-            self.scheme, self.host, self.port = "https", f"{bucket}.s3.{region}.amazonaws.com", None
-            self.base_path = ""
+        self.address = address(endpoint_url, bucket, region)
         key_id, secret, token = credentials
         self.signer = _Signer(Credentials(key_id, secret, token or None), "s3", region) if key_id else None
         self.client = httpx.AsyncClient(
@@ -106,9 +101,10 @@ class S3Origin:
         if body is not None:
             digest = await anyio.to_thread.run_sync(_sha256, body)  # megabytes: not on the event loop
             headers["Content-Length"] = str(sum(map(len, body)))
-        path = self.base_path + "/" + key_path(key) if key else self.base_path or "/"
+        where = self.address
+        path = where.base_path + "/" + key_path(key) if key else where.base_path or "/"
         raw_path = (path + (f"?{query}" if query else "")).encode("ascii")
-        url = httpx.URL(scheme=self.scheme, host=self.host, port=self.port, raw_path=raw_path)
+        url = httpx.URL(scheme=where.scheme, host=where.host, port=where.port, raw_path=raw_path)
         if self.signer is not None:
             signing = AWSRequest(method=method, url=str(url), headers=headers)
             signing.context["payload_sha256"] = digest

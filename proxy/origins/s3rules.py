@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ..http.directives import Headers, get
 from ..http.headers import end_to_end
@@ -19,6 +19,29 @@ _READ_FIELDS = frozenset({"range", "if-range", "if-match", "if-none-match", "if-
 # Errors that say the edge's own credentials are wrong, not that the object is missing.
 _CREDENTIAL_ERRORS = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
                                 "TokenRefreshRequired", "InvalidSecurity"})
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a bucket's requests go: scheme, host, port (None: the scheme's) and the path
+    every key's path starts with."""
+
+    scheme: str
+    host: str
+    port: int | None
+    base_path: str
+
+
+def address(endpoint_url: str, bucket: str, region: str) -> Address:
+    """A configured endpoint is asked path-style (`/BUCKET/KEY`: what MinIO, Ceph RGW and a
+    local endpoint need, and R2 accepts); AWS virtual-hosted style, `BUCKET.s3.REGION...`,
+    except for a bucket name with dots, which no wildcard certificate covers (path-style)."""
+    if endpoint_url:
+        url = urlsplit(endpoint_url)
+        return Address(url.scheme, url.hostname or "", url.port, url.path.rstrip("/") + "/" + bucket)
+    if "." in bucket:
+        return Address("https", f"s3.{region}.amazonaws.com", None, "/" + bucket)
+    return Address("https", f"{bucket}.s3.{region}.amazonaws.com", None, "")
 
 
 def object_key(prefix: str, path: str) -> str | None:
