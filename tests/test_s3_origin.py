@@ -63,6 +63,8 @@ def s3_server() -> Iterator[S3Server]:
     try:
         yield S3Server(url, key["AccessKeyId"], key["SecretAccessKey"], s3)
     finally:
+        s3.close()
+        iam.close()
         server.stop()
 
 
