@@ -124,6 +124,9 @@ class Filler:
                         await task
                     except BaseException:  # noqa: BLE001 - shutting down
                         pass
+                # Awaiting a task that was already done does not yield, so its done callback
+                # has not run yet: without this, the loop above would spin forever.
+                self._tasks.discard(task)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run in the background until done or aclose()."""
