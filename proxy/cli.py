@@ -2,23 +2,44 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import sys
 import time
 from typing import Any
 
 import uvicorn
+from rich.console import Console
+from uvicorn.logging import DefaultFormatter
 
-from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings
+from . import __version__
+from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings, parse_size
+from .ops.fetchers import FetchError
+from .ops.startup import env_warnings, origin_problem, startup_line
+from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
 from .paths import key_prefix, origin_path
 from .signing import signed_query
-from .store.disk import Store, StoreErrors
+from .store.disk import Store, StoreErrors, is_cache_dir
+
+log = logging.getLogger("edgecache.cli")
+# Options of one command, not settings.
+_COMMAND_OPTIONS = ("path", "prefix", "items", "from_file", "edge", "concurrency", "head_size", "sign_path", "ttl",
+                    "base")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256 (got {value})")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecache", description="A caching edge for video and large files.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"edgecache {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the edge server")
     serve.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
     serve.add_argument("--origin", help="origin directory (default ./assets)")
@@ -38,6 +59,19 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("sign_path", metavar="PATH", help="the file's path, e.g. /premium/a.mp4")
     sign.add_argument("--ttl", type=int, default=3600, help="seconds the URL stays valid (default 3600)")
     sign.add_argument("--base", help="base URL (default: public_base_url)")
+    warm = commands.add_parser(
+        "warm", help="fill the cache with files, through a running edge or directly into a cache directory")
+    warm.add_argument("items", nargs="*", metavar="PATH_OR_URL", help="/video/a.mp4 or http://edge/video/a.mp4")
+    warm.add_argument("--from", dest="from_file", metavar="FILE", help="paths or URLs, one a line ('-': stdin)")
+    warm.add_argument("--edge", metavar="URL", help="warm through the edge running at URL, e.g. http://127.0.0.1:8080"
+                      " (default: directly into the cache directory, from the configured origin)")
+    warm.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
+    warm.add_argument("--origin", help="origin, without --edge (default ./assets)")
+    warm.add_argument("--cache-dir", dest="cache_dir", help="cache directory, without --edge (default ./.edgecache)")
+    warm.add_argument("--concurrency", type=_count, default=4, help="files warmed at a time (default 4)")
+    warm.add_argument("--head-size", dest="head_size", metavar="SIZE",
+                      help="warm only the first SIZE bytes of each file (e.g. 8MiB), and an MP4's index "
+                           "stored past them (default: whole files)")
     return parser
 
 
@@ -56,8 +90,20 @@ def run_sign(settings: Settings, path: str, ttl: int, base: str | None) -> int:
     return 0
 
 
+def _not_a_cache(directory: str) -> str | None:
+    """Why `directory` is not an edgecache cache directory, or None when it is one."""
+    if is_cache_dir(directory):
+        return None
+    reason = "does not exist" if not os.path.exists(directory) else "is not an edgecache cache directory"
+    return f"{os.path.abspath(directory)} {reason} (edgecache serve creates one)"
+
+
 def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
     """Purge from the cache directory directly; prints what was purged as JSON."""
+    problem = _not_a_cache(settings.cache_dir)
+    if problem is not None:
+        print(f"edgecache purge: {problem}", file=sys.stderr)
+        return 2
     try:
         store = Store(settings.cache_dir, settings.cache_size_limit)
     except StoreErrors as e:
@@ -105,20 +151,95 @@ def run_server(settings: Settings) -> None:
     )
 
 
+def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: str | None, concurrency: int,
+             head_size: str | None) -> int:
+    """Warm the cache; a progress bar on a terminal, a summary on stdout; 1 when a file failed."""
+    try:
+        if from_file == "-":
+            items = items + read_items(sys.stdin)
+        elif from_file is not None:
+            with open(from_file, encoding="utf-8") as f:
+                items = items + read_items(f)
+        targets = [target_of(item) for item in items]
+        head = parse_size(head_size) if head_size is not None else None
+    except OSError as e:
+        print(f"edgecache warm: cannot read {from_file}: {e.strerror}", file=sys.stderr)
+        return 2
+    except (BadItem, ValueError) as e:
+        what = f"--head-size must be a size such as 8MiB (got {head_size!r})" if not isinstance(e, BadItem) else e
+        print(f"edgecache warm: {what}", file=sys.stderr)
+        return 2
+    problem = _warm_problem(settings, targets, edge, head)
+    if problem is not None:
+        print(f"edgecache warm: {problem}", file=sys.stderr)
+        return 2
+    display = Display(Tally(), Console())
+    errors = Console(stderr=True)
+    try:
+        if edge is not None:
+            tally = asyncio.run(warm_edge(edge, targets, concurrency, head, display, errors))
+        else:
+            tally = asyncio.run(warm_cache(settings, targets, concurrency, head, display, errors))
+    except FetchError as e:
+        print(f"edgecache warm: {e}", file=sys.stderr)
+        return 1
+    print(tally.summary())
+    return 1 if tally.errors else 0
+
+
+def _warm_problem(settings: Settings, targets: list[str], edge: str | None, head: int | None) -> str | None:
+    if not targets:
+        return "nothing to warm: give paths or URLs, or --from FILE"
+    if head is not None and head < 1:
+        return "--head-size must be at least 1 byte"
+    if edge is not None:
+        if not edge.startswith(("http://", "https://")) or not edge.split("://", 1)[1].strip("/"):
+            return f"--edge must be the edge's URL, e.g. http://127.0.0.1:8080 (got {edge!r})"
+        return None
+    if not settings.cache_enabled and not settings.origin_is_http:
+        return "the cache is off (cache_enabled = false): there is nothing to warm"
+    return _not_a_cache(settings.cache_dir)
+
+
+def _console_log(level: str) -> None:
+    """Messages of the command line on stderr, looking like uvicorn's ('INFO:     ...')."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = vars(_parser().parse_args(argv))
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
     command = args.pop("command")
+    if command is None:  # a usage error, as argparse has it (exit 2), but with the whole help
+        parser.print_help(sys.stderr)
+        return 2
     config_file = args.pop("config")
-    path, prefix = args.pop("path", None), args.pop("prefix", None)
-    sign_path, ttl, base = args.pop("sign_path", None), args.pop("ttl", None), args.pop("base", None)
+    options = {name: args.pop(name) for name in _COMMAND_OPTIONS if name in args}
+    if command == "warm" and options["edge"] is not None and any(args.values()):
+        print("edgecache warm: --origin and --cache-dir are for warming a cache directory, not with --edge",
+              file=sys.stderr)
+        return 2
     try:
         settings = load_settings(flags=args, config_file=config_file)
     except ConfigError as e:
         print(f"edgecache: {e}", file=sys.stderr)
         return 2
+    _console_log(settings.log_level)
+    for warning in env_warnings(os.environ):
+        log.warning(warning)
     if command == "purge":
-        return run_purge(settings, path, prefix)
+        return run_purge(settings, options["path"], options["prefix"])
     if command == "sign":
-        return run_sign(settings, sign_path, ttl, base)
+        return run_sign(settings, options["sign_path"], options["ttl"], options["base"])
+    if command == "warm":
+        return run_warm(settings, **options)
+    problem = origin_problem(settings)
+    if problem is not None:
+        log.warning(problem)
+    log.info(startup_line(settings))
     run_server(settings)
     return 0

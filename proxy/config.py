@@ -5,6 +5,7 @@ Precedence: CLI flag > EDGECACHE_* environment variable > TOML file > default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import ipaddress
 import json
@@ -160,6 +161,14 @@ def parse_size(text: str) -> int:
     if not m:
         raise ValueError(text)
     return int(m.group(1)) * _MULTIPLIERS[m.group(2).lower()]
+
+
+def format_size(n: int) -> str:
+    """Bytes for people, in binary multiples: 21474836480 -> '20 GiB', 1536 -> '1.5 KiB'."""
+    for unit, multiple in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= multiple:
+            return f"{n / multiple:.1f}".removesuffix(".0") + " " + unit
+    return f"{n} B"
 
 
 # A validation rule run on every new Settings; raises ConfigError.
@@ -426,6 +435,17 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         elif name in _AWS_ENV and _AWS_ENV[name] in environ:
             values[name] = environ[_AWS_ENV[name]]
     return values
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """EDGECACHE_* variables that name no setting, each with the closest known name (or None)."""
+    names = [*FIELD_TYPES, "config"]
+    known = {ENV_PREFIX + name.upper() for name in names} | {RESOLVED_ENV}
+    found = []
+    for key in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known):
+        close = difflib.get_close_matches(key[len(ENV_PREFIX):].lower(), names, n=1)
+        found.append((key, ENV_PREFIX + close[0].upper() if close else None))
+    return found
 
 
 def load_settings(

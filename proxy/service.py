@@ -60,6 +60,11 @@ class EdgeService:
         if self.store is not None:
             self.store.close()
 
+    async def settle(self) -> None:
+        """Wait for the block fills in progress to be stored (before a warmer stops its app)."""
+        if self.reads is not None:
+            await self.reads.filler.settle()
+
     async def handle(self, req: ProxyRequest) -> Reply:
         try:
             if req.method not in ("GET", "HEAD"):

@@ -128,6 +128,11 @@ class Filler:
                 # has not run yet: without this, the loop above would spin forever.
                 self._tasks.discard(task)
 
+    async def settle(self) -> None:
+        """Wait until the block fills running in this process have published or failed."""
+        while self.active:
+            await next(iter(self.active.values())).wait()
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run in the background until done or aclose()."""
         task = asyncio.get_running_loop().create_task(coro)

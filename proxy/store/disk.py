@@ -52,6 +52,11 @@ MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per pro
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
 
 
+def is_cache_dir(directory: str) -> bool:
+    """Whether `directory` holds an edgecache cache (one a Store has opened before)."""
+    return all(os.path.isfile(os.path.join(directory, part, "cache.db")) for part in ("objects", "index"))
+
+
 class Store:
     """Metadata and blocks in one LRU cache with a size limit; in caches that never evict: the
     index (Vary fields and selections, purge generations) and the leases."""

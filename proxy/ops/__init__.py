@@ -1,0 +1,1 @@
+"""Operating the edge: start-up messages, cache warming."""
