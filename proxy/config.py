@@ -69,6 +69,7 @@ class Settings:
     purge_peers: str = ""
     log_level: str = "info"
     access_log: bool = True
+    read_ahead_blocks: int = 0
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_part_size: int = 8 * 1024**2
@@ -359,6 +360,7 @@ _CHECKS: list[Check] = [
     _header_value("s3_region"),
     # S3 multipart upload: parts of 5 MiB to 5 GiB (but the last), at most 10,000 of them.
     _between("s3_part_size", 5 * 1024**2, 5 * 1024**3),
+    _between("read_ahead_blocks", 0, 64),
 ]
 
 FIELD_TYPES: dict[str, type] = {f.name: get_type_hints(Settings)[f.name] for f in fields(Settings)}

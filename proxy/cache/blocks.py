@@ -23,6 +23,7 @@ from ..store.handles import OpenBlocks
 from ..store.objects import CachedObject
 from ..streaming import Chunk, FileSpan, size_of
 from .fills import LEASE_TTL, Filler, FillFailed, Progress, block_request, version_id, whole_lease
+from .readahead import ReadAhead
 from .threads import StoreThreads
 
 log = logging.getLogger("edgecache.fill")
@@ -42,13 +43,16 @@ class _Abandoned(Exception):
 class BlockSource:
     """Reads byte spans of cached objects, filling missing blocks from the origin."""
 
-    def __init__(self, store: Store, threads: StoreThreads, origin: Origin, filler: Filler, chunk_size: int) -> None:
+    def __init__(
+        self, store: Store, threads: StoreThreads, origin: Origin, filler: Filler, chunk_size: int, read_ahead: int = 0
+    ) -> None:
         self.store = store
         self.threads = threads
         self.origin = origin
         self.filler = filler
         self.chunk_size = chunk_size
         self.open_blocks = OpenBlocks()
+        self.read_ahead = ReadAhead(read_ahead, self.prefetch, filler.spawn)
 
     def close(self) -> None:
         self.open_blocks.close()
@@ -60,21 +64,27 @@ class BlockSource:
         first, last = start // obj.block_size, (end - 1) // obj.block_size
         for index in range(first, last + 1):
             if index < last and obj.sliceable:
-                self.filler.spawn(self.prefetch(obj, target, headers, index + 1))
+                self.filler.spawn(self._prefetch_next(obj, target, headers, index + 1))
+            self.read_ahead.served(obj, target, headers, index)
             block_start, block_end = obj.block_span(index)
             lo, hi = max(start, block_start) - block_start, min(end, block_end) - block_start
             async for chunk in self.block(obj, target, headers, index, lo, hi):
                 yield chunk
 
-    async def prefetch(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
+    async def _prefetch_next(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
+        await self.prefetch(obj, target, headers, index)
+
+    async def prefetch(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> Progress | None:
+        """Start filling a block in the background: its fill's Progress, None if stored or filled elsewhere."""
         key = obj.block_key(index)
         if key in self.filler.active or version_id(obj) in self.filler.whole:
-            return
+            return self.filler.active.get(key)
         try:
             if not await self.threads.run(self.store.has_block, key):
-                await self.filler.start(obj, target, headers, index)
+                return await self.filler.start(obj, target, headers, index)
         except StoreErrors as e:
             log.warning("prefetch skipped: %s", e)
+        return None
 
     async def block(
         self, obj: CachedObject, target: Target, headers: Headers, index: int, lo: int, hi: int

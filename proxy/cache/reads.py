@@ -73,7 +73,8 @@ class ReadPath:
         self.threads = StoreThreads(4)
         self.entries = Entries(store, self.threads)
         self.filler = Filler(store, self.threads, origin, self.entries.forget)
-        self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size)
+        self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size,
+                                  settings.read_ahead_blocks)
         self.flights = Flights(store, self.threads, settings.origin_response_timeout + 5)
 
     def start(self) -> None:
