@@ -3,6 +3,7 @@ edge over HTTP, or the edge's own app driven in this process (so a cache directo
 filled exactly as the server fills it)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from urllib.parse import unquote
 
 import anyio
 import httpx
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from ..app import create_app
 from ..config import Settings
@@ -86,7 +87,7 @@ class EdgeFetcher:
 class AppFetcher:
     """GETs driven through the edge's app in this process, as uvicorn would drive them."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def get(self, target: str, byte_range: tuple[int, int] | None, keep: int, on_length: Counter,
@@ -129,10 +130,37 @@ class AppFetcher:
 
 @contextlib.asynccontextmanager
 async def app_fetcher(settings: Settings) -> AsyncIterator[AppFetcher]:
-    """The edge's app for `settings`, started (its lifespan) for as long as the block runs."""
+    """The edge's app for `settings`, started (its ASGI lifespan) for as long as the block runs;
+    the block fills it started are stored before it stops."""
     app = create_app(settings)
     if app.state.service.store is None:
         raise FetchError(f"the cache in {settings.cache_dir} cannot be opened (see the error above)")
-    async with app.router.lifespan_context(app):
+    async with _lifespan(app):
         yield AppFetcher(app)
         await app.state.service.settle()
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: ASGIApp) -> AsyncIterator[None]:
+    """Run an ASGI app's lifespan protocol around the block, as a server does."""
+    to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    from_app: asyncio.Queue[MutableMapping[str, Any]] = asyncio.Queue()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        await from_app.put(message)
+
+    async def run() -> None:
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, to_app.get, send)
+
+    task = asyncio.get_running_loop().create_task(run())
+    await to_app.put({"type": "lifespan.startup"})
+    started = await from_app.get()
+    if started["type"] != "lifespan.startup.complete":
+        await task
+        raise FetchError(f"the edge did not start: {started.get('message', started['type'])}")
+    try:
+        yield
+    finally:
+        await to_app.put({"type": "lifespan.shutdown"})
+        await from_app.get()
+        await task
