@@ -108,7 +108,7 @@ def test_warm_through_a_running_edge(upstream, http_settings, make_server, video
     assert headers == [4, 2]
     read = 2 * BLOCK + (index[1] - index[0] + 1) + 16 * sum(headers)
     assert re.fullmatch(r"warmed 2 of 2 files, \S+ \S+ in \d+\.\d s \(.+/s\): 0 hits, 2 misses, 0 errors, "
-                        r"1 MP4 indexes at the end\n", done.stdout)
+                        r"1 MP4 index at the end\n", done.stdout)
     assert done.stdout.startswith(f"warmed 2 of 2 files, {format_size(read)} in ")
     # The late file's first and last blocks were fetched, not the one between; the fast one's first only.
     assert blocks_fetched(origin, "/v/late.mp4") == [0, 2]
@@ -133,7 +133,7 @@ def test_warm_directly_into_a_cache_directory(upstream, http_settings, make_serv
         assert main([*args, "--head-size", "64KiB"]) == 1  # the missing file
         out, err = capsys.readouterr()
         assert err == "edgecache warm: /missing.mp4: status 404\n"
-        assert out.endswith(": 0 hits, 2 misses, 1 errors, 1 MP4 indexes at the end\n")
+        assert out.endswith(": 0 hits, 2 misses, 1 error, 1 MP4 index at the end\n")
         assert out.startswith("warmed 2 of 3 files, ")
         assert blocks_fetched(origin, "/v/late.mp4") == [0, 2] and blocks_fetched(origin, "/v/fast.mp4") == [0]
         # Whole files: every block once; warming again finds them stored.
@@ -141,8 +141,8 @@ def test_warm_directly_into_a_cache_directory(upstream, http_settings, make_serv
         assert main(["warm", "--origin", running.url, "--cache-dir", settings.cache_dir, "/whole.bin"]) == 0
         out, _ = capsys.readouterr()
         first, second = out.splitlines()
-        assert first.startswith("warmed 1 of 1 files, 192 KiB in ") and first.endswith(": 0 hits, 1 misses, 0 errors")
-        assert second.endswith(": 1 hits, 0 misses, 0 errors")
+        assert first.startswith("warmed 1 of 1 file, 192 KiB in ") and first.endswith(": 0 hits, 1 miss, 0 errors")
+        assert second.endswith(": 1 hit, 0 misses, 0 errors")
         assert sorted(blocks_fetched(origin, "/whole.bin")) == [0, 1, 2, 3]
     finally:
         for key, value in old.items():
@@ -178,4 +178,4 @@ def test_a_terminal_gets_a_progress_bar(upstream, http_settings, make_server, tm
     assert proc.wait(timeout=60) == 0
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())
     assert "warming" in text and "1/1 files" in text and "128.0/128.0 KiB" in text
-    assert text.rstrip().splitlines()[-1].startswith("warmed 1 of 1 files, 128 KiB in ")
+    assert text.rstrip().splitlines()[-1].startswith("warmed 1 of 1 file, 128 KiB in ")

@@ -77,9 +77,16 @@ class Tally:
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
         rate = format_size(int(self.bytes / seconds)) + "/s" if seconds > 0 else "-"
-        line = (f"warmed {self.done - self.errors} of {self.files} files, {format_size(self.bytes)} in "
-                f"{seconds:.1f} s ({rate}): {self.hits} hits, {self.misses} misses, {self.errors} errors")
-        return line + (f", {self.indexes} MP4 indexes at the end" if self.indexes else "")
+        counts = ", ".join(_counted(n, word) for n, word in ((self.hits, "hit"), (self.misses, "miss"),
+                                                             (self.errors, "error")))
+        line = (f"warmed {self.done - self.errors} of {_counted(self.files, 'file')}, {format_size(self.bytes)} in "
+                f"{seconds:.1f} s ({rate}): {counts}")
+        return line + (f", {_counted(self.indexes, 'MP4 index')} at the end" if self.indexes else "")
+
+
+def _counted(n: int, word: str) -> str:
+    plural = word + ("es" if word.endswith(("s", "x")) else "s")
+    return f"{n} {word if n == 1 else plural}"
 
 
 class Display:
