@@ -279,3 +279,61 @@ def test_a_head_that_is_the_whole_response_is_not_held(settings) -> None:  # typ
         not_modified = httpx.get(running.url + "/304")
     assert (head.status_code, head.headers["etag"]) == (200, '"1"')
     assert (not_modified.status_code, not_modified.content) == (304, b"")
+
+
+def _target_of(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as e:
+        return f"closed ({e.strerror})"
+
+
+def test_a_send_cut_short_never_leaves_a_thread_with_descriptors_closed_under_it(  # type: ignore[no-untyped-def]
+    warm, monkeypatch
+) -> None:
+    """A client gone while a thread is about to sendfile: the call's descriptors stay the ones
+    it was given (closed and reused, they could name another client's socket and file)."""
+    real = os.sendfile
+    seen: list[tuple[str, str, str, str]] = []
+
+    def slow_to_start(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        before = _target_of(out_fd), _target_of(in_fd)
+        time.sleep(0.3)  # the thread is slow to get going: meanwhile the client goes and others come
+        seen.append((*before, _target_of(out_fd), _target_of(in_fd)))
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(zerocopy.os, "sendfile", slow_to_start)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.connect(("127.0.0.1", warm.port))
+        sock.sendall(f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+        time.sleep(0.1)
+    # New connections take the lowest free descriptor numbers while the thread sleeps.
+    others = [socket.create_connection(("127.0.0.1", warm.port)) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for other in others:
+        other.close()
+    assert seen
+    for out_before, in_before, out_after, in_after in seen:
+        assert (out_after, in_after) == (out_before, in_before)
+    assert httpx.get(warm.url + CLIP, headers={"Range": "bytes=0-99"}).content == BODY[:100]
+
+
+def test_a_client_that_stops_sending_and_reading_does_not_pin_the_response(make_server, settings) -> None:  # type: ignore[no-untyped-def]
+    """A 3 MB span of one 4 MiB block is in hand (no disconnect watch): when the client closes its
+    sending side and reads nothing, uvicorn drops the connection and the send must end too."""
+    edge = make_server(settings)  # 4 MiB blocks: the whole clip is one block
+    assert httpx.get(edge.url + CLIP).content == BODY
+    state = edge.server.server_state
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", edge.port))
+        sock.sendall(f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\nRange: bytes=0-3000000\r\n\r\n".encode())
+        time.sleep(0.3)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 10
+        while (state.connections or state.tasks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not state.connections and not state.tasks

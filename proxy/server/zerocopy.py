@@ -10,9 +10,11 @@ it out:
   out in order; sendfile writes to a duplicate of the socket's descriptor (the
   transport may close its own meanwhile, and the number be reused), which stays
   non-blocking and which the event loop polls for room;
-- each `sendfile` call runs on a small pool of threads of its own: the socket side
-  never blocks (it sends what fits), the file side may wait for the disk, and that
-  wait must not hold the event loop;
+- each `sendfile` call runs on a small pool of threads of its own, on duplicates of
+  both descriptors that the call owns and closes (a cancelled wait cannot stop a call
+  a thread has begun): the socket side never blocks (it sends what fits), the file
+  side may wait for the disk, and that wait must not hold the event loop; a wait for
+  room ends when the connection is lost;
 - Content-Length is accounted as for body messages, chunked framing written around
   the span; a file shorter than announced is an error, never a short response
   presented as complete; a client gone mid-send ends the response as uvicorn does
@@ -50,6 +52,11 @@ class ZeroCopyProtocol(HttpToolsProtocol):
         if self.transport.get_extra_info("sslcontext") is None:
             self.scope["extensions"] = {EXTENSION: {}}
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if isinstance(self.cycle, ZeroCopyCycle):
+            self.cycle.lost()
+
     def on_headers_complete(self) -> None:
         before = self.cycle
         super().on_headers_complete()
@@ -60,6 +67,7 @@ class ZeroCopyProtocol(HttpToolsProtocol):
 
 class ZeroCopyCycle(RequestResponseCycle):
     _head = b""  # the status line and headers, held until the first body bytes
+    _waiting: asyncio.Future[None] | None = None  # a wait for the socket to take more bytes
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
@@ -121,25 +129,27 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> bool:
         """Send bytes [offset, offset + count) of `fd`; False when the client went away."""
-        loop = asyncio.get_running_loop()
-        # A descriptor of our own: the transport may close its one while a thread sends, and
-        # that number may then name another client's connection.
+        # A descriptor of our own: the transport may close its one meanwhile, and that number
+        # may then name another client's connection.
         sock = _Socket(self.transport.get_extra_info("socket").fileno())
         try:
             while count:
-                if self.transport.is_closing():
+                if self.disconnected or self.transport.is_closing():
                     self._gone()
                     return False
                 if self.transport.get_write_buffer_size():
                     # What the transport holds (headers, chunk framing) goes first.
-                    await sock.writable()
+                    await self._room(sock)
                     await asyncio.sleep(0)  # let the transport write what it holds
                     continue
+                # The thread gets duplicates of its own, which it closes: a cancelled wait here
+                # cannot stop a call a thread has begun, and by then this side's descriptors may
+                # be closed and their numbers reused for another client's socket or file.
+                job = _pool.submit(_sendfile_owned, *_duplicates(sock.fd, fd), offset, min(count, MAX_PER_CALL))
                 try:
-                    sent = await loop.run_in_executor(_pool, os.sendfile, sock.fd, fd, offset,
-                                                      min(count, MAX_PER_CALL))
+                    sent = await asyncio.wrap_future(job)
                 except BlockingIOError:
-                    await sock.writable()
+                    await self._room(sock)
                     continue
                 except OSError as e:
                     if e.errno in _GONE:
@@ -154,11 +164,44 @@ class ZeroCopyCycle(RequestResponseCycle):
         finally:
             sock.close()
 
+    async def _room(self, sock: _Socket) -> None:
+        """Until the socket takes more bytes, or the connection is lost (a client that closed
+        only its sending side makes the socket neither writable nor errored)."""
+        ready = asyncio.get_running_loop().create_future()
+        self._waiting = ready
+        try:
+            await sock.writable(ready)
+        finally:
+            self._waiting = None
+
+    def lost(self) -> None:
+        """The connection is gone: a wait for room ends now."""
+        if self._waiting is not None:
+            _settle(self._waiting)
+
     def _gone(self) -> None:
         """The client is gone: later sends are dropped and `receive` says http.disconnect."""
         self.disconnected = True
         self.message_event.set()
         self.transport.close()
+
+
+def _duplicates(out_fd: int, in_fd: int) -> tuple[int, int]:
+    out_copy = os.dup(out_fd)
+    try:
+        return out_copy, os.dup(in_fd)
+    except BaseException:
+        os.close(out_copy)
+        raise
+
+
+def _sendfile_owned(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    """os.sendfile on descriptors this call owns and closes, whatever happens."""
+    try:
+        return os.sendfile(out_fd, in_fd, offset, count)
+    finally:
+        os.close(out_fd)
+        os.close(in_fd)
 
 
 def _has_body(scope: Any, start: Any) -> bool:
@@ -202,8 +245,8 @@ class _Socket:
         self.fd = os.dup(sock)
         self.loop = asyncio.get_running_loop()
 
-    async def writable(self) -> None:
-        ready = self.loop.create_future()
+    async def writable(self, ready: asyncio.Future[None]) -> None:
+        """Until the socket takes more bytes, or `ready` is settled by someone else."""
         self.loop.add_writer(self.fd, _settle, ready)
         try:
             await ready
