@@ -75,7 +75,7 @@ class ZeroCopyCycle(RequestResponseCycle):
             # Held, to go out with the first body bytes in one write: one segment and one
             # wake-up of the client instead of two, which is most of a small response's cost.
             # (A head that is the whole response, HEAD, 204, 304, goes at once, as uvicorn sends it.)
-            real, self.transport = self.transport, _Holding()  # type: ignore[assignment]
+            real, self.transport = self.transport, _Holding(self.transport)  # type: ignore[assignment]
             try:
                 await super().send(message)
             finally:
@@ -210,13 +210,18 @@ def _has_body(scope: Any, start: Any) -> bool:
 
 
 class _Holding:
-    """Stands in for the transport while uvicorn writes a response head: keeps the bytes."""
+    """Stands in for the transport while uvicorn writes a response head: keeps what is written
+    (in order: a 100 Continue written meanwhile goes before the head); the rest is the transport's."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
         self.held: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         self.held.append(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _Prefixed:
