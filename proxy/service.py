@@ -11,6 +11,7 @@ from .config import Settings
 from .http import freshness as fr
 from .http.cache import Fwd, invalidated
 from .http.cachestatus import cache_status
+from .ops import metrics
 from .origins.base import Origin, OriginError, Target, Uploaded
 from .store.disk import Store, StoreErrors
 
@@ -129,9 +130,12 @@ class EdgeService:
         if self.reads is None:
             return []
         if prefix is not None:
-            return await self.reads.entries.purge_prefix(prefix)
-        assert path is not None
-        return [path] if await self.invalidate(path) else []
+            purged = await self.reads.entries.purge_prefix(prefix)
+        else:
+            assert path is not None
+            purged = [path] if await self.invalidate(path) else []
+        metrics.PURGES.inc(len(purged))
+        return purged
 
     async def upload(
         self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None = None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -28,14 +29,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_edgecache(origin_url: str, cache_dir: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_edgecache(origin_url: str, cache_dir: Path, workers: int, access_log: bool = False,
+                    stdout: IO[bytes] | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "EDGECACHE_BLOCK_SIZE": str(BLOCK), "EDGECACHE_CACHE_SIZE_LIMIT": "64MiB",
-           "EDGECACHE_MAX_OBJECT_SIZE": "32MiB", "EDGECACHE_ACCESS_LOG": "false"}
+           "EDGECACHE_MAX_OBJECT_SIZE": "32MiB", "EDGECACHE_ACCESS_LOG": str(access_log).lower()}
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--origin", origin_url, "--port", str(port),
          "--workers", str(workers), "--cache-dir", str(cache_dir), "--log-level", "warning"],
-        cwd=REPO, env=env, start_new_session=True,
+        cwd=REPO, env=env, start_new_session=True, stdout=stdout,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

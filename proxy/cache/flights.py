@@ -14,6 +14,7 @@ import time
 
 import anyio
 
+from ..ops import metrics
 from ..origins.base import OriginError
 from ..store.disk import Store, StoreErrors
 from .threads import StoreThreads
@@ -39,6 +40,7 @@ class Flight:
         if self.done.is_set():
             return
         self.done.set()
+        metrics.FILLS.dec()
         if self._flights.local.get(self.key) is self:
             del self._flights.local[self.key]
         if self._renewer is not None:
@@ -69,17 +71,20 @@ class Flights:
         OriginError it met (so that a failing origin is not asked again by every waiter at once)."""
         current = self.local.get(key)
         if current is not None:
+            metrics.COLLAPSED.inc()
             with anyio.move_on_after(self.wait_limit):
                 await current.done.wait()
             return current.failure
         flight = Flight(self, key, None)
         self.local[key] = flight
+        metrics.FILLS.inc()
         lease, owner = "p|" + key, secrets.token_hex(8)
         try:
             if await self.threads.run(self.store.take_lease, lease, owner, self.lease_ttl):
                 flight.owner = owner
                 flight._renewer = asyncio.get_running_loop().create_task(self._renew(lease, owner))
                 return flight
+            metrics.COLLAPSED.inc()
             await self._wait_for_other_worker(lease)
         except StoreErrors as e:
             log.warning("fetch lease unavailable, fetching without it: %s", e)

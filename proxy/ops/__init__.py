@@ -1,1 +1,1 @@
-"""Operating the edge: start-up messages, cache warming."""
+"""Operating the edge: start-up messages, cache warming, metrics, the access log, the browser page."""

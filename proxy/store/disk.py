@@ -10,6 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 import diskcache
@@ -47,6 +48,39 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no typ
         return super().store(value, read, key=key)
 
 
+class CountingCache(diskcache.Cache):  # type: ignore[misc]
+    """A diskcache Cache that reports how many entries each cull evicted (expired or for space).
+
+    diskcache 5.6 culls in `_cull`, calling `cleanup` once per evicted row; that is the
+    one place evictions can be seen."""
+
+    on_evict: Callable[[int], None] | None = None
+
+    def _cull(self, now, sql, cleanup, limit=None):  # type: ignore[no-untyped-def]
+        evicted = 0
+
+        def counted(filename):  # type: ignore[no-untyped-def]
+            nonlocal evicted
+            evicted += 1
+            cleanup(filename)
+
+        super()._cull(now, sql, counted, limit)
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One stored response, as the listing shows it."""
+
+    key: str  # the primary key (the path as cached)
+    meta_key: str
+    size: int
+    blocks: int
+    blocks_cached: int
+    stored_at: float  # seconds since the epoch
+
+
 META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
@@ -61,7 +95,8 @@ class Store:
     """Metadata and blocks in one LRU cache with a size limit; in caches that never evict: the
     index (Vary fields and selections, purge generations) and the leases."""
 
-    def __init__(self, directory: str, size_limit: int, memo_seconds: float = 5.0) -> None:
+    def __init__(self, directory: str, size_limit: int, memo_seconds: float = 5.0,
+                 on_evict: Callable[[int], None] | None = None) -> None:
         self.directory = directory
         self.memo_seconds = memo_seconds
         # key -> (change count when read, when read (monotonic), value, approximate bytes)
@@ -70,7 +105,7 @@ class Store:
         self._memo_lock = threading.Lock()  # the store threads share the memo
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
-        self.objects = diskcache.Cache(
+        self.objects = CountingCache(
             os.path.join(directory, "objects"),
             disk=BlockDisk,
             size_limit=size_limit,
@@ -78,6 +113,7 @@ class Store:
             cull_limit=10,
             timeout=5,
         )
+        self.objects.on_evict = on_evict
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
         self.epochs = Epochs(os.path.join(directory, "epochs"))
@@ -291,6 +327,34 @@ class Store:
         with self.leases.transact():
             if self.leases.get(name) == owner:
                 self.leases.delete(name)
+
+    # --- figures and listing ------------------------------------------------
+    def volume(self) -> int:
+        """Bytes the stored responses take on disk (metadata and blocks)."""
+        return int(self.objects.volume())
+
+    def entry_count(self) -> int:
+        return len(self.objects)
+
+    def list_objects(self, after: str, limit: int) -> list[Listed]:
+        """Up to `limit` stored responses whose meta keys sort after `after`, in key order: one
+        page, read with an indexed range query, never every key at once."""
+        # diskcache's table: str keys are stored with raw = 1; (key, raw) is its unique index.
+        rows = self.objects._sql(
+            "SELECT key, store_time FROM Cache WHERE key > ? AND key < 'm}' AND raw = 1 ORDER BY key LIMIT ?",
+            (max(after, "m|"), limit),
+        ).fetchall()
+        listed = []
+        for key, stored_at in rows:
+            obj = self.get_object(key)
+            if obj is None:
+                continue
+            prefix = obj.block_key(0).rpartition("|")[0]
+            (cached,) = self.objects._sql(
+                "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (prefix + "|", prefix + "}")
+            ).fetchone()
+            listed.append(Listed(primary_of(key) or key, key, obj.size, obj.block_count, cached, stored_at))
+        return listed
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:

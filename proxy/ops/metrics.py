@@ -1,0 +1,134 @@
+"""Prometheus metrics: what the edge counts, and one coherent scrape over every worker.
+
+With `--workers N` every worker is its own process, so the CLI points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory before any worker starts (see
+metrics_dir.py): each process then keeps its values in memory-mapped files
+there, and a scrape in any worker sums them all. That variable must be set
+before prometheus_client is first imported (it picks its value class then).
+Without it (tests, an app embedded in-process) the values live in this process.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from .metrics_dir import MULTIPROC_ENV
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+REQUESTS = Counter("edgecache_requests", "Requests answered, by cache status (X-Cache) and status code",
+                   ["cache", "status"])
+RESPONSE_BYTES = Counter("edgecache_response_bytes", "Response body bytes sent to clients, by where they came "
+                         "from: cache (hits, stale), origin (misses, bypass), edge (its own answers)", ["source"])
+ORIGIN_REQUESTS = Counter("edgecache_origin_requests", "Requests the edge sent to the origin, by status code",
+                          ["status"])
+ORIGIN_BYTES = Counter("edgecache_origin_response_bytes", "Response body bytes read from the origin")
+ORIGIN_ERRORS = Counter("edgecache_origin_errors", "Origin exchanges that failed, by kind "
+                        "(timeout, unreachable, invalid)", ["kind"])
+ORIGIN_SECONDS = Histogram("edgecache_origin_response_seconds", "Time from asking the origin to its response "
+                           "headers", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+FILLS = Gauge("edgecache_fills_in_flight", "Origin exchanges this edge leads right now (single flight)",
+              multiprocess_mode="livesum")
+COLLAPSED = Counter("edgecache_collapsed_requests", "Requests that waited for another request's origin exchange "
+                    "instead of asking the origin themselves")
+EVICTIONS = Counter("edgecache_evictions", "Store entries (metadata and blocks) evicted for space or expiry")
+PURGES = Counter("edgecache_purges", "Cache keys purged (purge API and command, not invalidations by writes)")
+UPLOADS = Counter("edgecache_uploads", "Uploads handled, by status code", ["status"])
+UPLOAD_BYTES = Counter("edgecache_upload_bytes", "Bytes stored at the origin by successful uploads")
+LOG_DROPPED = Counter("edgecache_access_log_dropped_lines", "Access log lines dropped because the log writer "
+                      "fell behind")
+
+
+class StoreFigures(Protocol):
+    def volume(self) -> int: ...
+
+    def entry_count(self) -> int: ...
+
+
+class _StoreCollector:
+    """The store's size and entry count, read at scrape time (one store, shared by all workers)."""
+
+    def __init__(self, store: StoreFigures) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("edgecache_store_size_bytes", "Bytes the cache store takes on disk",
+                                value=self.store.volume())
+        yield GaugeMetricFamily("edgecache_store_entries", "Entries in the cache store (metadata and blocks)",
+                                value=self.store.entry_count())
+
+
+class _ThisProcess:
+    """The process-global registry's metrics, when not in multiprocess mode."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+_WORKER_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def mark_dead_workers(directory: str) -> None:
+    """Drop the live gauges of worker processes that are gone (a crash skips their own goodbye)."""
+    pids = {int(m.group(1)) for path in glob.glob(os.path.join(directory, "gauge_live*_*.db"))
+            if (m := _WORKER_FILE.fullmatch(os.path.basename(path)))}
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+def scrape(store: StoreFigures | None) -> bytes:
+    """The exposition text of every worker's metrics and the store's (blocking: run in a thread)."""
+    registry = CollectorRegistry(auto_describe=False)
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        mark_dead_workers(directory)
+        MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_ThisProcess())
+    if store is not None:
+        registry.register(_StoreCollector(store))
+    return generate_latest(registry)
+
+
+def worker_exit() -> None:
+    """A worker's goodbye: its live gauges stop counting."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+_SOURCES = {b"HIT": "cache", b"STALE": "cache", b"MISS": "origin", b"BYPASS": "origin", b"": "edge"}
+
+
+class RequestMeter:
+    """Counts one answered request: two counter increments, label children looked up once each."""
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[bytes, int], Counter] = {}
+        self._bytes: dict[bytes, Counter] = {}
+
+    def record(self, x_cache: bytes, status: int, sent: int) -> None:
+        if x_cache not in _SOURCES:  # a relayed origin's own X-Cache is no label of ours
+            x_cache = b""
+        child = self._requests.get((x_cache, status))
+        if child is None:
+            label = x_cache.decode("latin-1").lower() or "none"
+            child = self._requests[(x_cache, status)] = REQUESTS.labels(label, str(status))
+        child.inc()
+        if sent:
+            source = self._bytes.get(x_cache)
+            if source is None:
+                source = self._bytes[x_cache] = RESPONSE_BYTES.labels(_SOURCES[x_cache])
+            source.inc(sent)

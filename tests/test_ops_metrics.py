@@ -1,0 +1,127 @@
+"""Prometheus metrics: one coherent scrape over every worker, counters that follow the traffic."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.ops import metrics
+from proxy.store.disk import Store
+from tests.test_cache_processes import MOVIE, REPO, movie_origin, start_edgecache, stop  # noqa: F401
+
+pytestmark = pytest.mark.anyio
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition text: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in found.items() if n == name and all((k, labels[k]) in ls for k in labels))
+
+
+async def test_two_workers_report_one_coherent_set(movie_origin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    origin, url = movie_origin
+    origin.chunk_delay = 0.003  # slow enough that requests on both workers wait for each other's fills
+    log = tmp_path / "stdout.log"
+    with log.open("wb") as out:
+        proc, edge = start_edgecache(url, tmp_path / "cache", workers=2, access_log=True, stdout=out)
+        try:
+            async def get() -> bytes:
+                async with httpx.AsyncClient(base_url=edge, timeout=60) as c:  # a new connection: any worker
+                    return (await c.get("/movie.mp4")).content
+
+            assert all(body == MOVIE for body in await asyncio.gather(*(get() for _ in range(20))))
+            scrapes = [samples(httpx.get(edge + "/_edge/metrics").text) for _ in range(4)]
+            purged = httpx.post(edge + "/_edge/purge?prefix=/")
+            after = samples(httpx.get(edge + "/_edge/metrics").text)
+        finally:
+            stop(proc)
+    assert purged.json() == {"purged": ["/movie.mp4"], "count": 1}
+    origin_gets = len(origin.gets("/movie.mp4"))
+    for found in [*scrapes, after]:  # whichever worker answers the scrape, the figures are the same
+        assert total(found, "edgecache_requests_total", cache="hit") + \
+            total(found, "edgecache_requests_total", cache="miss") == 20
+        assert total(found, "edgecache_requests_total", status="200", cache="miss") + \
+            total(found, "edgecache_requests_total", status="200", cache="hit") == 20
+        assert total(found, "edgecache_response_bytes_total", source="cache") + \
+            total(found, "edgecache_response_bytes_total", source="origin") == 20 * len(MOVIE)
+        assert total(found, "edgecache_origin_requests_total") == origin_gets == 9  # one per block
+        assert total(found, "edgecache_origin_response_bytes_total") == len(MOVIE)
+        assert total(found, "edgecache_origin_response_seconds_count") == 9
+        assert total(found, "edgecache_collapsed_requests_total") > 0
+        assert total(found, "edgecache_fills_in_flight") == 0
+    assert total(scrapes[0], "edgecache_store_entries") == 10  # metadata and 9 blocks
+    assert total(scrapes[0], "edgecache_store_size_bytes") >= len(MOVIE)
+    assert total(scrapes[0], "edgecache_purges_total") == 0
+    assert total(after, "edgecache_purges_total") == 1
+    assert total(after, "edgecache_store_entries") == 0
+    # the scrapes count themselves, as the edge's own answers
+    assert total(after, "edgecache_requests_total", cache="none", status="200") >= 4
+    # exactly one access log line per request: the edge's, none of uvicorn's
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if '"GET /movie.mp4 HTTP/1.1" 200' in line]) == 20, lines
+    assert not [line for line in lines if "/movie.mp4" in line and not line.startswith("127.0.0.1 - - [")]
+
+
+def test_live_gauges_of_dead_workers_are_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies in a fill (no goodbye) leaves its gauge file; the next scrape drops it."""
+    code = ("from proxy.ops import metrics; import os; metrics.FILLS.inc(); metrics.REQUESTS.labels('hit', '200').inc();"
+            " os._exit(0)")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
+    assert list(tmp_path.glob("gauge_livesum_*.db"))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    found = samples(metrics.scrape(None).decode())
+    assert total(found, "edgecache_fills_in_flight") == 0
+    assert total(found, "edgecache_requests_total", cache="hit") == 1  # counters of the dead stay counted
+    assert not list(tmp_path.glob("gauge_livesum_*.db"))
+
+
+def test_evictions_are_counted(tmp_path: Path) -> None:
+    evicted: list[int] = []
+    store = Store(str(tmp_path / "cache"), size_limit=1024 * 1024, on_evict=evicted.append)
+    try:
+        for i in range(12):
+            fd, path = store.new_part()
+            os.write(fd, bytes(256 * 1024))
+            os.close(fd)
+            store.publish_block(f"b|x|{i}", path, 256 * 1024)
+        kept = store.entry_count()
+    finally:
+        store.close()
+    assert sum(evicted) == 12 - kept > 0
+
+
+async def test_uploads_and_origin_errors_are_counted(settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from proxy.app import create_app
+
+    before = samples(metrics.scrape(None).decode())
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
+        assert (await c.put("/up/new.bin", content=b"x" * 1000)).status_code == 201
+        assert (await c.put("/up/new.bin", content=b"y" * 10)).status_code == 200
+        assert (await c.put("/up/.hidden", content=b"z")).status_code == 400  # refused before the origin
+    dead = create_app(dataclasses.replace(settings, origin="http://127.0.0.1:9", origin_connect_timeout=1.0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=dead), base_url="http://edge.test") as c:
+        assert (await c.get("/x.mp4")).status_code == 502
+    found = samples(metrics.scrape(None).decode())
+
+    def moved(name: str, **labels: str) -> float:
+        return total(found, name, **labels) - total(before, name, **labels)
+
+    assert moved("edgecache_uploads_total", status="201") == 1
+    assert moved("edgecache_uploads_total", status="200") == 1
+    assert moved("edgecache_upload_bytes_total") == 1010
+    assert moved("edgecache_origin_errors_total", kind="unreachable") == 1
+    assert moved("edgecache_requests_total", cache="miss", status="502") == 1
