@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote, unquote, urlsplit
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect, Request
@@ -22,6 +23,11 @@ from .config import Settings, settings_for_worker
 from .forwarded import base_url, client_address, forwarding_headers, is_trusted
 from .http.cachestatus import chained
 from .middleware import EdgeHeaders
+from .ops import metrics
+from .ops.accesslog import LineWriter
+from .ops.metered import MeteredOrigin
+from .ops.observe import Observe
+from .ops.page import page_routes
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.s3 import S3Origin
@@ -149,7 +155,7 @@ def open_store(settings: Settings) -> Store | None:
     if not settings.cache_enabled and not settings.origin_is_http:
         return None
     try:
-        store = Store(settings.cache_dir, settings.cache_size_limit)
+        store = Store(settings.cache_dir, settings.cache_size_limit, on_evict=metrics.EVICTIONS.inc)
         store.sweep_parts(older_than=120)
         return store
     except StoreErrors as e:
@@ -158,7 +164,7 @@ def open_store(settings: Settings) -> Store | None:
 
 
 def create_app(settings: Settings) -> EdgeApp:
-    origin = make_origin(settings)
+    origin = MeteredOrigin(make_origin(settings))
     service = EdgeService(settings, origin, open_store(settings))
     peers = PurgePeers(settings.peers, next(iter(settings.tokens), None), settings.origin_response_timeout) \
         if settings.peers else None
@@ -344,25 +350,34 @@ def create_app(settings: Settings) -> EdgeApp:
     routes = [
         Route("/_edge/health", health, methods=list(READ_METHODS)),
         Route("/_edge/purge", purge, methods=["POST"]),
+        *page_routes(service, write_refusal),
         Route("/_edge/{rest:path}", AnyMethod(edge_reserved)),
     ]
     if settings.compat_routes:
         routes.append(Route("/", welcome, methods=list(READ_METHODS)))
+    access_log = LineWriter() if settings.access_log else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.start()
+        if access_log is not None:
+            access_log.start()
         yield
         await service.aclose()
         if peers is not None:
             await peers.aclose()
+        metrics.worker_exit()
+        if access_log is not None:
+            await anyio.to_thread.run_sync(access_log.close)
 
     routes_app = Starlette(routes=routes, lifespan=lifespan)
     routes_app.state.service = service
     dispatch = Dispatch(content, routes_app, settings.compat_routes)
     edge = EdgeHeaders(dispatch, max_count=settings.max_header_count, max_bytes=settings.max_header_bytes,
                        server=settings.server_name)
-    return EdgeApp(edge, routes_app.state)
+    observed = Observe(edge, write=None if access_log is None else access_log.put,
+                       log_format=settings.access_log_format, proxies=settings.proxies)
+    return EdgeApp(observed, routes_app.state)
 
 
 class Dispatch:

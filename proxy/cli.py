@@ -17,6 +17,7 @@ from uvicorn.logging import DefaultFormatter
 from . import __version__
 from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings, parse_size
 from .ops.fetchers import FetchError
+from .ops.metrics_dir import multiprocess_dir, remove_multiprocess_dir
 from .ops.startup import env_warnings, origin_problem, startup_line
 from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
 from .paths import key_prefix, origin_path
@@ -134,21 +135,25 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         timeout_keep_alive=settings.keepalive_timeout,
         timeout_graceful_shutdown=10,  # then open streams are cut, so a stop never hangs
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        access_log=False,  # the edge logs each request itself (proxy/ops/observe.py), with its cache status
     )
 
 
 def run_server(settings: Settings) -> None:
     """Run uvicorn with the settings; N workers are N real processes."""
     os.environ[RESOLVED_ENV] = dump_resolved(settings)
-    uvicorn.run(
-        "proxy.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        **uvicorn_options(settings),
-    )
+    metrics_dir = multiprocess_dir()  # before any worker imports prometheus_client
+    try:
+        uvicorn.run(
+            "proxy.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            **uvicorn_options(settings),
+        )
+    finally:
+        remove_multiprocess_dir(metrics_dir)
 
 
 def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: str | None, concurrency: int,

@@ -69,6 +69,7 @@ class Settings:
     purge_peers: str = ""
     log_level: str = "info"
     access_log: bool = True
+    access_log_format: str = "combined"
     read_ahead_blocks: int = 0
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
@@ -355,6 +356,7 @@ _CHECKS: list[Check] = [
     _signing,
     _peers,
     _one_of("log_level", ("critical", "error", "warning", "info", "debug")),
+    _one_of("access_log_format", ("combined", "json")),
     _endpoint,
     _nonempty("s3_region"),
     _header_value("s3_region"),

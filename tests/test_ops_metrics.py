@@ -29,7 +29,7 @@ def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str
     return sum(v for (n, ls), v in found.items() if n == name and all((k, labels[k]) in ls for k in labels))
 
 
-async def test_two_workers_report_one_coherent_set(movie_origin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_two_workers_report_one_coherent_set(movie_origin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     origin, url = movie_origin
     origin.chunk_delay = 0.003  # slow enough that requests on both workers wait for each other's fills
     log = tmp_path / "stdout.log"
@@ -75,8 +75,8 @@ async def test_two_workers_report_one_coherent_set(movie_origin, tmp_path: Path)
 
 def test_live_gauges_of_dead_workers_are_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that dies in a fill (no goodbye) leaves its gauge file; the next scrape drops it."""
-    code = ("from proxy.ops import metrics; import os; metrics.FILLS.inc(); metrics.REQUESTS.labels('hit', '200').inc();"
-            " os._exit(0)")
+    code = ("from proxy.ops import metrics; import os; metrics.FILLS.inc();"
+            " metrics.REQUESTS.labels('hit', '200').inc(); os._exit(0)")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
     assert list(tmp_path.glob("gauge_livesum_*.db"))
