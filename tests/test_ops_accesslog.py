@@ -12,7 +12,7 @@ import pytest
 
 from proxy.cli import uvicorn_options
 from proxy.config import ConfigError, Settings, load_settings
-from proxy.ops.accesslog import Entry, LineWriter, as_json, combined
+from proxy.ops.accesslog import QUEUE_LINES, Entry, LineWriter, as_json, combined
 from proxy.ops.observe import fwd_status
 from tests.conftest import RunningServer
 
@@ -26,7 +26,7 @@ def test_combined_line_exactly() -> None:
         '192.0.2.7 - - [30/Nov/2026:19:00:00 +0000] "GET /video/a \\"b\\".mp4?x=1 HTTP/1.1" 206 100 "-" '
         '"curl/8.5.0" cache=MISS range="bytes=0-99" origin_status=206 duration=0.012346'
     )
-    quiet = dataclasses.replace(ENTRY, sent=0, cache="", range="", origin_status=None, user_agent="a\x1b[31m")
+    quiet = ENTRY._replace(sent=0, cache="", range="", origin_status=None, user_agent="a\x1b[31m")
     assert combined(quiet).endswith('" 206 - "-" "a\\x1b[31m" cache=- range="-" origin_status=- duration=0.012346')
 
 
@@ -36,7 +36,9 @@ def test_json_line_exactly() -> None:
         "protocol": "HTTP/1.1", "status": 206, "bytes": 100, "cache": "MISS", "range": "bytes=0-99",
         "origin_status": 206, "duration": 0.012346, "referer": None, "user_agent": "curl/8.5.0",
     }
-    assert "\n" not in as_json(dataclasses.replace(ENTRY, target="/a\nb"))
+    odd = ENTRY._replace(target='/a\nb"\\\x00é', client="", origin_status=None)
+    assert json.loads(as_json(odd))["path"] == '/a\nb"\\\x00é' and "\n" not in as_json(odd)
+    assert (json.loads(as_json(odd))["client"], json.loads(as_json(odd))["origin_status"]) == (None, None)
 
 
 def test_fwd_status_is_read_from_the_last_member() -> None:
@@ -55,9 +57,9 @@ def test_the_format_is_a_setting() -> None:
 
 def test_a_slow_writer_drops_lines_instead_of_growing() -> None:
     writer = LineWriter(io.StringIO())  # not started: nothing drains the queue
-    for i in range(writer.lines.maxsize + 5):
+    for i in range(QUEUE_LINES + 5):
         writer.put(f"line {i}")
-    assert writer.lines.qsize() == writer.lines.maxsize
+    assert len(writer.lines) == QUEUE_LINES
 
 
 @pytest.mark.parametrize("log_format", ["combined", "json"])

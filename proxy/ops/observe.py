@@ -31,6 +31,14 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
     return ""
 
 
+_LOGGED = (b"range", b"referer", b"user-agent")
+
+
+def _logged_fields(headers: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    """The request fields the log shows, in one pass over the headers."""
+    return {n: v.decode("latin-1") for n, v in headers if n in _LOGGED}
+
+
 class Observe:
     """Counts each request in the metrics and, when `write` is given, logs one line for it.
 
@@ -85,11 +93,10 @@ class Observe:
 
     def _log(self, scope: Scope, arrived: float, duration: float, status: int, sent: int, x_cache: bytes,
              cache_status: bytes) -> None:
-        headers = scope["headers"]
+        fields = _logged_fields(scope["headers"])
         entry = Entry(arrived, self._client(scope), scope["method"], _target(scope), scope.get("http_version", "1.1"),
-                      status, sent, x_cache.decode("latin-1"), _header(headers, b"range"),
-                      fwd_status(cache_status), duration, _header(headers, b"referer"),
-                      _header(headers, b"user-agent"))
+                      status, sent, x_cache.decode("latin-1"), fields.get(b"range", ""),
+                      fwd_status(cache_status), duration, fields.get(b"referer", ""), fields.get(b"user-agent", ""))
         if self.write is not None:
             self.write(self.format(entry))
         if status >= 500:
