@@ -5,6 +5,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from .cache.hits import FLUSH_INTERVAL
 from .cache.reads import ProxyRequest, ReadPath
 from .cache.replies import Reply, relay, relay_forwarded, text_reply
 from .config import Settings
@@ -46,6 +47,25 @@ class EdgeService:
         """Begin the background upkeep (call from the running event loop)."""
         if self.reads is not None:
             self.reads.start()
+            task = asyncio.get_running_loop().create_task(self._flush_hits_every(FLUSH_INTERVAL))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush_hits_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self.flush_hits()
+
+    async def flush_hits(self) -> None:
+        """Add the hits tallied since the last flush to the store (lost if the store fails)."""
+        if self.reads is None or self.store is None:
+            return
+        counts = self.reads.hits.take()
+        if counts:
+            try:
+                await self.reads.threads.run(self.store.add_hits, counts)
+            except StoreErrors as e:
+                log.warning("hit counts of %d responses not stored: %s", len(counts), e)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -55,6 +75,7 @@ class EdgeService:
                 await self.invalidate(primary)
             except StoreErrors as e:
                 log.error("invalidation of %s still failing at shutdown, purge it by hand: %s", primary, e)
+        await self.flush_hits()
         if self.reads is not None:
             await self.reads.aclose()
         await self.origin.aclose()

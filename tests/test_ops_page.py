@@ -36,6 +36,10 @@ async def test_cached_objects_are_listed_a_page_at_a_time(settings: Settings) ->
         assert (await c.get("/video/clip.mp4", headers={"Range": "bytes=0-9"})).status_code == 206
         assert (await c.get("/small.txt")).status_code == 200
         assert (await c.get("/dir/a%20b.webm")).status_code == 200
+        for _ in range(3):
+            assert (await c.get("/small.txt")).headers["x-cache"] == "HIT"
+        await c.get("/small.txt", headers={"Range": "bytes=0-0"})
+        await c._transport.app.state.service.flush_hits()  # type: ignore[attr-defined]
         first = (await c.get("/_edge/objects?limit=2")).json()
         second = (await c.get("/_edge/objects", params={"limit": "2", "after": first["next"]})).json()
         assert (await c.get("/_edge/objects?limit=0")).status_code == 400
@@ -44,9 +48,10 @@ async def test_cached_objects_are_listed_a_page_at_a_time(settings: Settings) ->
     for row in rows:
         assert 0 <= row.pop("age") < 60
     assert sorted(rows, key=lambda r: r["key"]) == [
-        {"key": "/dir/a b.webm", "url": "/dir/a%20b.webm", "size": 1000, "blocks": 1, "blocks_cached": 1},
-        {"key": "/small.txt", "url": "/small.txt", "size": 12, "blocks": 1, "blocks_cached": 1},
-        {"key": "/video/clip.mp4", "url": "/video/clip.mp4", "size": SAMPLE_SIZE, "blocks": 4, "blocks_cached": 1},
+        {"key": "/dir/a b.webm", "url": "/dir/a%20b.webm", "size": 1000, "blocks": 1, "blocks_cached": 1, "hits": 0},
+        {"key": "/small.txt", "url": "/small.txt", "size": 12, "blocks": 1, "blocks_cached": 1, "hits": 4},
+        {"key": "/video/clip.mp4", "url": "/video/clip.mp4", "size": SAMPLE_SIZE, "blocks": 4, "blocks_cached": 1,
+         "hits": 0},
     ]
     assert len(first["items"]) == 2 and first["next"] and second["next"] is None
 

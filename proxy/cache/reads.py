@@ -27,6 +27,7 @@ from .blocks import BlockSource
 from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
+from .hits import HitTally
 from .replies import Reply, nothing_to_close, relay, relay_forwarded, text_reply
 from .spool import Spool
 from .threads import StoreThreads
@@ -76,6 +77,7 @@ class ReadPath:
         self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size,
                                   settings.read_ahead_blocks)
         self.flights = Flights(store, self.threads, settings.origin_response_timeout + 5)
+        self.hits = HitTally()
 
     def start(self) -> None:
         """Background upkeep while serving: part files of dead fills are swept."""
@@ -161,6 +163,7 @@ class ReadPath:
         return await self._exchange(ex, None, action, None)
 
     def _serve_hit(self, ex: _Exchange, obj: CachedObject, action: hc.Serve) -> Reply:
+        self.hits.count(obj.key)
         if action.refresh:
             self.filler.spawn(self._refresh(ex, obj))
         detail = "stale" if action.stale else None

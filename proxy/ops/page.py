@@ -104,7 +104,8 @@ def page_routes(service: EdgeService, guard: Guard) -> list[Route]:
         listed = await in_thread(service.store.list_objects, after, limit)
         now, http = time.time(), service.settings.origin_is_http
         rows = [{"key": o.key, "url": o.key if http else quote(o.key, safe=_PATH_SAFE), "size": o.size,
-                 "blocks": o.blocks, "blocks_cached": o.blocks_cached, "age": max(0, int(now - o.stored_at))}
+                 "blocks": o.blocks, "blocks_cached": o.blocks_cached, "hits": o.hits,
+                 "age": max(0, int(now - o.stored_at))}
                 for o in listed]
         return _listing(rows, listed[-1].meta_key if len(listed) == limit else None)
 

@@ -79,6 +79,7 @@ class Listed:
     blocks: int
     blocks_cached: int
     stored_at: float  # seconds since the epoch
+    hits: int
 
 
 META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
@@ -353,8 +354,17 @@ class Store:
             (cached,) = self.objects._sql(
                 "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (prefix + "|", prefix + "}")
             ).fetchone()
-            listed.append(Listed(primary_of(key) or key, key, obj.size, obj.block_count, cached, stored_at))
+            hits = self.objects.get(_hits_key(key), 0)
+            listed.append(Listed(primary_of(key) or key, key, obj.size, obj.block_count, cached, stored_at,
+                                 hits if isinstance(hits, int) else 0))
         return listed
+
+    def add_hits(self, counts: dict[str, int]) -> None:
+        """Add to the hit counts of stored responses (by meta key), in one transaction. They live
+        beside the responses, in the cache that evicts, so they never outgrow it."""
+        with self.objects.transact():
+            for key, hits in counts.items():
+                self.objects.incr(_hits_key(key), hits)
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:
@@ -370,6 +380,8 @@ class Store:
         self._changed(_generation_key(primary), vary_index_key(primary), *keys)
         objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
         self.delete(*keys)
+        for key in keys:
+            self.objects.delete(_hits_key(key))  # a purged response starts its count again
         for obj in objects:
             self.drop_blocks(obj)
         return len(objects)
@@ -385,6 +397,10 @@ class Store:
 
     def drop_blocks(self, obj: CachedObject) -> None:
         self.delete(*(obj.block_key(i) for i in range(obj.block_count)))
+
+
+def _hits_key(meta: str) -> str:
+    return "h|" + meta
 
 
 def _generation_key(primary: str) -> str:

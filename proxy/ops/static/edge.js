@@ -102,7 +102,7 @@ function listing(endpoint, table, more, cells, actions) {
 }
 
 const loadCached = listing("/_edge/objects", "cached", "cached-more",
-  (o) => [o.key, bytes(o.size), o.blocks_cached + " / " + o.blocks, o.age + " s"],
+  (o) => [o.key, bytes(o.size), o.blocks_cached + " / " + o.blocks, String(o.hits), o.age + " s"],
   (o) => [button("play", () => play(o.url)), button("purge", () => purge(o.key))]);
 const loadFiles = listing("/_edge/files", "files", "files-more",
   (f) => [f.path, bytes(f.size)],
