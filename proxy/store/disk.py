@@ -83,6 +83,7 @@ class Listed:
 
 
 META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
+HITS_BYTES = 16 * 1024**2  # disk for the listing's hit counts
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
 
@@ -117,12 +118,16 @@ class Store:
         self.objects.on_evict = on_evict
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
+        # Hit counts for the listing: apart, so they neither count as entries nor evict responses.
+        self.hits = diskcache.Cache(os.path.join(directory, "hits"), size_limit=HITS_BYTES,
+                                    eviction_policy="least-recently-stored", timeout=5)
         self.epochs = Epochs(os.path.join(directory, "epochs"))
 
     def close(self) -> None:
         self.objects.close()
         self.index.close()
         self.leases.close()
+        self.hits.close()
         self.epochs.close()
 
     # --- metadata ---------------------------------------------------------
@@ -354,17 +359,17 @@ class Store:
             (cached,) = self.objects._sql(
                 "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (prefix + "|", prefix + "}")
             ).fetchone()
-            hits = self.objects.get(_hits_key(key), 0)
+            hits = self.hits.get(key, 0)
             listed.append(Listed(primary_of(key) or key, key, obj.size, obj.block_count, cached, stored_at,
                                  hits if isinstance(hits, int) else 0))
         return listed
 
     def add_hits(self, counts: dict[str, int]) -> None:
-        """Add to the hit counts of stored responses (by meta key), in one transaction. They live
-        beside the responses, in the cache that evicts, so they never outgrow it."""
-        with self.objects.transact():
+        """Add to the hit counts of stored responses (by meta key), in one transaction; the
+        counts are bounded by HITS_BYTES, the least recently counted going first."""
+        with self.hits.transact():
             for key, hits in counts.items():
-                self.objects.incr(_hits_key(key), hits)
+                self.hits.incr(key, hits)
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:
@@ -381,7 +386,7 @@ class Store:
         objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
         self.delete(*keys)
         for key in keys:
-            self.objects.delete(_hits_key(key))  # a purged response starts its count again
+            self.hits.delete(key)  # a purged response starts its count again
         for obj in objects:
             self.drop_blocks(obj)
         return len(objects)
@@ -397,10 +402,6 @@ class Store:
 
     def drop_blocks(self, obj: CachedObject) -> None:
         self.delete(*(obj.block_key(i) for i in range(obj.block_count)))
-
-
-def _hits_key(meta: str) -> str:
-    return "h|" + meta
 
 
 def _generation_key(primary: str) -> str:
