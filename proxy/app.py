@@ -329,6 +329,8 @@ def create_app(settings: Settings) -> EdgeApp:
                 "message": "Welcome to edgecache, a caching edge for video and large files.",
                 "version": __version__,
                 "health": "/_edge/health",
+                "page": "/_edge/",
+                "metrics": "/_edge/metrics",
             }
         )
 

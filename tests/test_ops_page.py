@@ -26,7 +26,8 @@ async def test_the_page_and_its_files(client: httpx.AsyncClient) -> None:
     assert (await client.get("/_edge/static/edge.css")).status_code == 200
     assert (await client.get("/_edge/static/../app.py")).status_code == 404
     assert (await client.get("/_edge/static/edge.html")).status_code == 404
-    assert (await client.get("/")).json()["version"]  # the JSON welcome stays
+    welcome = (await client.get("/")).json()  # the JSON welcome stays, and names the page
+    assert (welcome["page"], welcome["metrics"]) == ("/_edge/", "/_edge/metrics")
 
 
 async def test_cached_objects_are_listed_a_page_at_a_time(settings: Settings) -> None:

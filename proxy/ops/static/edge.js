@@ -59,7 +59,9 @@ async function refreshStats() {
 function play(url) {
   const player = $("player");
   player.src = url;
-  $("playing").textContent = decodeURI(url);
+  let shown = url;
+  try { shown = decodeURI(url); } catch (e) { /* not UTF-8 (%FF): shown as it is */ }
+  $("playing").textContent = shown;
   player.play().catch(() => {});  // autoplay may be refused; the controls remain
 }
 
