@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.ops import metrics
+from proxy.ops.metrics_dir import multiprocess_dir, remove_multiprocess_dir
 from proxy.store.disk import Store
 from tests.test_cache_processes import MOVIE, REPO, movie_origin, start_edgecache, stop  # noqa: F401
 
@@ -125,3 +127,23 @@ async def test_uploads_and_origin_errors_are_counted(settings, tmp_path: Path) -
     assert moved("edgecache_upload_bytes_total") == 1010
     assert moved("edgecache_origin_errors_total", kind="unreachable") == 1
     assert moved("edgecache_requests_total", cache="miss", status="502") == 1
+
+
+def test_metric_directories_of_killed_servers_are_removed_at_start(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"edgecache-metrics-{int(gone.stdout)}-abc"  # its server was killed with -9
+    live = tmp_path / f"edgecache-metrics-{os.getppid()}-def"
+    other = tmp_path / "edgecache-metrics-notours"
+    for d in (dead, live, other):
+        d.mkdir()
+    fresh = multiprocess_dir()
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, Path(fresh).name])
+        assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == fresh and Path(fresh).name.startswith(
+            f"edgecache-metrics-{os.getpid()}-")
+    finally:
+        remove_multiprocess_dir(fresh)
+    assert not Path(fresh).exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
