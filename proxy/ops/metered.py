@@ -52,7 +52,8 @@ class MeteredOrigin:
 
 
 async def _counted(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body as it is, its length added to the origin bytes once it ends (or is abandoned)."""
+    """The body as it is, its length added to the origin bytes once it ends; closing this closes
+    the origin's body too (a reader that stops early lets go of the origin's connection)."""
     total = 0
     try:
         async for chunk in body:
@@ -60,3 +61,6 @@ async def _counted(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield chunk
     finally:
         metrics.ORIGIN_BYTES.inc(total)
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
