@@ -69,7 +69,7 @@ def page_routes(service: EdgeService, guard: Guard) -> list[Route]:
     `guard` (the write rule: a listing names every path the edge or the origin holds)."""
     page = _asset("edge.html")
     statics = {name: _asset(name) for name in _STATIC}
-    origin_dir = None if service.settings.origin_is_http else service.settings.origin
+    origin_dir = service.settings.origin if service.origin.kind == "directory" else None  # no listing of HTTP, S3
 
     async def in_thread(func: Callable[..., T], *args: Any) -> T:
         """Blocking work on the store's own threads (they hold its connections), else anyio's."""
