@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import threading
 from dataclasses import dataclass, field
 
 from proxy.http.headers import format_http_date, parse_http_date
@@ -41,7 +42,7 @@ class Hit:
 
 class Upstream:
     """An ASGI origin. Flags: ignore_ranges, wrong_ranges (answers another range than asked),
-    delay (before headers), chunk_delay, fail_status."""
+    delay (before headers), gate (an Event to wait for, before headers), chunk_delay, fail_status."""
 
     def __init__(self) -> None:
         self.objects: dict[str, Obj] = {}
@@ -52,6 +53,7 @@ class Upstream:
         self.chunk_delay = 0.0
         self.chunk_size = 64 * 1024
         self.fail_status: int | None = None
+        self.gate: threading.Event | None = None  # when set: every request waits for it to open
         self.received: dict[str, bytes] = {}
 
     @property
@@ -71,6 +73,8 @@ class Upstream:
         self.hits.append(hit)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await asyncio.to_thread(self.gate.wait)
         if self.fail_status and scope["method"] == "PUT":
             await self._send(send, hit, self.fail_status, {"content-type": "text/plain"}, b"origin failure")
             return
