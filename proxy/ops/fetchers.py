@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -132,7 +133,7 @@ class AppFetcher:
 async def app_fetcher(settings: Settings) -> AsyncIterator[AppFetcher]:
     """The edge's app for `settings`, started (its ASGI lifespan) for as long as the block runs;
     the block fills it started are stored before it stops."""
-    app = create_app(settings)
+    app = create_app(dataclasses.replace(settings, access_log=False))  # no client lines among warm's output
     if app.state.service.store is None:
         raise FetchError(f"the cache in {settings.cache_dir} cannot be opened (see the error above)")
     async with _lifespan(app):
