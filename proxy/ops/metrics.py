@@ -38,7 +38,7 @@ FILLS = Gauge("edgecache_fills_in_flight", "Origin exchanges this edge leads rig
               multiprocess_mode="livesum")
 COLLAPSED = Counter("edgecache_collapsed_requests", "Requests that waited for another request's origin exchange "
                     "instead of asking the origin themselves")
-EVICTIONS = Counter("edgecache_evictions", "Store entries (metadata and blocks) evicted for space or expiry")
+EVICTIONS = Counter("edgecache_evictions", "Store entries (metadata, blocks, hit counts) evicted for space or expiry")
 PURGES = Counter("edgecache_purges", "Cache keys purged (purge API and command, not invalidations by writes)")
 UPLOADS = Counter("edgecache_uploads", "Uploads handled, by status code", ["status"])
 UPLOAD_BYTES = Counter("edgecache_upload_bytes", "Bytes stored at the origin by successful uploads")

@@ -83,7 +83,7 @@ class Listed:
 
 
 META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
-HITS_BYTES = 16 * 1024**2  # disk for the listing's hit counts
+_HITS = "h|"  # hit counts of the listing, by meta key
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
 
@@ -118,16 +118,12 @@ class Store:
         self.objects.on_evict = on_evict
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
-        # Hit counts for the listing: apart, so they neither count as entries nor evict responses.
-        self.hits = diskcache.Cache(os.path.join(directory, "hits"), size_limit=HITS_BYTES,
-                                    eviction_policy="least-recently-stored", timeout=5)
         self.epochs = Epochs(os.path.join(directory, "epochs"))
 
     def close(self) -> None:
         self.objects.close()
         self.index.close()
         self.leases.close()
-        self.hits.close()
         self.epochs.close()
 
     # --- metadata ---------------------------------------------------------
@@ -340,7 +336,10 @@ class Store:
         return int(self.objects.volume())
 
     def entry_count(self) -> int:
-        return len(self.objects)
+        """Stored metadata and blocks (the hit counts beside them not counted)."""
+        (counts,) = self.objects._sql("SELECT COUNT(*) FROM Cache WHERE key >= 'h|' AND key < 'h}' AND raw = 1",
+                                      ()).fetchone()
+        return len(self.objects) - int(counts)
 
     def list_objects(self, after: str, limit: int) -> list[Listed]:
         """Up to `limit` stored responses whose meta keys sort after `after`, in key order: one
@@ -359,17 +358,17 @@ class Store:
             (cached,) = self.objects._sql(
                 "SELECT COUNT(*) FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (prefix + "|", prefix + "}")
             ).fetchone()
-            hits = self.hits.get(key, 0)
+            hits = self.objects.get(_HITS + key, 0)
             listed.append(Listed(primary_of(key) or key, key, obj.size, obj.block_count, cached, stored_at,
                                  hits if isinstance(hits, int) else 0))
         return listed
 
     def add_hits(self, counts: dict[str, int]) -> None:
-        """Add to the hit counts of stored responses (by meta key), in one transaction; the
-        counts are bounded by HITS_BYTES, the least recently counted going first."""
-        with self.hits.transact():
+        """Add to the hit counts of stored responses (by meta key), in one transaction. They live
+        beside the responses, in the store that evicts (no files or connections of their own)."""
+        with self.objects.transact():
             for key, hits in counts.items():
-                self.hits.incr(key, hits)
+                self.objects.incr(_HITS + key, hits)
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:
@@ -386,7 +385,7 @@ class Store:
         objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
         self.delete(*keys)
         for key in keys:
-            self.hits.delete(key)  # a purged response starts its count again
+            self.objects.delete(_HITS + key)  # a purged response starts its count again
         for obj in objects:
             self.drop_blocks(obj)
         return len(objects)
