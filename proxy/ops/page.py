@@ -59,9 +59,12 @@ def _walk(root: str, rel: str) -> Iterator[tuple[str, int]]:
             yield path, entry.stat(follow_symlinks=False).st_size
 
 
-def _limit(request: Request) -> int | None:
+def _page_of(request: Request) -> tuple[int, str] | Response:
+    """A listing request's (limit, after), or the 400 for a bad limit."""
     text = query_value(request.url.query, "limit") or str(PAGE_SIZE)
-    return int(text) if text.isdigit() and 1 <= int(text) <= PAGE_SIZE else None
+    if not (text.isdigit() and 1 <= int(text) <= PAGE_SIZE):
+        return PlainTextResponse(f"Bad Request: limit must be 1 to {PAGE_SIZE}\n", status_code=400)
+    return int(text), query_value(request.url.query, "after") or ""
 
 
 def page_routes(service: EdgeService, guard: Guard) -> list[Route]:
@@ -92,15 +95,12 @@ def page_routes(service: EdgeService, guard: Guard) -> list[Route]:
         return Response(body, media_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     async def objects(request: Request) -> Response:
-        refusal = guard(request)
-        if refusal is not None:
-            return refusal
-        limit = _limit(request)
-        if limit is None:
-            return PlainTextResponse(f"Bad Request: limit must be 1 to {PAGE_SIZE}\n", status_code=400)
+        asked = guard(request) or _page_of(request)
+        if isinstance(asked, Response):
+            return asked
+        limit, after = asked
         if service.store is None:
             return _listing([], None)
-        after = query_value(request.url.query, "after") or ""
         listed = await in_thread(service.store.list_objects, after, limit)
         now, http = time.time(), service.settings.origin_is_http
         rows = [{"key": o.key, "url": o.key if http else quote(o.key, safe=_PATH_SAFE), "size": o.size,
@@ -110,15 +110,12 @@ def page_routes(service: EdgeService, guard: Guard) -> list[Route]:
         return _listing(rows, listed[-1].meta_key if len(listed) == limit else None)
 
     async def files(request: Request) -> Response:
-        refusal = guard(request)
-        if refusal is not None:
-            return refusal
-        limit = _limit(request)
-        if limit is None:
-            return PlainTextResponse(f"Bad Request: limit must be 1 to {PAGE_SIZE}\n", status_code=400)
+        asked = guard(request) or _page_of(request)
+        if isinstance(asked, Response):
+            return asked
+        limit, after = asked
         if origin_dir is None:
             return _listing([], None)
-        after = query_value(request.url.query, "after") or ""
         found, cursor = await anyio.to_thread.run_sync(origin_files, origin_dir, after, limit)
         return _listing(found, cursor)
 
