@@ -207,11 +207,20 @@ def test_clients_gone_mid_send_leave_no_descriptor_and_the_edge_serving(warm, se
             sock.connect(("127.0.0.1", warm.port))
             sock.sendall(f"GET {CLIP} HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    state = warm.server.server_state
     deadline = time.monotonic() + 30  # a bound on waiting for the server to notice, not a speed check
-    while _open_fds() > before and time.monotonic() < deadline:
+    while (state.tasks or state.connections or _open_fds() > before) and time.monotonic() < deadline:
         time.sleep(0.02)
-    # The block descriptors and the sockets' duplicates are closed.
-    assert _open_fds() <= before, sorted((Counter(_fd_targets()) - Counter(named)).elements())
+    assert not state.tasks and not state.connections, [  # both responses ended with their clients
+        (c.cycle and (c.cycle.response_started, c.cycle.response_complete, c.cycle.disconnected,
+                      getattr(c.cycle, "_waiting", None)), c.transport.is_closing(), c.transport.get_write_buffer_size())
+        for c in state.connections]
+    # The block descriptors and the sockets' duplicates are closed. (Files the edge keeps open
+    # at hand, a bounded set, may have been opened again meanwhile: they are not leaks.)
+    kept = {h.name for h, _ in warm.server.config.app.state.service.reads.blocks.open_blocks._entries.values()
+            if not isinstance(h, bytes)}
+    grown = [t for t in (Counter(_fd_targets()) - Counter(named)).elements() if t not in kept]
+    assert not grown
     assert sum(sendfile_calls) < 2 * IN_FILES, sendfile_calls  # both sends stopped when their client went away
     assert httpx.get(warm.url + CLIP).content == BODY
 

@@ -147,7 +147,11 @@ class ZeroCopyCycle(RequestResponseCycle):
                 # be closed and their numbers reused for another client's socket or file.
                 job = _pool.submit(_sendfile_owned, *_duplicates(sock.fd, fd), offset, min(count, MAX_PER_CALL))
                 try:
-                    sent = await asyncio.wrap_future(job)
+                    # Shielded: cancelling the wait must not cancel a job no thread has taken yet,
+                    # or the duplicates it owns would never be closed.
+                    waited = asyncio.wrap_future(job)
+                    waited.add_done_callback(_retrieved)  # its error may come when nobody awaits it
+                    sent = await asyncio.shield(waited)
                 except BlockingIOError:
                     await self._room(sock)
                     continue
@@ -184,6 +188,11 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.disconnected = True
         self.message_event.set()
         self.transport.close()
+
+
+def _retrieved(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _duplicates(out_fd: int, in_fd: int) -> tuple[int, int]:
