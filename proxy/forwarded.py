@@ -5,6 +5,8 @@ import functools
 import ipaddress
 import re
 
+from .http.directives import Fields
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -54,8 +56,8 @@ UNKEYED_FIELDS = frozenset({
 def forwarding_headers(
     headers: list[tuple[str, str]], peer: str | None, scheme: str, public_host: str | None,
     proxies: tuple[Network, ...],
-) -> list[tuple[str, str]]:
-    """The client's request fields as the origin gets them.
+) -> Fields:
+    """The client's request fields as the origin gets them (indexed by name: see Fields).
 
     Unkeyed fields are dropped; the edge adds X-Forwarded-For / -Proto (and -Host only
     for a configured public URL) and Forwarded (RFC 7239). A trusted proxy's chain is
@@ -77,7 +79,8 @@ def forwarding_headers(
     out = [*kept, ("X-Forwarded-For", ", ".join(chain)), ("X-Forwarded-Proto", scheme)]
     if public_host:
         out.append(("X-Forwarded-Host", public_host))
-    return [*out, ("Forwarded", ", ".join(forwarded))]
+    out.append(("Forwarded", ", ".join(forwarded)))
+    return Fields(out)
 
 
 def _forwarded_element(

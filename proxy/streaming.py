@@ -43,6 +43,21 @@ def size_of(chunk: Chunk) -> int:
     return chunk.count if isinstance(chunk, FileSpan) else len(chunk)
 
 
+class Given:
+    """Chunks already in hand, as an async iterator (without an async generator's upkeep)."""
+
+    def __init__(self, *chunks: Chunk) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> Given:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        for chunk in self._chunks:
+            return chunk
+        raise StopAsyncIteration
+
+
 async def plan_chunks(plan: ResponsePlan, reader: Callable[[int, int], AsyncIterator[C]]) -> AsyncIterator[C | bytes]:
     """The body of a plan: literal segments as they are, spans [start, end) from the reader."""
     for segment in plan.body:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from proxy.http.directives import Fields, get
 from proxy.http.headers import content_type_for, format_http_date, make_etag, parse_http_date
 
 
@@ -72,3 +73,58 @@ def test_etag_is_strong_hex_of_mtime_and_size() -> None:
 )
 def test_content_type_for(name: str, expected: str) -> None:
     assert content_type_for(name) == expected
+
+
+_NAMES = st.sampled_from(["Range", "range", "X-A", "x-a"])
+_VALUES = st.sampled_from(["", "1", "2"])
+_PAIRS = st.lists(st.tuples(_NAMES, _VALUES), max_size=6)
+_CHANGES = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.tuples(_NAMES, _VALUES)),
+    st.tuples(st.just("extend"), _PAIRS),
+    st.tuples(st.just("insert"), st.tuples(st.integers(-3, 3), st.tuples(_NAMES, _VALUES))),
+    st.tuples(st.just("pop"), st.integers(-3, 3)),
+    st.tuples(st.just("set"), st.tuples(st.integers(-3, 3), st.tuples(_NAMES, _VALUES))),
+    st.tuples(st.just("delete"), st.integers(-3, 3)),
+    st.tuples(st.just("iadd"), _PAIRS),
+    st.tuples(st.just("reverse"), st.none()),
+    st.tuples(st.just("clear"), st.none()),
+), max_size=6)
+
+
+def _change(fields: list[tuple[str, str]], op: str, arg: object) -> list[tuple[str, str]]:
+    if op in ("pop", "set", "delete", "insert") and not fields and op != "insert":
+        return fields
+    if op == "append":
+        fields.append(arg)  # type: ignore[arg-type]
+    elif op == "extend":
+        fields.extend(arg)  # type: ignore[arg-type]
+    elif op == "insert":
+        fields.insert(*arg)  # type: ignore[misc]
+    elif op == "pop":
+        fields.pop(arg % len(fields))  # type: ignore[operator]
+    elif op == "set":
+        fields[arg[0] % len(fields)] = arg[1]  # type: ignore[index]
+    elif op == "delete":
+        del fields[arg % len(fields)]  # type: ignore[operator]
+    elif op == "iadd":
+        fields += arg  # type: ignore[operator]
+    elif op == "reverse":
+        fields.reverse()
+    else:
+        fields.clear()
+    return fields
+
+
+@given(_PAIRS, _CHANGES)
+@example([("x-a", "1"), ("X-A", "2")], [("reverse", None)])
+@example([("x-a", "1"), ("Range", "2")], [("set", (0, ("range", "3")))])
+@settings(max_examples=300)
+def test_indexed_fields_answer_as_the_list_does_after_any_change(pairs: list[tuple[str, str]],
+                                                                 changes: list[tuple[str, object]]) -> None:
+    fields, plain = Fields(pairs), list(pairs)
+    for op, arg in changes:
+        fields = _change(fields, op, arg)  # type: ignore[assignment]
+        plain = _change(plain, op, arg)
+    assert type(fields) is Fields and fields == plain
+    for name in ("range", "x-a", "absent"):
+        assert get(fields, name) == get(plain, name)

@@ -158,3 +158,20 @@ def test_change_counters_lose_no_bump_across_processes(tmp_path: Path) -> None:
         w.join()
     epochs = Epochs(path)
     assert epochs.read(7) == 1200 and epochs.read(6) == 0
+
+
+def test_what_is_worked_out_from_a_stored_response_is_not_stored_with_it(tmp_path: Path) -> None:
+    stored = CachedObject(status=200, headers=[("ETag", '"1"'), ("Age", "5"), ("Content-Type", "video/mp4")],
+                          request_time=100.0, response_time=101.0, key=meta_key("/a", ""), size=10, block_size=4,
+                          validator='"1"', sliceable=True)
+    assert stored.age(111.0) == 16.0  # Age 5 + 1 s in flight + 10 s since
+    assert stored.representation("a.mp4").etag == '"1"'
+    assert stored.block_key(0).startswith("b|")
+    store = Store(str(tmp_path), 64 * 1024**2)
+    assert store.put_meta("/a", stored.key, stored, (), store.generation("/a"))
+    raw = store.objects.get(stored.key)
+    read = raw[-1]  # (format, generation, entry)
+    assert isinstance(read, CachedObject) and read == stored
+    assert set(vars(read)) == {"status", "headers", "request_time", "response_time", "key", "size", "block_size",
+                               "validator", "sliceable"}
+    assert read.age(111.0) == 16.0 and read.representation("a.mp4") == stored.representation("a.mp4")

@@ -14,15 +14,14 @@ from ..http.cache import Fwd
 from ..http.cachestatus import cache_status, x_cache
 from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
-from ..http.freshness import Policy, current_age, selection, stored_headers, vary_fields
-from ..http.headers import content_type_for, parse_http_date
-from ..http.model import Representation, Span
+from ..http.freshness import Policy, selection, stored_headers, vary_fields
+from ..http.model import Span
 from ..http.plan import plan_response
 from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
-from ..streaming import Chunk, plan_chunks, size_of
+from ..streaming import Chunk, Given, plan_chunks, size_of
 from .blocks import BlockSource
 from .entries import Entries
 from .fills import Filler, FillFailed
@@ -38,8 +37,6 @@ UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight
 COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
 PART_SWEEP_INTERVAL = 60.0  # seconds between sweeps of part files left by dead fills (kill -9 of a worker)
 SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored before asking the origin
-# Stored header fields the edge generates itself when it serves a stored 200.
-_GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
 _FRAMING = frozenset({"content-length", "content-range"})
 
 
@@ -376,7 +373,7 @@ class ReadPath:
 
     # --- answering from the store ----------------------------------------------------
     def _age(self, obj: CachedObject) -> float:
-        return current_age(obj.headers, obj.request_time, obj.response_time, time.time())
+        return obj.age(time.time())
 
     def _serve(
         self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None
@@ -392,13 +389,7 @@ class ReadPath:
             has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0
             chunks = self.blocks.read(obj, req.target, req.headers, 0, obj.size) if has_body else None
             return Reply(obj.status, headers, chunks, nothing_to_close)
-        rep = Representation(
-            size=obj.size,
-            etag=get(obj.headers, "etag"),
-            last_modified=parse_http_date(get(obj.headers, "last-modified"), now=obj.response_time),
-            content_type=get(obj.headers, "content-type") or content_type_for(req.target.path),
-            extra_headers=tuple((n, v) for n, v in obj.headers if n.lower() not in _GENERATED),
-        )
+        rep = obj.representation(req.target.path)
         plan = plan_response(
             req.method, conditions_from(req.headers), get(req.headers, "range"), rep,
             max_ranges=self.settings.max_ranges, boundary=secrets.token_hex(12), now=time.time(),
@@ -407,6 +398,11 @@ class ReadPath:
         if req.method == "HEAD" or not plan.body:
             return Reply(plan.status, headers, None, nothing_to_close)
         blocks = self.blocks
+        if len(plan.body) == 1 and isinstance(plan.body[0], Span):
+            span = plan.body[0]
+            data = blocks.at_hand(obj, req.target, req.headers, span.start, span.end)
+            if data is not None:
+                return Reply(plan.status, headers, Given(data), nothing_to_close, in_hand=True)
 
         def reader(start: int, end: int) -> AsyncIterator[Chunk]:
             return blocks.read(obj, req.target, req.headers, start, end)
@@ -435,7 +431,7 @@ async def _primed(reply: Reply) -> Reply:
     """The reply with its first stored chunk already read (after any multipart framing), so
     that a stored body that cannot be read is found before the status line is sent; then the
     reply is closed and the error raised (FillFailed, or a store error)."""
-    if reply.chunks is None:
+    if reply.chunks is None or reply.in_hand:
         return reply
     chunks = reply.chunks
     head: list[Chunk] = []

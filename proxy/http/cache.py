@@ -11,13 +11,15 @@ and decides nothing about HTTP itself.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
 
 from . import freshness as fr
 from .conditional import parse_etag
-from .directives import Headers, get
+from .directives import Fields, Headers, get
 from .headers import parse_http_date
 
 
@@ -44,12 +46,33 @@ class Request:
 
 @dataclass(frozen=True)
 class Stored:
-    """A stored response: status, headers as the origin sent them, and when it was fetched."""
+    """A stored response: status, headers as the origin sent them, and when it was fetched.
+
+    What follows from these alone is worked out once per instance (a remembered entry
+    answers many hits) and is never stored with it.
+    """
 
     status: int
     headers: Headers
     request_time: float
     response_time: float
+
+    @functools.cached_property
+    def fields(self) -> Fields:
+        """The headers, indexed by name (see Fields)."""
+        return Fields(self.headers)
+
+    @functools.cached_property
+    def _age_when_received(self) -> float:
+        return fr.current_age(self.fields, self.request_time, self.response_time, self.response_time)
+
+    def age(self, now: float) -> float:
+        """Its current age (RFC 9111 section 4.2.3): the age it had when received, plus the time since."""
+        return self._age_when_received + (now - self.response_time)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Only the fields are stored: what is derived from them is worked out again when read."""
+        return {f.name: self.__dict__[f.name] for f in dataclasses.fields(self)}
 
 
 class PassReason(Enum):
@@ -136,7 +159,7 @@ def decide(req: Request, entry: Entry | None, miss: Fwd, now: float, policy: fr.
     if req.method not in ("GET", "HEAD"):
         return Relay(Fwd.METHOD)
     authorized = get(req.headers, "authorization") is not None
-    if isinstance(entry, Stored) and authorized and not fr.allows_authorized(entry.headers):
+    if isinstance(entry, Stored) and authorized and not fr.allows_authorized(entry.fields):
         entry = None  # section 3.5: not reusable for a request with Authorization
     if isinstance(entry, PassMarker):
         if entry.reason is PassReason.TOO_LARGE:
@@ -152,9 +175,9 @@ def decide(req: Request, entry: Entry | None, miss: Fwd, now: float, policy: fr.
         else:
             return Fetch(miss)
         return Relay(fwd, detail) if req.method == "HEAD" else Fetch(fwd, as_is=True, detail=detail)
-    age = fr.current_age(entry.headers, entry.request_time, entry.response_time, now)
-    lifetime = fr.freshness_lifetime(entry.status, entry.headers, req.path, entry.response_time, policy)
-    reuse = fr.reuse(req.headers, entry.status, entry.headers, lifetime, age, policy)
+    age = entry.age(now)
+    lifetime = fr.freshness_lifetime(entry.status, entry.fields, req.path, entry.response_time, policy)
+    reuse = fr.reuse(req.headers, entry.status, entry.fields, lifetime, age, policy)
     if reuse.kind is fr.ReuseKind.FRESH:
         return Serve(age, reuse.ttl)
     if reuse.kind is fr.ReuseKind.STALE_OK:

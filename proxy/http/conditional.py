@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .directives import Headers, get
 from .headers import parse_http_date, split_list
 from .model import NotModified, PreconditionDecision, PreconditionFailed, Proceed
 
@@ -52,21 +53,14 @@ class Conditions:
     if_range: str | None = None
 
 
-def conditions_from(headers: list[tuple[str, str]]) -> Conditions:
+def conditions_from(headers: Headers) -> Conditions:
     """The conditional fields of a request, repeated lines joined (RFC 9110 section 5.3)."""
-    lines: dict[str, list[str]] = {}
-    for name, value in headers:
-        lines.setdefault(name.lower(), []).append(value)
-
-    def field(name: str) -> str | None:
-        return ", ".join(lines[name]) if name in lines else None
-
     return Conditions(
-        if_match=field("if-match"),
-        if_none_match=field("if-none-match"),
-        if_modified_since=field("if-modified-since"),
-        if_unmodified_since=field("if-unmodified-since"),
-        if_range=field("if-range"),
+        if_match=get(headers, "if-match"),
+        if_none_match=get(headers, "if-none-match"),
+        if_modified_since=get(headers, "if-modified-since"),
+        if_unmodified_since=get(headers, "if-unmodified-since"),
+        if_range=get(headers, "if-range"),
     )
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from .headers import split_list
 
@@ -14,8 +15,47 @@ _PARSED = 4096  # distinct field values whose parse is kept
 MAX_DELTA = 2**31  # RFC 9111 section 1.2.2: delta-seconds overflow to 2^31
 
 
+class Fields(list[tuple[str, str]]):
+    """Header fields that also know each field's joined value by lower-case name, found in one
+    pass when made: `get` on a request's fields is then a dict lookup, however often the rules
+    ask. The index follows every change to the list."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(pairs)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        lines: dict[str, list[str]] = {}
+        for name, value in self:
+            lines.setdefault(name.lower(), []).append(value)
+        self.joined = {name: ", ".join(values) for name, values in lines.items()}
+
+    def _changes(method: Any) -> Any:  # noqa: N805 (applied in the class body below)
+        def changed(self: Fields, *args: Any) -> Any:
+            result = method(self, *args)
+            self._reindex()
+            return result
+        return changed
+
+    append = _changes(list.append)
+    extend = _changes(list.extend)
+    insert = _changes(list.insert)
+    remove = _changes(list.remove)
+    pop = _changes(list.pop)
+    clear = _changes(list.clear)
+    __setitem__ = _changes(list.__setitem__)
+    __delitem__ = _changes(list.__delitem__)
+    __iadd__ = _changes(list.__iadd__)
+    __imul__ = _changes(list.__imul__)
+    sort = _changes(list.sort)
+    reverse = _changes(list.reverse)
+    del _changes
+
+
 def get(headers: Headers, name: str) -> str | None:
     """All lines of a field joined as one list value, or None (`name` lower-case)."""
+    if type(headers) is Fields:
+        return headers.joined.get(name)
     size = len(name)  # most names differ in length: no lower() for them
     values = [v for n, v in headers if len(n) == size and n.lower() == name]
     return ", ".join(values) if values else None

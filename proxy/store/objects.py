@@ -6,6 +6,12 @@ import hashlib
 from dataclasses import dataclass
 
 from ..http.cache import Stored
+from ..http.directives import get
+from ..http.headers import content_type_for, parse_http_date
+from ..http.model import Representation
+
+# Stored header fields the edge generates itself when it serves a stored 200.
+GENERATED = frozenset({"etag", "last-modified", "content-type", "content-length", "accept-ranges", "age"})
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,25 @@ class CachedObject(Stored):
 
     def block_key(self, index: int) -> str:
         return f"{self._block_prefix}{index}"
+
+    def representation(self, path: str) -> Representation:
+        """A stored 200 as the response rules see it (`path`'s media type when the origin named
+        none); worked out once per path."""
+        known = self._representations.get(path)
+        if known is None:
+            fields = self.fields
+            known = self._representations[path] = Representation(
+                size=self.size,
+                etag=get(fields, "etag"),
+                last_modified=parse_http_date(get(fields, "last-modified"), now=self.response_time),
+                content_type=get(fields, "content-type") or content_type_for(path),
+                extra_headers=tuple((n, v) for n, v in self.headers if n.lower() not in GENERATED),
+            )
+        return known
+
+    @functools.cached_property
+    def _representations(self) -> dict[str, Representation]:
+        return {}
 
     @functools.cached_property
     def _block_prefix(self) -> str:

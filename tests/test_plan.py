@@ -1,0 +1,60 @@
+"""Response plans: remembered for the same inputs, but each answer gets its own Date, its own
+headers list and (with several ranges) its own multipart boundary."""
+from __future__ import annotations
+
+from proxy.http.conditional import Conditions
+from proxy.http.headers import format_http_date
+from proxy.http.model import Representation, Span
+from proxy.http.plan import plan_response
+
+REP = Representation(size=100, etag='"v1"', last_modified=1_700_000_000, content_type="video/mp4",
+                     extra_headers=(("Cache-Control", "max-age=60"),))
+NO_CONDITIONS = Conditions()
+
+
+def plan(range_field: str | None, now: float, boundary: str = "b0", rep: Representation = REP,
+         cond: Conditions = NO_CONDITIONS):  # type: ignore[no-untyped-def]
+    return plan_response("GET", cond, range_field, rep, max_ranges=16, boundary=boundary, now=now)
+
+
+def test_the_same_request_planned_again_gets_the_date_of_its_own_time() -> None:
+    first, second = plan("bytes=10-19", 1_800_000_000), plan("bytes=10-19", 1_800_000_007)
+    assert first.status == second.status == 206
+    assert first.body == second.body == [Span(10, 20)]
+    assert first.headers[:-1] == second.headers[:-1]
+    assert first.headers[-1] == ("Date", format_http_date(1_800_000_000))
+    assert second.headers[-1] == ("Date", format_http_date(1_800_000_007))
+
+
+def test_a_plan_changed_by_its_user_leaves_the_next_one_alone() -> None:
+    first = plan(None, 1_800_000_000)
+    first.headers.append(("X-Mine", "1"))
+    first.headers[0] = ("Accept-Ranges", "none")
+    second = plan(None, 1_800_000_000)
+    assert ("X-Mine", "1") not in second.headers
+    assert second.headers[0] == ("Accept-Ranges", "bytes")
+
+
+def test_a_representation_with_its_own_date_gets_no_second_one() -> None:
+    dated = Representation(size=4, etag=None, last_modified=None, content_type="text/plain",
+                           extra_headers=(("Date", "Tue, 01 Dec 2026 00:00:00 GMT"),))
+    for now in (1_800_000_000, 1_800_000_050):
+        headers = plan(None, now, rep=dated).headers
+        assert [v for n, v in headers if n == "Date"] == ["Tue, 01 Dec 2026 00:00:00 GMT"]
+
+
+def test_a_not_modified_answer_is_dated_too() -> None:
+    for now in (1_800_000_000, 1_800_000_003):
+        answer = plan(None, now, cond=Conditions(if_none_match='"v1"'))
+        assert answer.status == 304 and answer.body == []
+        assert answer.headers == [("ETag", '"v1"'), ("Last-Modified", format_http_date(1_700_000_000)),
+                                  ("Cache-Control", "max-age=60"), ("Date", format_http_date(now))]
+
+
+def test_several_ranges_get_the_boundary_of_each_request() -> None:
+    for boundary in ("aaaa", "bbbb"):
+        multipart = plan("bytes=0-1,50-51", 1_800_000_000, boundary=boundary)
+        assert ("Content-Type", f"multipart/byteranges; boundary={boundary}") in multipart.headers
+        texts = b"".join(s for s in multipart.body if isinstance(s, bytes))
+        assert texts.count(f"--{boundary}".encode()) == 3
+        assert (b"aaaa" in texts) == (boundary == "aaaa")
