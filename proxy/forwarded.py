@@ -64,17 +64,25 @@ def forwarding_headers(
     kept and the peer appended; anyone else's is replaced.
     """
     trusted = is_trusted(peer, proxies)
-    kept = [(n, v) for n, v in headers if n.lower() not in UNKEYED_FIELDS]
+    kept, prior_for, prior, protos = [], [], [], []
+    for n, v in headers:  # one pass: this runs for every request
+        low = n.lower()
+        if low not in UNKEYED_FIELDS:
+            kept.append((n, v))
+        elif low == "x-forwarded-for":
+            prior_for.append(v)
+        elif low == "forwarded":
+            prior.append(v)
+        elif low == "x-forwarded-proto":
+            protos.append(v)
     address = parse_address(peer) if peer else None
     hop = str(address) if address else "unknown"
     chain = [hop]
     forwarded = [_forwarded_element(address, scheme, public_host)]
     if trusted:
-        prior_for = [v for n, v in headers if n.lower() == "x-forwarded-for"]
-        prior = [v for n, v in headers if n.lower() == "forwarded"]
         chain = [*prior_for, hop]
         forwarded = [*prior, *forwarded]
-        proto = next((v.split(",")[0].strip().lower() for n, v in headers if n.lower() == "x-forwarded-proto"), "")
+        proto = protos[0].split(",")[0].strip().lower() if protos else ""
         scheme = proto if proto in ("http", "https") else scheme
     out = [*kept, ("X-Forwarded-For", ", ".join(chain)), ("X-Forwarded-Proto", scheme)]
     if public_host:

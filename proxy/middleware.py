@@ -68,7 +68,7 @@ class EdgeHeaders:
         await self.app(scope, receive, send_with_headers)
 
     def _complete(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        present = {name.lower() for name, _ in headers}
+        present = {name for name, _ in headers}  # ASGI: names are lower-case
         extra = []
         if b"date" not in present:
             extra.append((b"date", format_http_date(time.time()).encode()))

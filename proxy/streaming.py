@@ -23,6 +23,7 @@ from .server.zerocopy import EXTENSION
 log = logging.getLogger("edgecache")
 
 FALLBACK_READ = 512 * 1024  # bytes per read when a span must pass through Python
+_ABORTED = (BodyAborted, OriginError, OSError)  # a body that fails midway: left incomplete
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,21 @@ async def plan_chunks(plan: ResponsePlan, reader: Callable[[int, int], AsyncIter
 
 
 def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    """Fields as ASGI sends them: names lower-case (RFC 9110 section 5.1: case-insensitive)."""
+    names = _NAMES
+    if len(names) > _NAMES_KEPT:
+        names.clear()
+    out = []
+    for n, v in headers:
+        name = names.get(n)
+        if name is None:
+            name = names[n] = n.lower().encode("latin-1")
+        out.append((name, v.encode("latin-1")))
+    return out
+
+
+_NAMES: dict[str, bytes] = {}  # field names as sent, encoded: the same few dozen on every response
+_NAMES_KEPT = 1024
 
 
 def zero_copy(scope: Scope) -> bool:
@@ -98,6 +113,16 @@ async def send_response(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     if in_hand:
+        try:
+            first = await anext(chunks, None)
+            second = await anext(chunks, None) if isinstance(first, bytes) else None
+        except _ABORTED as e:
+            log.warning("response body aborted: %s", e)
+            return
+        if isinstance(first, bytes) and second is None:  # one message for the whole body
+            await send({"type": "http.response.body", "body": first, "more_body": False})
+            return
+        chunks = _after([c for c in (first, second) if c is not None], chunks)
         if await _send_all(chunks, send, zerocopy):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
@@ -128,10 +153,17 @@ async def _send_all(chunks: AsyncIterator[Chunk], send: Send, zerocopy: bool) ->
                             "more_body": True})
             else:
                 await _send_read(chunk, send)
-    except (BodyAborted, OriginError, OSError) as e:
+    except _ABORTED as e:
         log.warning("response body aborted: %s", e)
         return False
     return True
+
+
+async def _after(taken: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    for chunk in taken:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -48,18 +48,22 @@ def chained(headers: Headers, name: str) -> Headers:
     X-Cache is one value, this cache's: the next hop's is dropped."""
     statuses: list[str] = []
     summaries: list[str] = []
-    for n, v in headers:
-        if len(n) in (7, 12):  # cheap before lower(): this runs on every response
+    others: Headers = []
+    for n, v in headers:  # one pass, lower() only for names of the right length: this runs on every response
+        if len(n) in (7, 12):
             low = n.lower()
-            if low == "cache-status" and v.strip():
-                statuses.append(v.strip())
-            elif low == "x-cache":
+            if low == "cache-status":
+                if v.strip():
+                    statuses.append(v.strip())
+                continue
+            if low == "x-cache":
                 summaries.append(v)
+                continue
+        others.append((n, v))
     if not statuses or (len(statuses) == 1 and len(summaries) <= 1 and name == CACHE_NAME):
         return headers  # one hop, default name: as it is
     own = statuses[-1]
     if own == CACHE_NAME or own.startswith(CACHE_NAME + ";"):
         own = name + own[len(CACHE_NAME):]
-    out = [(n, v) for n, v in headers if n.lower() not in ("cache-status", "x-cache")]
-    out.append(("Cache-Status", ", ".join([*statuses[:-1], own])))
-    return out + [("X-Cache", summaries[-1])] if summaries else out
+    others.append(("Cache-Status", ", ".join([*statuses[:-1], own])))
+    return others + [("X-Cache", summaries[-1])] if summaries else others
