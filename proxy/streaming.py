@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -85,6 +86,11 @@ def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 _NAMES: dict[str, bytes] = {}  # field names as sent, encoded: the same few dozen on every response
 _NAMES_KEPT = 1024
+
+
+def multipart_boundary() -> str:
+    """A boundary nobody can foresee, so that no stored body can forge a part (RFC 9110 section 14.6)."""
+    return secrets.token_hex(12)
 
 
 def zero_copy(scope: Scope) -> bool:

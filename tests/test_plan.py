@@ -12,9 +12,13 @@ REP = Representation(size=100, etag='"v1"', last_modified=1_700_000_000, content
 NO_CONDITIONS = Conditions()
 
 
-def plan(range_field: str | None, now: float, boundary: str = "b0", rep: Representation = REP,
+def plan(range_field: str | None, now: float, boundary: str | None = None, rep: Representation = REP,
          cond: Conditions = NO_CONDITIONS):  # type: ignore[no-untyped-def]
-    return plan_response("GET", cond, range_field, rep, max_ranges=16, boundary=boundary, now=now)
+    def new_boundary() -> str:
+        assert boundary is not None, "a boundary was asked for without several ranges"
+        return boundary
+
+    return plan_response("GET", cond, range_field, rep, max_ranges=16, new_boundary=new_boundary, now=now)
 
 
 def test_the_same_request_planned_again_gets_the_date_of_its_own_time() -> None:

@@ -83,3 +83,23 @@ async def test_open_files_do_not_grow_with_requests_or_keys(upstream, http_setti
     after = non_socket_fds()
     # At most: the 64 block files kept open for hits, and the store threads' SQLite files.
     assert after - before <= 64 + 36, (before, after)
+
+
+async def test_hits_on_open_block_files_close_every_descriptor_they_take(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    big = pattern(300 * 1024, 7)  # above the size kept in memory: hits are spans of an open block file
+    origin.objects["/big"] = Obj(big, {"cache-control": "max-age=600"})
+    edge = make_server(http_settings)
+    async with httpx.AsyncClient(base_url=edge.url, limits=httpx.Limits(max_connections=8)) as c:
+        assert (await c.get("/big")).content == big
+        before = None
+        for round_ in range(6):
+            if round_ == 1:  # after one round: the store threads have opened their SQLite files
+                before = non_socket_fds()
+            firsts = [(round_ * 40 + i) * 997 % (len(big) - 5000) for i in range(40)]
+            answers = await asyncio.gather(*(c.get("/big", headers={"Range": f"bytes={f}-{f + 4999}"})
+                                             for f in firsts))
+            for first, answer in zip(firsts, answers, strict=True):
+                assert answer.status_code == 206 and answer.content == big[first:first + 5000]
+            assert (await c.get("/big")).content == big
+    assert before is not None and non_socket_fds() - before <= 2, (before, non_socket_fds())

@@ -63,7 +63,7 @@ class BlockSource:
         """Bytes [start, end) of the object, block by block, prefetching the next block."""
         first, last = start // obj.block_size, (end - 1) // obj.block_size
         for index in range(first, last + 1):
-            if index < last and obj.sliceable:
+            if index < last and obj.sliceable and not self.open_blocks.holds(obj.block_key(index + 1)):
                 self.filler.spawn(self._prefetch_next(obj, target, headers, index + 1))
             self.read_ahead.served(obj, target, headers, index)
             block_start, block_end = obj.block_span(index)
@@ -71,20 +71,21 @@ class BlockSource:
             async for chunk in self.block(obj, target, headers, index, lo, hi):
                 yield chunk
 
-    def at_hand(self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int) -> bytes | None:
-        """Bytes [start, end) of the object when they lie in one stored block kept in memory (a
-        small object's hit), else None: then `read` them. Nothing to wait for, nothing to close."""
+    def at_hand(self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int) -> Chunk | None:
+        """Bytes [start, end) of the object when they lie in one stored block kept at hand (a hit),
+        else None: then `read` them. Bytes, or a span of a descriptor that is the caller's to close."""
         index = start // obj.block_size
-        if end - 1 >= (index + 1) * obj.block_size:
+        block_start, block_end = obj.block_span(index)
+        if end > block_end:
             return None
         key = obj.block_key(index)
         held = self.open_blocks.acquire(key) if key not in self.filler.active else None
-        if not isinstance(held, bytes):
-            if held is not None:
-                os.close(held)
+        if held is None:
             return None
         self.read_ahead.served(obj, target, headers, index)
-        lo, hi = start - index * obj.block_size, end - index * obj.block_size
+        lo, hi = start - block_start, end - block_start
+        if isinstance(held, int):
+            return FileSpan(held, lo, hi - lo)
         return held[lo:hi] if lo or hi < len(held) else held
 
     async def _prefetch_next(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
@@ -95,6 +96,8 @@ class BlockSource:
         key = obj.block_key(index)
         if key in self.filler.active or version_id(obj) in self.filler.whole:
             return self.filler.active.get(key)
+        if self.open_blocks.holds(key):
+            return None  # stored, and open at hand
         try:
             if not await self.threads.run(self.store.has_block, key):
                 return await self.filler.start(obj, target, headers, index)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..config import Settings
 from ..http import cache as hc
@@ -21,7 +22,7 @@ from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
-from ..streaming import Chunk, Given, plan_chunks, size_of
+from ..streaming import Chunk, Given, multipart_boundary, plan_chunks, size_of
 from .blocks import BlockSource
 from .entries import Entries
 from .fills import Filler, FillFailed
@@ -392,7 +393,7 @@ class ReadPath:
         rep = obj.representation(req.target.path)
         plan = plan_response(
             req.method, conditions_from(req.headers), get(req.headers, "range"), rep,
-            max_ranges=self.settings.max_ranges, boundary=secrets.token_hex(12), now=time.time(),
+            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary, now=time.time(),
         )
         headers = [*plan.headers, *extra]
         if req.method == "HEAD" or not plan.body:
@@ -402,7 +403,8 @@ class ReadPath:
             span = plan.body[0]
             data = blocks.at_hand(obj, req.target, req.headers, span.start, span.end)
             if data is not None:
-                return Reply(plan.status, headers, Given(data), nothing_to_close, in_hand=True)
+                close = nothing_to_close if isinstance(data, bytes) else closing(data.fd)
+                return Reply(plan.status, headers, Given(data), close, in_hand=True)
 
         def reader(start: int, end: int) -> AsyncIterator[Chunk]:
             return blocks.read(obj, req.target, req.headers, start, end)
@@ -425,6 +427,13 @@ class ReadPath:
 
 def _nothing() -> None:
     return None
+
+
+def closing(fd: int) -> Callable[[], Awaitable[None]]:
+    """A reply's close for a descriptor it owns."""
+    async def close() -> None:
+        os.close(fd)
+    return close
 
 
 async def _primed(reply: Reply) -> Reply:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from .conditional import Conditions, evaluate_preconditions
 from .headers import format_http_date
@@ -38,7 +39,7 @@ def plan_response(
     rep: Representation,
     *,
     max_ranges: int,
-    boundary: str,
+    new_boundary: Callable[[], str],
     now: float,
 ) -> ResponsePlan:
     """Decide status, headers and body segments for a GET or HEAD of `rep`.
@@ -46,11 +47,12 @@ def plan_response(
     A Date is added when `rep` has none. Apart from that and a multipart boundary, the
     plan is a function of its inputs, so one without multipart is worked out once for
     the same inputs (a stored response answers the same requests again and again).
+    `new_boundary` is asked for a multipart boundary only when one is needed.
     """
     if range_field is None or "," not in range_field:  # one range at most: no multipart, no boundary
         plan, dated = _remembered(method, cond, range_field, rep, max_ranges)
     else:
-        plan = _plan(method, cond, range_field, rep, max_ranges, boundary)
+        plan = _plan(method, cond, range_field, rep, max_ranges, new_boundary)
         dated = _has_date(plan.headers)
     headers = list(plan.headers)
     if not dated:
@@ -66,12 +68,17 @@ def _has_date(headers: list[tuple[str, str]]) -> bool:
 def _remembered(
     method: str, cond: Conditions, range_field: str | None, rep: Representation, max_ranges: int
 ) -> tuple[ResponsePlan, bool]:
-    plan = _plan(method, cond, range_field, rep, max_ranges, "")
+    plan = _plan(method, cond, range_field, rep, max_ranges, _no_boundary)
     return plan, _has_date(plan.headers)
 
 
+def _no_boundary() -> str:
+    raise AssertionError("a single range has no multipart boundary")
+
+
 def _plan(
-    method: str, cond: Conditions, range_field: str | None, rep: Representation, max_ranges: int, boundary: str
+    method: str, cond: Conditions, range_field: str | None, rep: Representation, max_ranges: int,
+    new_boundary: Callable[[], str],
 ) -> ResponsePlan:
     """The plan without a generated Date (whoever uses it adds one)."""
     precondition = evaluate_preconditions(method, cond, rep.etag, rep.last_modified)
@@ -99,6 +106,7 @@ def _plan(
         first, last = decision.spans[0]
         headers.append(("Content-Range", content_range(first, last, rep.size)))
         return _finish(ResponsePlan(206, headers, [Span(first, last + 1)]), rep.content_type)
+    boundary = new_boundary()
     body = multipart_body(decision.spans, rep.size, rep.content_type, boundary)
     return _finish(ResponsePlan(206, headers, body), f"multipart/byteranges; boundary={boundary}")
 

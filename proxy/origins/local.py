@@ -22,7 +22,7 @@ from ..http.headers import content_type_for, make_etag
 from ..http.model import Representation
 from ..http.plan import plan_response
 from ..paths import BadPath, HiddenPath, clean_path
-from ..streaming import plan_chunks
+from ..streaming import multipart_boundary, plan_chunks
 from ..uploads import UploadError
 from .base import BodyAborted, OriginResponse, Target, Uploaded, text_response
 
@@ -130,7 +130,7 @@ class LocalOrigin:
             get(headers, "range"),
             dataclasses.replace(opened.rep, extra_headers=extra),
             max_ranges=self.max_ranges,
-            boundary=secrets.token_hex(12),
+            new_boundary=multipart_boundary,
             now=time.time(),
         )
         chunks = plan_chunks(plan, opened.read)  # not started for HEAD: the edge sends no body

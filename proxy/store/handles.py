@@ -26,11 +26,16 @@ class OpenBlocks:
 
     def acquire(self, key: str) -> int | bytes | None:
         """A new descriptor for the block (or its bytes), or None when it must be looked up in the store."""
-        entry = self._entries.get(key)
-        if entry is None or time.monotonic() - entry[1] > self.refresh_after:
+        if not self.holds(key):
             return None
+        entry = self._entries[key]
         self._entries.move_to_end(key)
         return entry[0] if isinstance(entry[0], bytes) else os.dup(entry[0].fileno())
+
+    def holds(self, key: str) -> bool:
+        """Is the block at hand (and not yet due to be asked about again)?"""
+        entry = self._entries.get(key)
+        return entry is not None and time.monotonic() - entry[1] <= self.refresh_after
 
     def adopt(self, key: str, handle: IO[bytes] | bytes) -> int | bytes:
         """Keep `handle` for later readers; a new descriptor (or the bytes) for this one."""
