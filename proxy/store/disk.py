@@ -104,7 +104,7 @@ class Store:
         # key -> (change count when read, when read (monotonic), value, approximate bytes)
         self._memo: OrderedDict[str, tuple[int, float, object, int]] = OrderedDict()
         self._memo_bytes = 0
-        self._memo_lock = threading.Lock()  # the store threads share the memo
+        self._memo_lock = threading.Lock()  # store threads change the memo under it (a read is one get)
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
         self.objects = CountingCache(
@@ -135,8 +135,7 @@ class Store:
         """(True, value) when `key` is remembered and still valid; NotRemembered when it is not
         and `memo_only`."""
         if not fresh:
-            with self._memo_lock:
-                memo = self._memo.get(key)
+            memo = self._memo.get(key)  # one C call, atomic under the GIL: no lock to read
             if memo is not None and memo[0] == self._epoch(key) and time.monotonic() - memo[1] < self.memo_seconds:
                 return True, memo[2]
         if memo_only:
