@@ -30,7 +30,8 @@ _ABORTED = (BodyAborted, OriginError, OSError)  # a body that fails midway: left
 @dataclass(frozen=True)
 class FileSpan:
     """Bytes [offset, offset + count) of an open file. Its producer owns the descriptor, which
-    stays open until the consumer asks for the next chunk."""
+    stays open until the consumer asks for the next chunk (or, for a reply's body in hand,
+    until the reply is closed)."""
 
     fd: int
     offset: int

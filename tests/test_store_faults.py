@@ -12,6 +12,7 @@ import pytest
 import proxy.app
 from proxy.origins.upstream import UpstreamOrigin
 from proxy.store.disk import Store
+from proxy.store.handles import OpenBlocks
 from tests.conftest import pattern
 from tests.upstream import Obj
 
@@ -59,3 +60,25 @@ async def test_a_failing_store_degrades_to_the_origin(  # type: ignore[no-untype
                 assert head.status_code == 200
         purge = await c.post("/_edge/purge?path=/v.mp4")
         assert purge.status_code in (200, 503)
+
+
+async def test_no_descriptor_to_spare_for_a_hit_serves_it_all_the_same(  # type: ignore[no-untyped-def]
+        upstream, http_settings, make_server, monkeypatch) -> None:
+    origin, _ = upstream
+    big = pattern(300 * 1024, 7)  # above the size kept in memory: a hit is a span of an open block file
+    origin.objects["/big"] = Obj(big, {"cache-control": "max-age=600"})
+    edge = make_server(http_settings)
+    async with httpx.AsyncClient(base_url=edge.url, timeout=20) as c:
+        assert (await c.get("/big")).content == big
+        assert (await c.get("/big", headers={"Range": "bytes=10-19"})).status_code == 206
+        real = OpenBlocks.acquire
+
+        def acquire(self: OpenBlocks, key: str) -> int | bytes | None:
+            entry = self._entries.get(key)
+            if entry is not None and not isinstance(entry[0], bytes):
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real(self, key)
+
+        monkeypatch.setattr(OpenBlocks, "acquire", acquire)
+        answer = await c.get("/big", headers={"Range": "bytes=10-19"})
+        assert (answer.status_code, answer.content) == (206, big[10:20])

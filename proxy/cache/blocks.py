@@ -79,10 +79,20 @@ class BlockSource:
         if end > block_end:
             return None
         key = obj.block_key(index)
-        held = self.open_blocks.acquire(key) if key not in self.filler.active else None
+        if key in self.filler.active:
+            return None
+        try:
+            held = self.open_blocks.acquire(key)
+        except StoreErrors:  # no descriptor to spare, say: `read` copes with the store's failures
+            return None
         if held is None:
             return None
-        self.read_ahead.served(obj, target, headers, index)
+        try:
+            self.read_ahead.served(obj, target, headers, index)
+        except BaseException:
+            if isinstance(held, int):
+                os.close(held)
+            raise
         lo, hi = start - block_start, end - block_start
         if isinstance(held, int):
             return FileSpan(held, lo, hi - lo)

@@ -430,9 +430,13 @@ def _nothing() -> None:
 
 
 def closing(fd: int) -> Callable[[], Awaitable[None]]:
-    """A reply's close for a descriptor it owns."""
+    """A reply's close for a descriptor it owns (closed once, however often it is called: the
+    number may name another file afterwards)."""
+    owned = [fd]
+
     async def close() -> None:
-        os.close(fd)
+        while owned:
+            os.close(owned.pop())
     return close
 
 

@@ -31,8 +31,8 @@ class Fields(list[tuple[str, str]]):
         self.joined = {name: ", ".join(values) for name, values in lines.items()}
 
     def _changes(method: Any) -> Any:  # noqa: N805 (applied in the class body below)
-        def changed(self: Fields, *args: Any) -> Any:
-            result = method(self, *args)
+        def changed(self: Fields, *args: Any, **kwargs: Any) -> Any:
+            result = method(self, *args, **kwargs)
             self._reindex()
             return result
         return changed

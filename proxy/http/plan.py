@@ -20,7 +20,8 @@ from .ranges import content_range, evaluate_range, multipart_body, unsatisfied_r
 
 # RFC 9110 section 15.4.5: a 304 carries the fields a 200 would have had among these.
 _NOT_MODIFIED_FIELDS = {"cache-control", "content-location", "date", "expires", "vary"}
-_REMEMBERED = 4096  # plans kept (stored responses x the request shapes they answer)
+_REMEMBERED = 512  # plans kept (stored responses x the request shapes they answer): each holds a representation
+_KEY_BYTES = 256  # request fields longer than this together are planned afresh each time
 
 
 def validator_headers(rep: Representation) -> list[tuple[str, str]]:
@@ -49,7 +50,7 @@ def plan_response(
     the same inputs (a stored response answers the same requests again and again).
     `new_boundary` is asked for a multipart boundary only when one is needed.
     """
-    if range_field is None or "," not in range_field:  # one range at most: no multipart, no boundary
+    if (range_field is None or "," not in range_field) and _short(range_field, cond):  # no multipart
         plan, dated = _remembered(method, cond, range_field, rep, max_ranges)
     else:
         plan = _plan(method, cond, range_field, rep, max_ranges, new_boundary)
@@ -57,7 +58,14 @@ def plan_response(
     headers = list(plan.headers)
     if not dated:
         headers.append(("Date", format_http_date(now)))
-    return ResponsePlan(plan.status, headers, plan.body)
+    return ResponsePlan(plan.status, headers, list(plan.body))
+
+
+def _short(range_field: str | None, cond: Conditions) -> bool:
+    """Request fields short enough to be part of a remembered plan's key (a client chooses them)."""
+    fields = (range_field, cond.if_match, cond.if_none_match, cond.if_modified_since, cond.if_unmodified_since,
+              cond.if_range)
+    return sum(len(f) for f in fields if f is not None) <= _KEY_BYTES
 
 
 def _has_date(headers: list[tuple[str, str]]) -> bool:

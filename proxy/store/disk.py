@@ -419,8 +419,9 @@ def _valid_meta(stored: object) -> tuple[int, object] | None:
 
 
 def _approximate_size(value: object) -> int:
-    """Bytes a remembered entry holds, roughly: its headers dominate."""
+    """Bytes a remembered entry holds, roughly: its headers dominate, and a stored response's
+    are held about three times once it has answered (as they are, indexed, as a representation)."""
     entry = value[-1] if isinstance(value, tuple) and value else value
     headers = getattr(entry, "headers", None)
     fields = sum(len(n) + len(v) for n, v in headers) if isinstance(headers, list) else 0
-    return 256 + fields
+    return 256 + 3 * fields

@@ -14,7 +14,6 @@ write to one key makes the others in its slot be read again, never served stale.
 from __future__ import annotations
 
 import fcntl
-import functools
 import mmap
 import os
 import struct
@@ -42,7 +41,7 @@ class Epochs:
 
     def slot(self, key: str) -> int:
         """The slot of a primary key: the same in every process (crc32, not the salted hash())."""
-        return _slot(key, self.slots)
+        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.slots
 
     def read(self, slot: int) -> int:
         return int(_COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0])
@@ -69,7 +68,3 @@ class _locked:
     def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
 
-
-@functools.lru_cache(maxsize=65536)  # every lookup asks for its key's slot, most keys again and again
-def _slot(key: str, slots: int) -> int:
-    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % slots
