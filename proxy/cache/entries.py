@@ -20,6 +20,7 @@ class Lookup:
     entry: Entry | None
     miss: Fwd  # the reason to give if nothing usable is stored
     generation: int | None  # None when the store could not be read
+    varies_on: tuple[str, ...] = ()  # the request fields that selected the entry (the key's Vary index)
 
 
 class Entries:
@@ -37,7 +38,8 @@ class Entries:
             index = store.vary_index(primary, fresh, memo_only)
             if index is not None:
                 key = meta_key(primary, vary_key(index.fields, as_fetched(headers)))
-                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only)), Fwd.VARY_MISS, generation)
+                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only)), Fwd.VARY_MISS, generation,
+                              index.fields)
             entry = store.get_meta(meta_key(primary, ""), generation, fresh, memo_only)
             return Lookup(_entry(entry), Fwd.URI_MISS, generation)
 

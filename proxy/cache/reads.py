@@ -28,7 +28,7 @@ from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
 from .hits import HitTally
-from .replies import Reply, nothing_to_close, relay, relay_forwarded, text_reply
+from .replies import Reply, Steady, nothing_to_close, relay, relay_forwarded, text_reply
 from .spool import Spool
 from .threads import StoreThreads
 
@@ -51,12 +51,17 @@ class ProxyRequest:
 
 @dataclasses.dataclass(frozen=True)
 class _Exchange:
-    """One request's facts for the read path; `generation`: the key's, when it was looked up."""
+    """One request's facts for the read path, and what was found when it was looked up: the
+    key's generation, its change mark (Store.change_mark, taken just before), the Vary fields
+    that selected the entry, and the time it was decided at."""
 
     req: ProxyRequest
     primary: str
     facts: hc.Request
     generation: int | None
+    mark: tuple[int, int]
+    varies_on: tuple[str, ...]
+    now: float
 
     @property
     def method(self) -> str:
@@ -105,9 +110,11 @@ class ReadPath:
         flight: Flight | None = None  # once we lead the key's exchange with the origin
         try:
             for attempt in range(COLLAPSE_ROUNDS + 2):
+                mark = self.store.change_mark(primary)
                 found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
-                ex = _Exchange(req, primary, facts, found.generation)
-                action = hc.decide(facts, found.entry, found.miss, time.time(), self.policy)
+                now = time.time()
+                ex = _Exchange(req, primary, facts, found.generation, mark, found.varies_on, now)
+                action = hc.decide(facts, found.entry, found.miss, now, self.policy)
                 stored = found.entry if isinstance(found.entry, CachedObject) else None
                 if isinstance(action, (hc.Serve, hc.Answer, hc.Relay)) or (
                         isinstance(action, hc.Fetch) and action.as_is):
@@ -166,7 +173,11 @@ class ReadPath:
             self.filler.spawn(self._refresh(ex, obj))
         detail = "stale" if action.stale else None
         status = cache_status(hit=True, ttl=action.ttl, detail=detail)
-        return self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale))
+        reply = self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale), now=ex.now)
+        until = hc.steady_until(action, ex.now)
+        if reply.whole is not None and until > ex.now:
+            reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on)
+        return reply
 
     async def _refresh(self, ex: _Exchange, obj: CachedObject) -> None:
         """stale-while-revalidate: revalidate in the background, once per key at a time."""
@@ -377,9 +388,11 @@ class ReadPath:
         return obj.age(time.time())
 
     def _serve(
-        self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None
+        self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None,
+        now: float | None = None,
     ) -> Reply:
-        """Answer from a stored response; `own`: fields for this client only, not stored."""
+        """Answer from a stored response at `now` (default: now); `own`: fields for this client
+        only, not stored."""
         req = ex.req
         extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
         if obj.status != 200:
@@ -388,23 +401,27 @@ class ReadPath:
             length = [] if obj.status in (204, 304) else [("Content-Length", str(obj.size))]
             headers = [*kept, *length, *extra]
             has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0
-            chunks = self.blocks.read(obj, req.target, req.headers, 0, obj.size) if has_body else None
-            return Reply(obj.status, headers, chunks, nothing_to_close)
+            if not has_body:
+                return Reply(obj.status, headers, None, nothing_to_close, whole=b"")
+            return Reply(obj.status, headers, self.blocks.read(obj, req.target, req.headers, 0, obj.size),
+                         nothing_to_close)
         rep = obj.representation(req.target.path)
         plan = plan_response(
             req.method, conditions_from(req.headers), get(req.headers, "range"), rep,
-            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary, now=time.time(),
+            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary,
+            now=time.time() if now is None else now,
         )
         headers = [*plan.headers, *extra]
         if req.method == "HEAD" or not plan.body:
-            return Reply(plan.status, headers, None, nothing_to_close)
+            return Reply(plan.status, headers, None, nothing_to_close, whole=b"")
         blocks = self.blocks
         if len(plan.body) == 1 and isinstance(plan.body[0], Span):
             span = plan.body[0]
             data = blocks.at_hand(obj, req.target, req.headers, span.start, span.end)
             if data is not None:
-                close = nothing_to_close if isinstance(data, bytes) else closing(data.fd)
-                return Reply(plan.status, headers, Given(data), close, in_hand=True)
+                if isinstance(data, bytes):
+                    return Reply(plan.status, headers, Given(data), nothing_to_close, in_hand=True, whole=data)
+                return Reply(plan.status, headers, Given(data), closing(data.fd), in_hand=True)
 
         def reader(start: int, end: int) -> AsyncIterator[Chunk]:
             return blocks.read(obj, req.target, req.headers, start, end)

@@ -11,6 +11,20 @@ from ..origins.base import OriginResponse, text_response
 from ..streaming import Chunk
 
 
+@dataclass(frozen=True)
+class Steady:
+    """What makes a reply the answer to every identical request, byte for byte (see
+    http.cache.steady_until): from `since` until `until`, while the key's change counter at
+    `slot` is still `count` (its stored response unchanged, in every process)."""
+
+    since: float
+    until: float
+    slot: int
+    count: int
+    hit: str  # the stored response's key, for the hit tally
+    varies_on: tuple[str, ...]  # the request fields that selected the stored response
+
+
 @dataclass
 class Reply:
     """A response to send: chunks None means no body (HEAD, 304); close() when sent."""
@@ -21,6 +35,8 @@ class Reply:
     close: Callable[[], Awaitable[None]]
     literal: int = 0  # chunks of generated text (multipart framing) before the first stored byte
     in_hand: bool = False  # the chunks hold the whole body already: sending it waits for nothing
+    whole: bytes | None = None  # the whole body when it is bytes in hand (b"" for none)
+    steady: Steady | None = None  # set when identical requests may be answered with this again
 
 
 async def nothing_to_close() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -187,6 +188,25 @@ def decide(req: Request, entry: Entry | None, miss: Fwd, now: float, policy: fr.
     # RFC 9211 section 2.2: "request" when a fresh response was not allowed by the request's directives.
     return Validate(validators(entry.headers), Fwd.REQUEST if reuse.by_request else Fwd.STALE, age, reuse.ttl,
                     reuse.stale_if_error, reuse.stale_if_unreachable)
+
+
+def steady_until(serve: Serve, now: float) -> float:
+    """Until when a fresh hit answered at `now` stays the same answer, byte for byte, to the
+    same request for the same stored response (`now` itself when it may change at once).
+
+    Time enters a hit only as whole seconds: its Date (RFC 9110 section 5.6.7), its Age
+    (RFC 9111 section 5.1) and its Cache-Status ttl (RFC 9211 section 2.6). Its freshness
+    (ttl - min-fresh > 0, age <= a request's max-age; section 4.2, 5.2.1) can change only
+    where age or ttl reaches a whole number of seconds, since request directives are whole
+    seconds. Age grows and ttl shrinks with time, one for one: the answer holds until the
+    first of them steps.
+    """
+    if serve.stale or serve.refresh or serve.age < 0 or serve.ttl <= 0:
+        return now
+    date_steps = math.floor(now) + 1 - now
+    age_steps = math.floor(serve.age) + 1 - serve.age if serve.age != math.floor(serve.age) else 0.0
+    ttl_steps = serve.ttl - math.floor(serve.ttl)
+    return now + min(date_steps, age_steps, ttl_steps)
 
 
 def validators(headers: Headers) -> Headers:

@@ -161,6 +161,15 @@ class Store:
         primary = _primary(key)
         return self.epochs.read(self.epochs.slot(primary)) if primary is not None else 0
 
+    def change_mark(self, primary: str) -> tuple[int, int]:
+        """(slot, count) of the key's change counter now: while `changes_at(slot)` is still
+        `count`, nothing stored for the key has changed in any process."""
+        slot = self.epochs.slot(primary)
+        return slot, self.epochs.read(slot)
+
+    def changes_at(self, slot: int) -> int:
+        return self.epochs.read(slot)
+
     def _changed(self, *keys: str) -> None:
         """After a committed write: forget what this process remembers of the keys, and tell
         every process (one bump per slot)."""

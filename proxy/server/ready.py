@@ -1,0 +1,94 @@
+"""Ready answers: a hit that every identical request would get again, byte for byte, is kept
+for that request and sent again without asking the cache, for as long as nothing it depends
+on can have changed (see cache.replies.Steady and http.cache.steady_until).
+
+An identical request is one with the same method, scheme, HTTP version, path (as received and
+decoded), query and header fields, in the same order: everything of a request the edge reads
+to answer it, except the client's address. The address reaches the answer only through the
+forwarding fields the edge sets (X-Forwarded-For, Forwarded, ...), so an answer whose stored
+response was selected by one of those (Vary) is never kept.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from starlette.types import Scope, Send
+
+from ..cache.replies import Steady
+
+READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
+
+# method, scheme, HTTP version, root path, path, raw path, query, header fields
+RequestKey = tuple[str, str, str | None, str, str, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
+
+
+@dataclass(frozen=True)
+class Ready:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    steady: Steady
+    size: int  # approximate bytes held
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+
+def request_key(scope: Scope) -> RequestKey | None:
+    """What identifies a request among identical ones (None: one that is never answered ready)."""
+    try:
+        return (scope["method"], scope["scheme"], scope.get("http_version"), scope.get("root_path", ""),
+                scope["path"], scope.get("raw_path"), scope.get("query_string"), tuple(scope["headers"]))
+    except TypeError:  # header pairs that are not tuples (a test client's lists): not hashable
+        return None
+
+
+def _key_size(key: RequestKey) -> int:
+    *parts, headers = key
+    return 200 + sum(len(p) for p in parts if p is not None) + sum(len(n) + len(v) + 80 for n, v in headers)
+
+
+class ReadyAnswers:
+    """Answers kept by request, at most READY_BYTES of them; the oldest go first."""
+
+    def __init__(self, changes_at: Callable[[int], int], hit: Callable[[str], None],
+                 max_bytes: int = READY_BYTES) -> None:
+        self._changes_at = changes_at
+        self._hit = hit
+        self._max_bytes = max_bytes
+        self._answers: dict[RequestKey, Ready] = {}
+        self._bytes = 0
+
+    def find(self, key: RequestKey, now: float) -> Ready | None:
+        """The answer kept for this request, if it is still the answer at `now` (a hit, tallied)."""
+        ready = self._answers.get(key)
+        if ready is None:
+            return None
+        steady = ready.steady
+        if steady.since <= now < steady.until and self._changes_at(steady.slot) == steady.count:
+            self._hit(steady.hit)
+            return ready
+        self._drop(key)
+        return None
+
+    def keep(self, key: RequestKey, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+             steady: Steady, unkeyed: Iterable[str]) -> None:
+        """Keep an answer for identical requests, unless the client's address may have selected it
+        (its stored response varies on a field in `unkeyed`, which the edge sets) or it is large."""
+        if not set(steady.varies_on).isdisjoint(unkeyed):
+            return
+        size = _key_size(key) + len(body) + sum(len(n) + len(v) + 80 for n, v in headers)
+        if size > self._max_bytes // 64:  # room for many small answers, not a few large ones
+            return
+        self._drop(key)
+        self._answers[key] = Ready(status, headers, body, steady, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            self._drop(next(iter(self._answers)))
+
+    def _drop(self, key: RequestKey) -> None:
+        ready = self._answers.pop(key, None)
+        if ready is not None:
+            self._bytes -= ready.size

@@ -1,0 +1,306 @@
+"""Ready answers: a hit replayed for identical requests must be, byte for byte, the answer the
+full read path gives at that moment, and never outlive what it depends on."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+import proxy.app
+import proxy.cache.reads
+from proxy.app import create_app
+from proxy.cache.replies import Steady
+from proxy.config import Settings
+from proxy.http import cache as hc
+from proxy.http.freshness import Policy
+from proxy.http.headers import format_http_date
+from proxy.server.ready import ReadyAnswers, RequestKey
+from proxy.signing import signed_query
+from proxy.store.disk import Store
+from tests.upstream import Obj
+
+pytestmark = pytest.mark.anyio
+POLICY = Policy()
+
+
+# --- the rule: until when a hit stays the same hit -----------------------------------
+
+
+@st.composite
+def hits(draw: st.DrawFn) -> tuple[int, int, float, int | None, int | None]:
+    """(max-age, Age received, seconds since, a request's max-age, its min-fresh): mostly fresh."""
+    max_age = draw(st.integers(1, 10**6))
+    received = draw(st.integers(0, max_age))
+    elapsed = draw(st.floats(0, max_age - received + 1) | st.integers(0, max_age - received).map(float))
+    near = st.integers(max(0, int(received + elapsed) - 2), int(received + elapsed) + 2)
+    request_max_age = draw(st.none() | near | st.integers(0, 2 * 10**6))
+    min_fresh = draw(st.none() | st.integers(0, max(0, max_age - received - int(elapsed))))
+    return max_age, received, elapsed, request_max_age, min_fresh
+
+
+@given(now=st.floats(1.6e9, 2.0e9), hit=hits(), fraction=st.floats(0, 1, exclude_max=True))
+@example(now=1.7e9 + 0.5, hit=(10, 0, 3.0, 3, None), fraction=0.5)
+@example(now=1.7e9 + 0.25, hit=(10, 0, 2.75, None, 7), fraction=0.9)
+def test_a_fresh_hit_is_the_same_hit_until_it_steps(
+    now: float, hit: tuple[int, int, float, int | None, int | None], fraction: float
+) -> None:
+    max_age, received_age, elapsed, request_max_age, min_fresh = hit
+    response_time = now - elapsed
+    stored = hc.Stored(200, [("Cache-Control", f"max-age={max_age}"), ("Age", str(received_age))],
+                       response_time, response_time)
+    directives = [d for d in (request_max_age is not None and f"max-age={request_max_age}",
+                              min_fresh is not None and f"min-fresh={min_fresh}") if d]
+    request = hc.Request("GET", [("Cache-Control", ", ".join(directives))] if directives else [], "/x")
+    served = hc.decide(request, stored, hc.Fwd.URI_MISS, now, POLICY)
+    assume(isinstance(served, hc.Serve))
+    assert isinstance(served, hc.Serve)
+    until = hc.steady_until(served, now)
+    assert now <= until <= math.floor(now) + 1
+    later = now + fraction * (until - now)
+    if until - later <= 1e-6:  # not steady, or nearer a step than the two clocks' own rounding decides
+        return
+    again = hc.decide(request, stored, hc.Fwd.URI_MISS, later, POLICY)
+    assert isinstance(again, hc.Serve) and not again.stale and not again.refresh
+    assert (int(again.age), int(again.ttl)) == (int(served.age), int(served.ttl))
+    assert format_http_date(later) == format_http_date(now)
+
+
+@pytest.mark.parametrize("served", [
+    hc.Serve(age=3.0, ttl=7.5),  # an age of whole seconds: a request's max-age=3 turns at once
+    hc.Serve(age=2.5, ttl=7.0),  # a ttl of whole seconds: its Cache-Status ttl turns at once
+    hc.Serve(age=2.5, ttl=0.0),
+    hc.Serve(age=-0.5, ttl=7.5),  # a clock that went back
+    hc.Serve(age=2.5, ttl=-1.5, stale=True),
+    hc.Serve(age=2.5, ttl=7.5, refresh=True),
+])
+def test_hits_that_may_change_at_once_are_not_steady(served: hc.Serve) -> None:
+    assert hc.steady_until(served, 1.7e9 + 0.25) == 1.7e9 + 0.25
+
+
+def test_a_steady_hit_ends_at_the_first_step() -> None:
+    now = 1_700_000_000.25
+    assert hc.steady_until(hc.Serve(age=2.5, ttl=7.9), now) == now + 0.5  # Age steps first
+    assert hc.steady_until(hc.Serve(age=2.1, ttl=7.75), now) == now + 0.75  # the Date
+    assert hc.steady_until(hc.Serve(age=2.1, ttl=7.2), now) == pytest.approx(now + 0.2)  # the ttl
+
+
+# --- the answers kept ----------------------------------------------------------------
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.counts = {7: 1}
+        self.hits: list[str] = []
+
+
+def answers(counters: Counters, max_bytes: int = 8 * 1024**2) -> ReadyAnswers:
+    return ReadyAnswers(counters.counts.__getitem__, counters.hits.append, max_bytes)
+
+
+def steady(since: float = 100.0, until: float = 100.5, varies_on: tuple[str, ...] = ()) -> Steady:
+    return Steady(since, until, 7, 1, "/x", varies_on)
+
+
+HEADERS = [(b"content-length", b"5")]
+
+
+def key(name: str) -> RequestKey:
+    return ("GET", "http", "1.1", "", "/" + name, name.encode(), b"", ((b"host", b"edge.test"),))
+
+
+def test_an_answer_is_found_while_it_holds_and_tallied_as_a_hit() -> None:
+    c = Counters()
+    ready = answers(c)
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    found = ready.find(key("k"), 100.25)
+    assert found is not None and (found.status, found.headers, found.body) == (200, HEADERS, b"hello")
+    assert c.hits == ["/x"]
+    assert ready.find(key("other"), 100.25) is None
+
+
+@pytest.mark.parametrize("now", [99.9, 100.5, 101.0])
+def test_an_answer_outside_its_time_is_gone(now: float) -> None:
+    c = Counters()
+    ready = answers(c)
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    assert ready.find(key("k"), now) is None
+    assert ready.find(key("k"), 100.25) is None  # dropped, not kept for later
+    assert c.hits == []
+
+
+def test_an_answer_is_gone_once_its_key_changed_in_any_process() -> None:
+    c = Counters()
+    ready = answers(c)
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    c.counts[7] = 2
+    assert ready.find(key("k"), 100.25) is None
+
+
+def test_an_answer_selected_by_a_field_the_edge_sets_is_not_kept() -> None:
+    c = Counters()
+    ready = answers(c)
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept", "x-forwarded-for")), {"x-forwarded-for"})
+    assert ready.find(key("k"), 100.25) is None
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept",)), {"x-forwarded-for"})
+    assert ready.find(key("k"), 100.25) is not None
+
+
+def test_answers_are_bounded_in_bytes() -> None:
+    c = Counters()
+    ready = answers(c, max_bytes=64 * 1024)
+    for i in range(1000):
+        ready.keep(key(f"k{i}"), 200, HEADERS, bytes(500), steady(), ())
+    assert ready._bytes <= 64 * 1024
+    assert ready.find(key("k999"), 100.25) is not None and ready.find(key("k0"), 100.25) is None
+    ready.keep(key("big"), 200, HEADERS, bytes(2048), steady(), ())  # over 1/64 of the bound
+    assert ready.find(key("big"), 100.25) is None
+
+
+# --- through the app: a replay equals the full path's answer -------------------------
+
+
+class Clock:
+    """time.time() as the test sets it; the rest of the time module as it is."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock(math.floor(time.time()) - 10 + 0.125)  # before the origin's Date: no apparent age
+    monkeypatch.setattr(proxy.cache.reads, "time", c)
+    monkeypatch.setattr(proxy.app, "time", c)
+    return c
+
+
+@pytest.fixture
+def decisions(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The times the read path decided at (a replayed answer decides nothing)."""
+    made: list[float] = []
+    decide = hc.decide
+
+    def counted(req: hc.Request, entry: hc.Entry | None, miss: hc.Fwd, now: float, policy: Policy) -> hc.Action:
+        made.append(now)
+        return decide(req, entry, miss, now, policy)
+
+    monkeypatch.setattr(hc, "decide", counted)
+    return made
+
+
+def in_process(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings)), base_url="http://edge.test")
+
+
+def answer(r: httpx.Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    return r.status_code, r.headers.raw, r.content
+
+
+@pytest.mark.parametrize("asked", [
+    {},
+    {"range": "bytes=10-99"},
+    {"if-none-match": "*"},
+    {"cache-control": "max-age=3"},
+    {"cache-control": "min-fresh=3"},
+])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_replayed_answer_is_the_answer_of_the_full_path(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], asked: dict[str, str], method: str,
+) -> None:
+    origin, _ = upstream
+    body = bytes(range(256)) * 4
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=5"})
+    async with in_process(http_settings) as c:
+        await c.get("/x")  # stored now: its age is the time since, its Age steps at start + 1, + 2, ...
+        start = clock.now
+        replayed = 0
+        pairs = [(0.1, 0.6), (0.7, 0.874), (0.8, 0.9), (0.9, 1.1), (1.2, 1.7), (2.95, 3.05), (3.2, 3.6),
+                 (4.8, 4.99), (4.9, 5.01), (5.4, 5.5)]
+        for i, (kept, later) in enumerate(pairs):
+            clock.now = start + kept
+            await c.request(method, "/x", headers=asked)  # kept ready, if it may be
+            clock.now = start + later
+            made = len(decisions)
+            again = await c.request(method, "/x", headers=asked)
+            if len(decisions) > made:
+                continue  # not a replay (the answer may have changed, or it revalidated)
+            replayed += 1
+            # The same request with one more field is never a replay: the full path's answer.
+            full = await c.request(method, "/x", headers={**asked, "x-probe": str(i)})
+            assert answer(again) == answer(full), (kept, later)
+            assert len(full.content) == (0 if method == "HEAD" or full.status_code == 304 else
+                                         90 if "range" in asked else len(body))
+    assert replayed >= 3  # the test saw replays, not only the full path
+
+
+async def test_a_purge_by_another_process_ends_the_replay(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock
+) -> None:
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(b"first", {"cache-control": "max-age=600"})
+    async with in_process(http_settings) as c:
+        assert (await c.get("/x")).content == b"first"
+        clock.now += 0.25  # an age of whole seconds may change at once: this one may be replayed
+        assert (await c.get("/x")).content == (await c.get("/x")).content == b"first"
+        origin.objects["/x"] = Obj(b"second", {"cache-control": "max-age=600"})
+        other = Store(http_settings.cache_dir, http_settings.cache_size_limit)  # as another worker would
+        try:
+            assert other.purge("/x") == 1
+        finally:
+            other.close()
+        r = await c.get("/x")
+        assert (r.content, r.headers["x-cache"]) == (b"second", "MISS")
+
+
+async def test_an_upload_ends_the_replay(settings: Settings, clock: Clock) -> None:
+    locked = dataclasses.replace(settings, write_tokens="t0ken")
+    async with in_process(locked) as c:
+        assert (await c.get("/small.txt")).content == b"hello, edge\n"
+        clock.now += 0.25
+        assert (await c.get("/small.txt")).content == (await c.get("/small.txt")).content == b"hello, edge\n"
+        put = await c.put("/small.txt", content=b"replaced\n", headers={"authorization": "Bearer t0ken"})
+        assert put.status_code in (200, 201)
+        assert (await c.get("/small.txt")).content == b"replaced\n"
+
+
+async def test_a_response_that_varies_on_the_client_address_is_not_replayed(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings
+) -> None:
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(b"by address", {"cache-control": "max-age=600", "vary": "x-forwarded-for"})
+    app = create_app(http_settings)
+    for peer in ["192.0.2.1", "192.0.2.1", "192.0.2.2"]:
+        transport = httpx.ASGITransport(app=app, client=(peer, 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge.test") as c:
+            r = await c.get("/x")
+            assert r.content == b"by address"
+    # One fetch per address: the second address was not given the first's answer.
+    assert len(origin.gets("/x")) == 2
+
+
+async def test_signed_requests_are_never_replayed(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float]
+) -> None:
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(b"signed", {"cache-control": "max-age=600"})
+    async with in_process(dataclasses.replace(http_settings, signing_key="k" * 32)) as c:
+        url = "/x?" + signed_query("k" * 32, "/x", int(clock.now) + 60)
+        assert (await c.get(url)).content == b"signed"
+        clock.now += 0.25
+        made = len(decisions)
+        for _ in range(3):
+            assert (await c.get(url)).content == b"signed"
+    assert len(decisions) == made + 3
+
