@@ -34,10 +34,10 @@ from .origins.s3 import S3Origin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
 from .peers import HOPS, PurgePeers
-from .server.ready import ReadyAnswers, RequestKey, request_key
+from .server.ready import OFFER, ReadyAnswers, Replay
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
-from .streaming import encode_headers, send_response, zero_copy
+from .streaming import send_response, zero_copy
 from .uploads import (
     MultipartFile,
     UploadError,
@@ -170,8 +170,6 @@ def create_app(settings: Settings) -> EdgeApp:
     peers = PurgePeers(settings.peers, next(iter(settings.tokens), None), settings.origin_response_timeout) \
         if settings.peers else None
     public_host = urlsplit(settings.public_base_url).netloc or None
-    reads, store = service.reads, service.store
-    ready = ReadyAnswers(store.changes_at, reads.hits.count) if reads is not None and store is not None else None
 
     def public_base(request: Request, configured: str) -> str:
         """The base URL of this request: `configured`, else its own scheme and host
@@ -209,10 +207,9 @@ def create_app(settings: Settings) -> EdgeApp:
         query = request.scope.get("query_string", b"").decode("latin-1")
         return _target(path, query, wire_path if settings.origin_is_http else None)
 
-    async def serve(request: Request, url_path: str, wire_path: str | None, key: RequestKey | None) -> Response:
+    async def serve(request: Request, url_path: str, wire_path: str | None) -> Response:
         """`url_path` decoded (checked, and the directory origin's path), `wire_path` as it came
-        (the HTTP origin's path and cache key; None: the cleaned path quoted); `key`: the
-        request's among identical ones, when its answer may be kept ready for them."""
+        (the HTTP origin's path and cache key; None: the cleaned path quoted)."""
         method = request.method
         # The edge takes uploads for a directory origin, and turns a browser's multipart form into a PUT
         # for an HTTP origin; any other write to an HTTP origin is proxied as it is.
@@ -237,7 +234,6 @@ def create_app(settings: Settings) -> EdgeApp:
         body = request.stream() if has_body else None
         target = target_for(path, request, wire_path)
         if settings.signing_key and method in READ_METHODS:
-            key = None  # a signature's verdict depends on the time
             required = signing.needs_signature("/" + path, settings.signed_paths)
             verdict = signing.check(settings.signing_key, target.raw, required, time.time())
             if isinstance(verdict, signing.Refused):
@@ -251,12 +247,12 @@ def create_app(settings: Settings) -> EdgeApp:
         except ClientDisconnect:
             return _text(400, "Bad Request: the client went away while sending the request body")
         reply.headers = chained(reply.headers, settings.cache_name)
-        response = ReplyResponse(reply, head=method == "HEAD")
-        if key is not None and ready is not None and reply.steady is not None and reply.whole is not None \
-                and body is None:
-            ready.keep(key, reply.status, encode_headers(reply.headers), b"" if method == "HEAD" else reply.whole,
-                       reply.steady, UNKEYED_FIELDS)
-        return response
+        offer = request.scope.get(OFFER)
+        # Kept for identical requests: not a signed one (its verdict depends on the time), nor one with a body.
+        if offer is not None and reply.steady is not None and reply.whole is not None and body is None \
+                and not settings.signing_key:
+            offer.steady, offer.body = reply.steady, b"" if method == "HEAD" else reply.whole
+        return ReplyResponse(reply, head=method == "HEAD")
 
     async def upload(request: Request, url_path: str) -> Response:
         """PUT /<path> with the raw body, or POST /<folder> multipart with the field `file`."""
@@ -329,14 +325,8 @@ def create_app(settings: Settings) -> EdgeApp:
         return JSONResponse(answer, status_code=502 if failed else 200, headers={"Cache-Control": "no-store"})
 
     async def content(scope: Scope, receive: Receive, send: Send, url_path: str, wire_path: str | None) -> None:
-        key = request_key(scope) if ready is not None else None
-        if key is not None and ready is not None:
-            answer = ready.find(key, time.time())
-            if answer is not None:
-                await answer.send(send)
-                return
         request = Request(scope, receive)
-        response = await serve(request, url_path, wire_path, key)
+        response = await serve(request, url_path, wire_path)
         await response(scope, receive, send)
 
     async def welcome(request: Request) -> Response:
@@ -393,7 +383,10 @@ def create_app(settings: Settings) -> EdgeApp:
     dispatch = Dispatch(content, routes_app, settings.compat_routes)
     edge = EdgeHeaders(dispatch, max_count=settings.max_header_count, max_bytes=settings.max_header_bytes,
                        server=settings.server_name)
-    observed = Observe(edge, write=None if access_log is None else access_log.put,
+    reads, store = service.reads, service.store
+    front = edge if reads is None or store is None else \
+        Replay(edge, ReadyAnswers(store.changes_at, reads.hits.count), UNKEYED_FIELDS)
+    observed = Observe(front, write=None if access_log is None else access_log.put,
                        log_format=settings.access_log_format, proxies=settings.proxies)
     return EdgeApp(observed, routes_app.state)
 

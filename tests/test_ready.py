@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import socket
 import time
 from typing import Any
 
@@ -11,9 +13,11 @@ import httpx
 import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 import proxy.app
 import proxy.cache.reads
+import proxy.server.ready
 from proxy.app import create_app
 from proxy.cache.replies import Steady
 from proxy.config import Settings
@@ -21,8 +25,10 @@ from proxy.http import cache as hc
 from proxy.http.freshness import Policy
 from proxy.http.headers import format_http_date
 from proxy.server.ready import ReadyAnswers, RequestKey
+from proxy.server.zerocopy import EncodedHead, encoded_head
 from proxy.signing import signed_query
 from proxy.store.disk import Store
+from tests.conftest import RunningServer
 from tests.upstream import Obj
 
 pytestmark = pytest.mark.anyio
@@ -183,6 +189,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock(math.floor(time.time()) - 10 + 0.125)  # before the origin's Date: no apparent age
     monkeypatch.setattr(proxy.cache.reads, "time", c)
     monkeypatch.setattr(proxy.app, "time", c)
+    monkeypatch.setattr(proxy.server.ready, "time", c)
     return c
 
 
@@ -304,3 +311,111 @@ async def test_signed_requests_are_never_replayed(  # type: ignore[no-untyped-de
             assert (await c.get(url)).content == b"signed"
     assert len(decisions) == made + 3
 
+
+
+# --- at the wire: the encoded head is what uvicorn writes ----------------------------
+
+_TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!#$%&'*+.^_`|~",
+                 min_size=1, max_size=12).map(str.encode)
+_NAMES = _TOKEN | st.sampled_from([b"content-length", b"Content-Length", b"connection", b"transfer-encoding",
+                                   b"bad name", b"x\x00y", b"caf\xc3\xa9", b"a:b"])
+_VALUES = st.binary(max_size=20) | st.text("ab 9\t", max_size=20).map(str.encode) | st.sampled_from([b"12", b"x"])
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=8))
+def test_an_encoded_head_is_the_block_uvicorn_writes(headers: list[tuple[bytes, bytes]]) -> None:
+    head = encoded_head(headers)
+    if head is None:
+        return
+    for name, value in headers:  # uvicorn would have taken every field as it is
+        assert not HEADER_RE.search(name) and not HEADER_VALUE_RE.search(value)
+        assert name.lower() not in (b"connection", b"transfer-encoding")
+    assert head.block == b"".join(name.lower() + b": " + value + b"\r\n" for name, value in headers)
+    lengths = [int(v) for n, v in headers if n.lower() == b"content-length"]
+    assert [head.length] == (lengths or [None])
+
+
+def test_fields_uvicorn_must_see_are_not_encoded() -> None:
+    assert encoded_head([(b"content-length", b"5"), (b"Connection", b"close")]) is None
+    assert encoded_head([(b"transfer-encoding", b"chunked")]) is None
+    assert encoded_head([(b"content-length", b"5"), (b"content-length", b"5")]) is None
+    assert encoded_head([(b"x", b"a\r\nInjected: 1")]) is None
+    assert encoded_head([(b"X-Fine", b"a\tb")]) == EncodedHead(b"x-fine: a\tb\r\n", None)
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    """One request on a new connection: the whole response as it came on the wire."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(65536)
+            assert more, data
+            data += more
+        head = data.partition(b"\r\n\r\n")[0]
+        found = re.search(rb"\r\ncontent-length: (\d+)", head)
+        bodiless = request.startswith(b"HEAD") or head.startswith(b"HTTP/1.1 304") or found is None
+        end = len(head) + 4 + (0 if bodiless or found is None else int(found.group(1)))
+        while len(data) < end:
+            more = sock.recv(65536)
+            assert more, data
+            data += more
+        assert len(data) == end, "bytes after the response"
+        return data
+
+
+@pytest.mark.parametrize("request_line, fields", [
+    (b"GET /x HTTP/1.1", b""),
+    (b"HEAD /x HTTP/1.1", b""),
+    (b"GET /x HTTP/1.1", b"Range: bytes=5-9\r\n"),
+    (b"GET /x HTTP/1.1", b"If-None-Match: *\r\n"),
+    (b"GET /x HTTP/1.1", b"Connection: close\r\n"),  # uvicorn adds its Connection: close: the ordinary way
+    (b"GET /x HTTP/1.0", b""),
+])
+def test_a_replay_on_the_wire_is_the_full_paths_response_byte_for_byte(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], request_line: bytes, fields: bytes
+) -> None:
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(bytes(range(100)) * 3, {"cache-control": "max-age=600"})
+    request = request_line + b"\r\nHost: edge\r\n" + fields + b"\r\n"
+    probe = request_line + b"\r\nHost: edge\r\nX-Probe: 1\r\n" + fields + b"\r\n"
+    with RunningServer(http_settings) as edge:
+        _exchange(edge.port, b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n")  # stored
+        clock.now += 0.25
+        _exchange(edge.port, request)  # its block is opened and held, once read
+        _exchange(edge.port, request)  # kept ready
+        made = len(decisions)
+        replayed = _exchange(edge.port, request)
+        assert len(decisions) == made  # answered ready
+        full = _exchange(edge.port, probe)
+        assert len(decisions) > made  # answered by the read path
+    assert replayed == full
+    assert replayed.startswith(b"HTTP/1.")
+
+
+def test_a_replay_keeps_the_connection_alive(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float]
+) -> None:
+    origin, _ = upstream
+    body = bytes(range(256)) * 8
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=600"})
+    get, head = b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n", b"HEAD /x HTTP/1.1\r\nHost: edge\r\n\r\n"
+    ranged = b"GET /x HTTP/1.1\r\nHost: edge\r\nRange: bytes=0-9\r\n\r\n"
+    with RunningServer(http_settings) as edge, socket.create_connection(("127.0.0.1", edge.port)) as sock:
+        _exchange(edge.port, get)  # stored
+        clock.now += 0.25
+        for _ in range(2):  # its block read and held, then the answer kept
+            _exchange(edge.port, get)
+        made = len(decisions)
+        # Pipelined on one connection: ready answers and the read path's, in order, nothing between.
+        sock.sendall(get + head + get + ranged + get)
+        data = b""
+        deadline = time.monotonic() + 10
+        while data.count(b"HTTP/1.1 ") < 5 or not data.endswith(body):
+            assert time.monotonic() < deadline, data
+            data += sock.recv(65536)
+    assert len(decisions) == made + 2  # the HEAD and the range; the three GETs were ready
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200", b"200", b"206", b"200"]
+    assert [a.endswith(b"\r\n\r\n" + body) for a in answers] == [True, False, True, False, True]
+    assert answers[1].endswith(b"\r\n\r\n") and answers[3].endswith(b"\r\n\r\n" + body[:10])

@@ -2,6 +2,10 @@
 for that request and sent again without asking the cache, for as long as nothing it depends
 on can have changed (see cache.replies.Steady and http.cache.steady_until).
 
+`Replay` is the ASGI middleware that does it, in front of everything that shapes a response
+(the header middleware, the routes, the read path): it keeps the answer as it went out,
+when the app offered it (`Offer`, in the scope under OFFER), and sends it again as it is.
+
 An identical request is one with the same method, scheme, HTTP version, path (as received and
 decoded), query and header fields, in the same order: everything of a request the edge reads
 to answer it, except the client's address. The address reaches the answer only through the
@@ -10,14 +14,17 @@ response was selected by one of those (Vary) is never kept.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from starlette.types import Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..cache.replies import Steady
+from .zerocopy import HEAD_KEY, EncodedHead, encoded_head
 
 READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
+OFFER = "edgecache.ready"  # the scope key of a request's Offer
 
 # method, scheme, HTTP version, root path, path, raw path, query, header fields
 RequestKey = tuple[str, str, str | None, str, str, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
@@ -27,12 +34,16 @@ RequestKey = tuple[str, str, str | None, str, str, bytes | None, bytes | None, t
 class Ready:
     status: int
     headers: list[tuple[bytes, bytes]]
+    head: EncodedHead | None  # the headers as the server writes them (zerocopy.encoded_head)
     body: bytes
     steady: Steady
     size: int  # approximate bytes held
 
     async def send(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
+        if self.head is not None:
+            start[HEAD_KEY] = self.head
+        await send(start)
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
 
@@ -79,11 +90,13 @@ class ReadyAnswers:
         (its stored response varies on a field in `unkeyed`, which the edge sets) or it is large."""
         if not set(steady.varies_on).isdisjoint(unkeyed):
             return
-        size = _key_size(key) + len(body) + sum(len(n) + len(v) + 80 for n, v in headers)
+        head = encoded_head(headers)
+        size = _key_size(key) + len(body) + sum(len(n) + len(v) + 80 for n, v in headers) + 2 * len(
+            head.block if head else b"")
         if size > self._max_bytes // 64:  # room for many small answers, not a few large ones
             return
         self._drop(key)
-        self._answers[key] = Ready(status, headers, body, steady, size)
+        self._answers[key] = Ready(status, headers, head, body, steady, size)
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._answers)))
@@ -92,3 +105,43 @@ class ReadyAnswers:
         ready = self._answers.pop(key, None)
         if ready is not None:
             self._bytes -= ready.size
+
+
+class Offer:
+    """Set by the app when the answer it sends may be kept for identical requests: what makes
+    it steady, and its whole body."""
+
+    steady: Steady | None = None
+    body: bytes = b""
+
+
+class Replay:
+    """ASGI middleware: a request with a ready answer gets it; any other goes to the app, and
+    the answer it sends is kept if the app offered it."""
+
+    def __init__(self, app: ASGIApp, answers: ReadyAnswers, unkeyed: Iterable[str]) -> None:
+        self.app = app
+        self.answers = answers
+        self.unkeyed = frozenset(unkeyed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = request_key(scope) if scope["type"] == "http" else None
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        ready = self.answers.find(key, time.time())
+        if ready is not None:
+            await ready.send(send)
+            return
+        offer = scope[OFFER] = Offer()
+        started: list[Message] = []
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                started.append(message)
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        if offer.steady is not None and started:
+            start = started[0]
+            self.answers.keep(key, start["status"], start["headers"], offer.body, offer.steady, self.unkeyed)

@@ -22,22 +22,61 @@ it out:
 
 Over TLS (the kernel cannot encrypt what sendfile moves) the extension is not
 offered, and the app falls back to ordinary sends.
+
+A response start may also carry its header block already encoded and checked
+(`encoded_head`, under HEAD_KEY: a ready answer sent again, server/ready.py); it is written
+as it is, exactly the bytes uvicorn would write for those headers, instead of being encoded
+and checked again field by field. Where uvicorn would add anything (its own default
+headers, `connection: close`, chunked framing, an access log line), the headers go the
+ordinary way.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 EXTENSION = "http.response.zerocopysend"
+HEAD_KEY = "edgecache.head"  # a start message's EncodedHead
 SENDFILE_THREADS = 4
 MAX_PER_CALL = 8 * 1024**2  # bytes one sendfile call may move (it sends at most what the socket takes)
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 _pool = ThreadPoolExecutor(max_workers=SENDFILE_THREADS, thread_name_prefix="edgecache-sendfile")
+
+
+# RFC 9110 section 5.1 (a field name is a token) and 5.5 (no CTLs but HTAB in a value): what
+# uvicorn refuses too. Framing and connection fields are the server's to write.
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")
+_SERVERS_OWN = frozenset({b"connection", b"transfer-encoding"})
+
+
+@dataclass(frozen=True)
+class EncodedHead:
+    block: bytes  # every "name: value\r\n"
+    length: int | None  # the Content-Length, if there is one
+
+
+def encoded_head(headers: list[tuple[bytes, bytes]]) -> EncodedHead | None:
+    """The header block as uvicorn writes it, or None for headers it must see itself."""
+    lines = []
+    length = None
+    for name, value in headers:
+        name = name.lower()
+        if not _NAME.fullmatch(name) or not _VALUE.fullmatch(value) or name in _SERVERS_OWN:
+            return None
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return EncodedHead(b"".join(lines), length)
 
 
 class ShortFile(OSError):
@@ -71,6 +110,8 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
+        if kind == "http.response.start" and HEAD_KEY in message and self._start_encoded(message):
+            return
         if kind == "http.response.start" and not self.response_started and _has_body(self.scope, message):
             # Held, to go out with the first body bytes in one write: one segment and one
             # wake-up of the client instead of two, which is most of a small response's cost.
@@ -126,6 +167,27 @@ class ZeroCopyCycle(RequestResponseCycle):
                 self.transport.write(b"\r\n")
         # The end of the body (and of chunked framing) as an ordinary empty body message.
         await super().send({"type": "http.response.body", "body": b"", "more_body": more_body})
+
+    def _start_encoded(self, message: Any) -> bool:
+        """Start the response with its encoded head, as uvicorn would; False when uvicorn must."""
+        if self.disconnected:
+            return True  # dropped, as uvicorn drops every send once the client is gone
+        head: EncodedHead = message[HEAD_KEY]
+        has_body = _has_body(self.scope, message)
+        if self.response_started or self.default_headers or not self.keep_alive or self.access_log or (
+                head.length is None and has_body) or self.flow.write_paused:
+            return False
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        if head.length is not None:
+            self.expected_content_length = head.length
+            self.chunked_encoding = False
+        data = STATUS_LINE[message["status"]] + head.block + b"\r\n"
+        if has_body:
+            self._head = data  # goes out with the first body bytes, as below
+        else:
+            self.transport.write(data)
+        return True
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> bool:
         """Send bytes [offset, offset + count) of `fd`; False when the client went away."""
