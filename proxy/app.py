@@ -241,7 +241,7 @@ def create_app(settings: Settings) -> EdgeApp:
             target = dataclasses.replace(target, raw=verdict.raw)
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
-        headers = forwarding_headers(received, peer, request.scope["scheme"], public_host, settings.proxies)
+        headers = forwarding_headers(received, peer, request.scope.get("scheme", "http"), public_host, settings.proxies)
         try:
             reply = await service.handle(ProxyRequest(method, target, headers, body))
         except ClientDisconnect:

@@ -9,6 +9,7 @@ import socket
 import time
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import assume, example, given
@@ -419,3 +420,49 @@ def test_a_replay_keeps_the_connection_alive(  # type: ignore[no-untyped-def]
     assert [a[:3] for a in answers] == [b"200", b"200", b"200", b"206", b"200"]
     assert [a.endswith(b"\r\n\r\n" + body) for a in answers] == [True, False, True, False, True]
     assert answers[1].endswith(b"\r\n\r\n") and answers[3].endswith(b"\r\n\r\n" + body[:10])
+
+
+async def _asgi(app: Any, headers: Any, path: str = "/small.txt", scheme: str | None = "http") -> int:
+    """One GET straight through the ASGI app with a scope as given (its status)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("edge", 80), **({"scheme": scheme} if scheme else {})}
+    sent: list[dict[str, Any]] = []
+    asked: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        if not asked:
+            asked.append(1)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def test_scopes_a_key_cannot_be_made_of_are_answered_by_the_read_path(settings: Settings) -> None:
+    """ASGI lets header pairs be lists (not hashable) and leaves out the scheme (http)."""
+    app = create_app(settings)
+    for _ in range(3):
+        assert await _asgi(app, [[b"host", b"edge"]]) == 200
+        assert await _asgi(app, [(b"host", b"edge")], scheme=None) == 200
+        assert await _asgi(app, [(b"host", b"edge")], path="/_edge/health", scheme=None) == 200
+
+
+async def test_a_stored_answer_of_another_status_is_dated_when_decided(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock
+) -> None:
+    """A stored 404 has no Date of its own to keep: its answer's is the time it was decided at,
+    so a replay within that second has it right."""
+    origin, _ = upstream
+    origin.objects["/gone"] = Obj(b"", {"cache-control": "max-age=600"}, status=404)
+    async with in_process(http_settings) as c:
+        await c.get("/gone")
+        clock.now += 0.25
+        answers = [await c.get("/gone") for _ in range(2)]
+    assert [a.status_code for a in answers] == [404, 404]
+    assert [a.headers["date"] for a in answers] == [format_http_date(clock.now)] * 2

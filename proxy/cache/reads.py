@@ -16,6 +16,7 @@ from ..http.cachestatus import cache_status, x_cache
 from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
 from ..http.freshness import Policy, selection, stored_headers, vary_fields
+from ..http.headers import format_http_date
 from ..http.model import Span
 from ..http.plan import plan_response
 from ..http.ranges import parse_range
@@ -394,12 +395,15 @@ class ReadPath:
         """Answer from a stored response at `now` (default: now); `own`: fields for this client
         only, not stored."""
         req = ex.req
+        now = time.time() if now is None else now
         extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
         if obj.status != 200:
             kept = [(n, v) for n, v in obj.headers if n.lower() != "age"]  # the edge's Age replaces it
             # RFC 9110 section 8.6: no Content-Length in a 204 (nor a 304).
             length = [] if obj.status in (204, 304) else [("Content-Length", str(obj.size))]
-            headers = [*kept, *length, *extra]
+            # RFC 9110 section 6.6.1: a Date, the time of this answer (as a 200's plan adds it).
+            dated = [] if get(obj.fields, "date") is not None else [("Date", format_http_date(now))]
+            headers = [*kept, *length, *dated, *extra]
             has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0
             if not has_body:
                 return Reply(obj.status, headers, None, nothing_to_close, whole=b"")
@@ -408,8 +412,7 @@ class ReadPath:
         rep = obj.representation(req.target.path)
         plan = plan_response(
             req.method, conditions_from(req.headers), get(req.headers, "range"), rep,
-            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary,
-            now=time.time() if now is None else now,
+            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary, now=now,
         )
         headers = [*plan.headers, *extra]
         if req.method == "HEAD" or not plan.body:

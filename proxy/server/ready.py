@@ -49,11 +49,14 @@ class Ready:
 
 def request_key(scope: Scope) -> RequestKey | None:
     """What identifies a request among identical ones (None: one that is never answered ready)."""
+    key: RequestKey = (scope["method"], scope.get("scheme", "http"), scope.get("http_version"),
+                       scope.get("root_path", ""), scope["path"], scope.get("raw_path"), scope.get("query_string"),
+                       tuple(scope["headers"]))
     try:
-        return (scope["method"], scope["scheme"], scope.get("http_version"), scope.get("root_path", ""),
-                scope["path"], scope.get("raw_path"), scope.get("query_string"), tuple(scope["headers"]))
-    except TypeError:  # header pairs that are not tuples (a test client's lists): not hashable
+        hash(key)
+    except TypeError:  # header pairs as lists (ASGI allows any iterable pair): not hashable
         return None
+    return key
 
 
 def _key_size(key: RequestKey) -> int:
