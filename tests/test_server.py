@@ -57,12 +57,11 @@ def test_idle_keepalive_connection_is_closed(make_server, settings) -> None:
     running = make_server(settings, keepalive_timeout=1)
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as s:
         s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: a\r\n\r\n")
-        started = time.monotonic()
         data = b""
+        # The server closes it (recv returns b""); were it left open, recv would time out and raise.
         while chunk := s.recv(65536):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200 OK")
-        assert time.monotonic() - started < 8  # closed by the server, not by our timeout
 
 
 def _open_fds_to(path: Path) -> int:
