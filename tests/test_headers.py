@@ -128,3 +128,23 @@ def test_indexed_fields_answer_as_the_list_does_after_any_change(pairs: list[tup
     assert type(fields) is Fields and fields == plain
     for name in ("range", "x-a", "absent"):
         assert get(fields, name) == get(plain, name)
+
+
+def test_long_field_values_are_parsed_alike_and_not_kept() -> None:
+    """The parse caches are keyed by values a client or an origin chooses: a long value is
+    parsed each time, with the same result, so the caches stay bounded in bytes."""
+    from proxy.http import directives, freshness
+
+    long_value = "max-age=60, " + ", ".join(f"x-{i}" for i in range(400))
+    assert len(long_value) > directives.KEPT_CHARS
+    before = directives._cache_control.cache_info().currsize
+    assert directives.cache_control(long_value)["max-age"] == "60"
+    assert directives._cache_control.cache_info().currsize == before
+    assert directives.sf_dictionary("a=1, " + "b" * 2000) == {"a": "1", "b" * 2000: True}
+    headers = [("Cache-Control", "max-age=60"), ("X-Big", "x" * 5000)]
+    before = (freshness._response_rules.cache_info().currsize, freshness._freshness_lifetime.cache_info().currsize)
+    policy = freshness.Policy()
+    assert freshness.response_rules(headers, policy).directives["max-age"] == "60"
+    assert freshness.freshness_lifetime(200, headers, "/x", 1.7e9, policy) == 60
+    after = (freshness._response_rules.cache_info().currsize, freshness._freshness_lifetime.cache_info().currsize)
+    assert after == before

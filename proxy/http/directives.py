@@ -11,7 +11,8 @@ from .headers import split_list
 
 Headers = list[tuple[str, str]]
 Directives = Mapping[str, str | None]  # read-only: parsed values are shared (cached by field value)
-_PARSED = 4096  # distinct field values whose parse is kept
+_PARSED = 4096  # distinct field values whose parse is kept...
+KEPT_CHARS = 1024  # ... when this short: others (a client or an origin chooses them) are parsed each time
 MAX_DELTA = 2**31  # RFC 9111 section 1.2.2: delta-seconds overflow to 2^31
 
 
@@ -63,7 +64,8 @@ def get(headers: Headers, name: str) -> str | None:
 
 def cache_control(value: str | None) -> Directives:
     """Directives of a Cache-Control field, lower-cased; the first occurrence wins (section 4.2.1)."""
-    return _cache_control(value or "")
+    value = value or ""
+    return (_cache_control if len(value) <= KEPT_CHARS else _cache_control.__wrapped__)(value)
 
 
 @functools.lru_cache(maxsize=_PARSED)
@@ -100,9 +102,14 @@ _SF_ITEM = re.compile(
 _SF_PARAM = re.compile(r";\s*([a-z*][a-z0-9_\-.*]*)(?:=(" + _SF_ITEM.pattern + r"))?")
 
 
-@functools.lru_cache(maxsize=_PARSED)
 def sf_dictionary(value: str) -> Mapping[str, str | bool] | None:
-    """A Structured Field Dictionary as {key: item text, or True for a bare key}; None if invalid.
+    """A Structured Field Dictionary as {key: item text, or True for a bare key}; None if invalid."""
+    return (_sf_dictionary if len(value) <= KEPT_CHARS else _sf_dictionary.__wrapped__)(value)
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _sf_dictionary(value: str) -> Mapping[str, str | bool] | None:
+    """sf_dictionary, kept by value.
 
     Only what cache directives use: bare items and booleans; an inner list is invalid here.
     """
@@ -142,11 +149,11 @@ def cdn_directives(headers: Headers, fields: tuple[str, ...]) -> Directives | No
     A field whose delta-seconds directives are not non-negative Integers is invalid.
     """
     for name in fields:
-        value = get(headers, name)
+        value = get(headers, name) or ""
         parsed = sf_dictionary(value) if value else None
         if not parsed or any(k in _DELTAS and not (isinstance(v, str) and v.isdigit()) for k, v in parsed.items()):
             continue
-        return _targeted(value)
+        return (_targeted if len(value) <= KEPT_CHARS else _targeted.__wrapped__)(value)
     return None
 
 

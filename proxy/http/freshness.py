@@ -5,6 +5,7 @@ import fnmatch
 import functools
 from dataclasses import dataclass
 from enum import Enum
+from itertools import chain
 
 from .directives import Directives, Headers, cache_control, cdn_directives, delta_seconds, get
 from .headers import parse_http_date, split_list
@@ -15,7 +16,8 @@ __all__ = ["Headers", "get", "cache_control", "delta_seconds"]
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # Statuses whose semantics this cache understands (RFC 9111 section 5.2.2.3, must-understand).
 UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 303, 307, 400, 403, 500, 502, 503, 504}
-_REMEMBERED = 4096  # stored responses whose rules and lifetime are kept (pure: the same inputs, the same answer)
+_REMEMBERED = 4096  # stored responses whose rules and lifetime are kept (pure: the same inputs, the same answer)...
+_KEPT_FIELD_CHARS = 4096  # ... when their fields total this many characters at most
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,14 @@ class ResponseRules:
 
 
 def response_rules(headers: Headers, policy: Policy) -> ResponseRules:
-    return _response_rules(tuple(headers), policy)
+    fields = tuple(headers)
+    return (_response_rules if _keepable(fields) else _response_rules.__wrapped__)(fields, policy)
+
+
+def _keepable(fields: tuple[tuple[str, str], ...]) -> bool:
+    """Fields short enough to be kept as a cache key (an origin chooses them: the caches stay
+    bounded in bytes, not only in entries)."""
+    return len("".join(chain.from_iterable(fields))) <= _KEPT_FIELD_CHARS  # one C-level pass: runs per hit
 
 
 @functools.lru_cache(maxsize=_REMEMBERED)  # a stored response's rules are asked for on every hit
@@ -105,7 +114,9 @@ def allows_authorized(response_headers: Headers) -> bool:
 
 def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
     """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2)."""
-    return _freshness_lifetime(status, tuple(headers), path, response_time, policy)
+    fields = tuple(headers)
+    lifetime = _freshness_lifetime if _keepable(fields) else _freshness_lifetime.__wrapped__
+    return lifetime(status, fields, path, response_time, policy)
 
 
 @functools.lru_cache(maxsize=_REMEMBERED)
