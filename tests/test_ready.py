@@ -117,14 +117,28 @@ def steady(since: float = 100.0, until: float = 100.5, varies_on: tuple[str, ...
 HEADERS = [(b"content-length", b"5")]
 
 
+def offer_twice(ready: ReadyAnswers, *args: Any) -> None:
+    """An answer is kept when its request is offered a second time."""
+    ready.keep(*args)
+    ready.keep(*args)
+
+
 def key(name: str) -> RequestKey:
     return ("GET", "http", "1.1", "", "/" + name, name.encode(), b"", ((b"host", b"edge.test"),))
+
+
+def test_an_answer_is_kept_when_its_request_is_offered_again() -> None:
+    ready = answers(Counters())
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    assert ready.find(key("k"), 100.25) is None  # asked once: most requests with a client's own fields
+    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    assert ready.find(key("k"), 100.25) is not None
 
 
 def test_an_answer_is_found_while_it_holds_and_tallied_as_a_hit() -> None:
     c = Counters()
     ready = answers(c)
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
     found = ready.find(key("k"), 100.25)
     assert found is not None and (found.status, found.headers, found.body) == (200, HEADERS, b"hello")
     assert c.hits == ["/x"]
@@ -135,7 +149,7 @@ def test_an_answer_is_found_while_it_holds_and_tallied_as_a_hit() -> None:
 def test_an_answer_outside_its_time_is_gone(now: float) -> None:
     c = Counters()
     ready = answers(c)
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
     assert ready.find(key("k"), now) is None
     assert ready.find(key("k"), 100.25) is None  # dropped, not kept for later
     assert c.hits == []
@@ -144,7 +158,7 @@ def test_an_answer_outside_its_time_is_gone(now: float) -> None:
 def test_an_answer_is_gone_once_its_key_changed_in_any_process() -> None:
     c = Counters()
     ready = answers(c)
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
+    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
     c.counts[7] = 2
     assert ready.find(key("k"), 100.25) is None
 
@@ -152,9 +166,10 @@ def test_an_answer_is_gone_once_its_key_changed_in_any_process() -> None:
 def test_an_answer_selected_by_a_field_the_edge_sets_is_not_kept() -> None:
     c = Counters()
     ready = answers(c)
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept", "x-forwarded-for")), {"x-forwarded-for"})
+    by_address = steady(varies_on=("accept", "x-forwarded-for"))
+    offer_twice(ready, key("k"), 200, HEADERS, b"hello", by_address, {"x-forwarded-for"})
     assert ready.find(key("k"), 100.25) is None
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept",)), {"x-forwarded-for"})
+    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept",)), {"x-forwarded-for"})
     assert ready.find(key("k"), 100.25) is not None
 
 
@@ -162,10 +177,10 @@ def test_answers_are_bounded_in_bytes() -> None:
     c = Counters()
     ready = answers(c, max_bytes=64 * 1024)
     for i in range(1000):
-        ready.keep(key(f"k{i}"), 200, HEADERS, bytes(500), steady(), ())
+        offer_twice(ready, key(f"k{i}"), 200, HEADERS, bytes(400), steady(), ())
     assert ready._bytes <= 64 * 1024
     assert ready.find(key("k999"), 100.25) is not None and ready.find(key("k0"), 100.25) is None
-    ready.keep(key("big"), 200, HEADERS, bytes(2048), steady(), ())  # over 1/64 of the bound
+    offer_twice(ready, key("big"), 200, HEADERS, bytes(2048), steady(), ())  # over 1/64 of the bound
     assert ready.find(key("big"), 100.25) is None
 
 
@@ -384,7 +399,8 @@ def test_a_replay_on_the_wire_is_the_full_paths_response_byte_for_byte(  # type:
         _exchange(edge.port, b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n")  # stored
         clock.now += 0.25
         _exchange(edge.port, request)  # its block is opened and held, once read
-        _exchange(edge.port, request)  # kept ready
+        _exchange(edge.port, request)  # offered, remembered as asked
+        _exchange(edge.port, request)  # offered again: kept ready
         made = len(decisions)
         replayed = _exchange(edge.port, request)
         assert len(decisions) == made  # answered ready
@@ -405,7 +421,7 @@ def test_a_replay_keeps_the_connection_alive(  # type: ignore[no-untyped-def]
     with RunningServer(http_settings) as edge, socket.create_connection(("127.0.0.1", edge.port)) as sock:
         _exchange(edge.port, get)  # stored
         clock.now += 0.25
-        for _ in range(2):  # its block read and held, then the answer kept
+        for _ in range(3):  # its block read and held, the answer offered, then kept
             _exchange(edge.port, get)
         made = len(decisions)
         # Pipelined on one connection: ready answers and the read path's, in order, nothing between.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,22 +25,26 @@ from ..cache.replies import Steady
 from .zerocopy import HEAD_KEY, EncodedHead, encoded_head
 
 READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
+SEEN = 8192  # requests remembered (by hash) as asked once: an answer is kept when asked again
 OFFER = "edgecache.ready"  # the scope key of a request's Offer
 
 # method, scheme, HTTP version, root path, path, raw path, query, header fields
 RequestKey = tuple[str, str, str | None, str, str, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ready:
     status: int
     headers: list[tuple[bytes, bytes]]
-    head: EncodedHead | None  # the headers as the server writes them (zerocopy.encoded_head)
     body: bytes
     steady: Steady
-    size: int  # approximate bytes held
+    size: int  # approximate bytes held (the encoded head included)
+    head: EncodedHead | None = None  # the headers as the server writes them, once sent again
+    encoded: bool = False  # `head` worked out (an answer never asked for again never pays for it)
 
     async def send(self, send: Send) -> None:
+        if not self.encoded:
+            self.head, self.encoded = encoded_head(self.headers), True
         start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
         if self.head is not None:
             start[HEAD_KEY] = self.head
@@ -59,13 +64,25 @@ def request_key(scope: Scope) -> RequestKey | None:
     return key
 
 
+_FIELD = 100  # bytes a header field takes beyond its name and value (a tuple, two bytes objects)
+
+
+def _fields_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
+    """Approximate bytes held by header fields (one C-level join, not a loop: this runs for
+    every answer kept)."""
+    fields = tuple(fields)
+    return len(fields) * _FIELD + len(b"".join(chain.from_iterable(fields)))
+
+
 def _key_size(key: RequestKey) -> int:
     *parts, headers = key
-    return 200 + sum(len(p) for p in parts if p is not None) + sum(len(n) + len(v) + 80 for n, v in headers)
+    return 200 + sum(len(p) for p in parts if p is not None) + _fields_size(headers)
 
 
 class ReadyAnswers:
-    """Answers kept by request, at most READY_BYTES of them; the oldest go first."""
+    """Answers kept by request, at most READY_BYTES of them; the oldest go first. An answer is
+    kept the second time its request comes (within the last SEEN requests offered): a request
+    asked once, the usual case for a client's own header fields, costs a hash, not a copy."""
 
     def __init__(self, changes_at: Callable[[int], int], hit: Callable[[str], None],
                  max_bytes: int = READY_BYTES) -> None:
@@ -74,6 +91,7 @@ class ReadyAnswers:
         self._max_bytes = max_bytes
         self._answers: dict[RequestKey, Ready] = {}
         self._bytes = 0
+        self._seen: dict[int, None] = {}  # hashes of requests offered once, oldest first
 
     def find(self, key: RequestKey, now: float) -> Ready | None:
         """The answer kept for this request, if it is still the answer at `now` (a hit, tallied)."""
@@ -91,18 +109,28 @@ class ReadyAnswers:
              steady: Steady, unkeyed: Iterable[str]) -> None:
         """Keep an answer for identical requests, unless the client's address may have selected it
         (its stored response varies on a field in `unkeyed`, which the edge sets) or it is large."""
-        if not set(steady.varies_on).isdisjoint(unkeyed):
+        if not set(steady.varies_on).isdisjoint(unkeyed) or not self._asked_again(key):
             return
-        head = encoded_head(headers)
-        size = _key_size(key) + len(body) + sum(len(n) + len(v) + 80 for n, v in headers) + 2 * len(
-            head.block if head else b"")
+        size = _key_size(key) + len(body) + 2 * _fields_size(headers)  # the list, and its encoded block
         if size > self._max_bytes // 64:  # room for many small answers, not a few large ones
             return
         self._drop(key)
-        self._answers[key] = Ready(status, headers, head, body, steady, size)
+        self._answers[key] = Ready(status, headers, body, steady, size)
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._answers)))
+
+    def _asked_again(self, key: RequestKey) -> bool:
+        """Was this request offered before (lately)? Remembers it if not. A hash shared by two
+        requests only keeps an answer sooner: that is never wrong, only a copy spent."""
+        seen = self._seen
+        digest = hash(key)
+        if digest in seen:
+            return True
+        seen[digest] = None
+        if len(seen) > SEEN:
+            del seen[next(iter(seen))]
+        return False
 
     def _drop(self, key: RequestKey) -> None:
         ready = self._answers.pop(key, None)
