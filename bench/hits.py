@@ -14,7 +14,9 @@ no request while they are measured. The load generator is wrk (never Python), wi
 Figures, each over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
 half aligned on 1 MiB and half not, on 64 connections (MiB/s, p99 ms; bench/wrk_ranges.lua);
 1 KiB hits on 64 connections (req/s) and the server CPU per request over that run
-(utime+stime of all the server's processes, from /proc, divided by wrk's requests); 304
+(utime+stime of all the server's processes, from /proc, divided by wrk's requests); the same
+1 KiB hits with a header field of its own in each request (bench/wrk_distinct.lua: no two
+requests identical, so edgecache's ready answers cannot replay them); 304
 revalidations on 64 connections (If-None-Match: the object's ETag); the peak resident
 memory of the server's processes over the whole run, per worker and in total.
 """
@@ -134,6 +136,7 @@ class Figures:
     full: WrkResult
     ranges: WrkResult
     small: WrkResult
+    distinct: WrkResult
     revalidations: WrkResult
     cpu_us_per_request: float
     rss_worker: float  # MiB, the largest worker's peak
@@ -143,7 +146,7 @@ class Figures:
 
     @property
     def wrk_errors(self) -> int:
-        return sum(r.error_count for r in (self.full, self.ranges, self.small, self.revalidations))
+        return sum(r.error_count for r in (self.full, self.ranges, self.small, self.distinct, self.revalidations))
 
 
 def is_worker(cmdline: str, leader: bool, alone: bool) -> bool:
@@ -171,6 +174,8 @@ def measure(port: int, proc: subprocess.Popen, name: str, files: dict[str, bytes
         before = cpu_seconds(proc.pid)
         small = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads)
         cpu = cpu_used(before, cpu_seconds(proc.pid))
+        distinct = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
+                           script=BENCH / "wrk_distinct.lua")
         revalidations = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
                                 headers=(f"If-None-Match: {etag}",))
     finally:
@@ -182,9 +187,10 @@ def measure(port: int, proc: subprocess.Popen, name: str, files: dict[str, bytes
     processes = [f"{pid} {memory.peaks[pid] / (1 << 20):.1f} MiB  {memory.cmdlines.get(pid, '')[:90]}"
                  for pid in sorted(memory.peaks)]
     per_request = cpu / small.requests * 1e6 if small.requests else float("nan")
-    figures = Figures(full, ranges, small, revalidations, per_request, max(workers, default=0) / (1 << 20),
+    figures = Figures(full, ranges, small, distinct, revalidations, per_request, max(workers, default=0) / (1 << 20),
                       max(memory.peak_total, *memory.peaks.values()) / (1 << 20), processes, counts["requests"])
-    for label, r in (("64 MiB GET", full), ("1 MiB ranges", ranges), ("1 KiB hits", small), ("304", revalidations)):
+    for label, r in (("64 MiB GET", full), ("1 MiB ranges", ranges), ("1 KiB hits", small),
+                     ("... distinct", distinct), ("304", revalidations)):
         print(f"  {label:<13} {r.requests:>9} requests in {r.seconds:5.2f} s, {r.req_per_s:>10,.0f} req/s, "
               f"{r.mib_per_s:>8,.0f} MiB/s, p50 {r.p50_ms:7.1f} ms, p99 {r.p99_ms:7.1f} ms, "
               f"errors {r.errors if r.error_count else 0}")
@@ -217,6 +223,7 @@ ROWS = (  # label, figure, format
     ("... p99 latency, ms", lambda f: f.ranges.p99_ms, "{:,.1f}"),
     ("1 KiB hits, 64 connections, req/s", lambda f: f.small.req_per_s, "{:,.0f}"),
     ("... server CPU per request, us", lambda f: f.cpu_us_per_request, "{:,.1f}"),
+    ("... each request distinct, req/s", lambda f: f.distinct.req_per_s, "{:,.0f}"),
     ("304 revalidations, 64 connections, req/s", lambda f: f.revalidations.req_per_s, "{:,.0f}"),
     ("peak memory (RSS) per worker, MiB", lambda f: f.rss_worker, "{:,.1f}"),
     ("peak memory (RSS) total, MiB", lambda f: f.rss_total, "{:,.1f}"),

@@ -1,0 +1,19 @@
+-- wrk: the same GET, but each request with a header field of its own (X-Request-Number), so
+-- that no two requests are identical: what a cache that keeps answers for repeated requests
+-- cannot replay (edgecache's ready answers), and the read path answers.
+--   wrk ... -s bench/wrk_distinct.lua URL
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(dir .. "wrk_report.lua")
+
+local threads = 0
+function setup(thread)
+   threads = threads + 1
+   thread:set("id", threads)
+end
+
+local n = 0
+function request()
+   n = n + 1
+   return wrk.format(nil, nil, {["X-Request-Number"] = (id or 1) .. "-" .. n})
+end
