@@ -6,12 +6,6 @@
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(dir .. "wrk_report.lua")
 
-local threads = 0
-function setup(thread)
-   threads = threads + 1
-   thread:set("id", threads)
-end
-
 local n = 0
 function request()
    n = n + 1

@@ -1,5 +1,13 @@
 -- wrk: print the run's figures as one JSON line, read by bench/common.py run_wrk().
 -- Latencies are in microseconds; bytes include the response headers.
+-- Each thread is numbered (`id`, from 1), for the scripts that load this file.
+
+local threads = 0
+function setup(thread)
+   threads = threads + 1
+   thread:set("id", threads)
+end
+
 function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
