@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from .headers import split_list
 
@@ -14,6 +14,13 @@ Directives = Mapping[str, str | None]  # read-only: parsed values are shared (ca
 _PARSED = 4096  # distinct field values whose parse is kept...
 KEPT_CHARS = 1024  # ... when this short: others (a client or an origin chooses them) are parsed each time
 MAX_DELTA = 2**31  # RFC 9111 section 1.2.2: delta-seconds overflow to 2^31
+T = TypeVar("T")
+
+
+def cached_if(small: bool, cached: functools._lru_cache_wrapper[T]) -> Callable[..., T]:
+    """`cached` when its key is small enough to keep, else the function it wraps (uncached): a
+    cache whose keys a client or an origin chooses stays bounded in bytes, not only in entries."""
+    return cached if small else cached.__wrapped__
 
 
 class Fields(list[tuple[str, str]]):
@@ -65,7 +72,7 @@ def get(headers: Headers, name: str) -> str | None:
 def cache_control(value: str | None) -> Directives:
     """Directives of a Cache-Control field, lower-cased; the first occurrence wins (section 4.2.1)."""
     value = value or ""
-    return (_cache_control if len(value) <= KEPT_CHARS else _cache_control.__wrapped__)(value)
+    return cached_if(len(value) <= KEPT_CHARS, _cache_control)(value)
 
 
 @functools.lru_cache(maxsize=_PARSED)
@@ -104,7 +111,7 @@ _SF_PARAM = re.compile(r";\s*([a-z*][a-z0-9_\-.*]*)(?:=(" + _SF_ITEM.pattern + r
 
 def sf_dictionary(value: str) -> Mapping[str, str | bool] | None:
     """A Structured Field Dictionary as {key: item text, or True for a bare key}; None if invalid."""
-    return (_sf_dictionary if len(value) <= KEPT_CHARS else _sf_dictionary.__wrapped__)(value)
+    return cached_if(len(value) <= KEPT_CHARS, _sf_dictionary)(value)
 
 
 @functools.lru_cache(maxsize=_PARSED)
@@ -153,7 +160,7 @@ def cdn_directives(headers: Headers, fields: tuple[str, ...]) -> Directives | No
         parsed = sf_dictionary(value) if value else None
         if not parsed or any(k in _DELTAS and not (isinstance(v, str) and v.isdigit()) for k, v in parsed.items()):
             continue
-        return (_targeted if len(value) <= KEPT_CHARS else _targeted.__wrapped__)(value)
+        return cached_if(len(value) <= KEPT_CHARS, _targeted)(value)
     return None
 
 

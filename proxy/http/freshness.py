@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 from itertools import chain
 
-from .directives import Directives, Headers, cache_control, cdn_directives, delta_seconds, get
+from .directives import Directives, Headers, cache_control, cached_if, cdn_directives, delta_seconds, get
 from .headers import parse_http_date, split_list
 
 __all__ = ["Headers", "get", "cache_control", "delta_seconds"]
@@ -47,7 +47,7 @@ class ResponseRules:
 
 def response_rules(headers: Headers, policy: Policy) -> ResponseRules:
     fields = tuple(headers)
-    return (_response_rules if _keepable(fields) else _response_rules.__wrapped__)(fields, policy)
+    return cached_if(_keepable(fields), _response_rules)(fields, policy)
 
 
 def _keepable(fields: tuple[tuple[str, str], ...]) -> bool:
@@ -115,8 +115,7 @@ def allows_authorized(response_headers: Headers) -> bool:
 def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
     """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2)."""
     fields = tuple(headers)
-    lifetime = _freshness_lifetime if _keepable(fields) else _freshness_lifetime.__wrapped__
-    return lifetime(status, fields, path, response_time, policy)
+    return cached_if(_keepable(fields), _freshness_lifetime)(status, fields, path, response_time, policy)
 
 
 @functools.lru_cache(maxsize=_REMEMBERED)
