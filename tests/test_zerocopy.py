@@ -3,17 +3,22 @@ exact bytes for every range shape, chunked framing, a file shorter than announce
 that read slowly or go away mid-send, keep-alive and pipelining after a sendfile response."""
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from proxy.cache import blocks
 from proxy.server import zerocopy
@@ -31,19 +36,36 @@ def from_files(first: int, last: int) -> int:
     return max(0, min(last + 1, IN_FILES) - first)
 
 
-@pytest.fixture
-def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Bytes moved by each os.sendfile call (the server runs in this process)."""
-    moved: list[int] = []
+class Calls(list[int]):
+    """Bytes moved by each os.sendfile call, and whether each ran in one of the send pool's threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_threads: list[bool] = []
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Count os.sendfile calls (the server runs in this process)."""
+    calls = Calls()
     real = os.sendfile
 
     def counting(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
         n = real(out_fd, in_fd, offset, count)
-        moved.append(n)
+        calls.in_threads.append(threading.current_thread().name.startswith("edgecache-sendfile"))
+        calls.append(n)
         return n
 
     monkeypatch.setattr(zerocopy.os, "sendfile", counting)
-    return moved
+    return calls
+
+
+@pytest.fixture(params=["on the loop", "in threads"])
+def sendfile_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Calls:
+    """Counted sendfile calls. Spans in memory are sent on the event loop; "in threads" takes
+    every span as on disk, so all go to the pool."""
+    if request.param == "in threads":
+        monkeypatch.setattr(zerocopy.pagecache, "resident", lambda fd, offset, count: False)
+    return _counted(monkeypatch)
 
 
 @pytest.fixture
@@ -288,6 +310,32 @@ def test_a_head_that_is_the_whole_response_is_not_held(settings) -> None:  # typ
     assert (not_modified.status_code, not_modified.content) == (304, b"")
 
 
+def _evict(directory: str) -> int:
+    """Drop the files under `directory` from the page cache; how many there are."""
+    count = 0
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            fd = os.open(os.path.join(parent, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            count += 1
+    return count
+
+
+def test_spans_on_disk_are_sent_from_threads_and_spans_in_memory_from_the_loop(warm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = _counted(monkeypatch)
+    assert _evict(warm.settings.cache_dir) > IN_FILES // BLOCK
+    assert httpx.get(warm.url + CLIP).content == BODY
+    assert _moved(calls, IN_FILES) and all(calls.in_threads)  # the waits for the disk, in threads
+    calls.clear()
+    calls.in_threads.clear()
+    assert httpx.get(warm.url + CLIP).content == BODY  # the first send read the pages: now in memory
+    assert _moved(calls, IN_FILES) and not any(calls.in_threads)
+
+
 def _target_of(fd: int) -> str:
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
@@ -310,6 +358,7 @@ def test_a_send_cut_short_never_leaves_a_thread_with_descriptors_closed_under_it
         return real(out_fd, in_fd, offset, count)
 
     monkeypatch.setattr(zerocopy.os, "sendfile", slow_to_start)
+    monkeypatch.setattr(zerocopy.pagecache, "resident", lambda fd, offset, count: False)  # sent from threads
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.connect(("127.0.0.1", warm.port))
@@ -344,3 +393,38 @@ def test_a_client_that_stops_sending_and_reading_does_not_pin_the_response(make_
         while (state.connections or state.tasks) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not state.connections and not state.tasks
+
+
+PAGE = 4096
+
+
+@pytest.fixture
+def evicted_file(tmp_path) -> Iterator[int]:  # type: ignore[no-untyped-def]
+    """A 64-page file, none of it in the page cache, read without read-ahead."""
+    fd = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT)
+    os.write(fd, os.urandom(64 * PAGE))
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    yield fd
+    os.close(fd)
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 64 * PAGE - 1), st.integers(1, 64 * PAGE))
+def test_a_span_is_resident_when_every_page_it_touches_is(evicted_file, offset, count) -> None:  # type: ignore[no-untyped-def]
+    if mmap.PAGESIZE != PAGE:
+        pytest.skip("pages of another size")
+    os.posix_fadvise(evicted_file, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.pread(evicted_file, 10 * PAGE, 20 * PAGE)  # pages 20 to 29 only
+    touched = range(offset // PAGE, (offset + count - 1) // PAGE + 1)
+    expected = touched[0] >= 20 and touched[-1] <= 29
+    assert zerocopy.pagecache.resident(evicted_file, offset, count) == expected
+
+
+def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # type: ignore[no-untyped-def]
+    os.pread(evicted_file, 64 * PAGE, 0)
+    assert zerocopy.pagecache.resident(evicted_file, 0, 64 * PAGE)
+    assert not zerocopy.pagecache.resident(evicted_file, 0, 65 * PAGE)  # past the end: no pages there
+    assert not zerocopy.pagecache.resident(evicted_file, 0, 0)
+    assert not zerocopy.pagecache.resident(-1, 0, PAGE)  # a bad descriptor: the send reports it

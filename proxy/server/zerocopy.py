@@ -7,14 +7,17 @@ this one advertises the extension in every plain-HTTP request's scope and carrie
 it out:
 
 - the status line and headers uvicorn has buffered are flushed first, so bytes go
-  out in order; sendfile writes to a duplicate of the socket's descriptor (the
-  transport may close its own meanwhile, and the number be reused), which stays
-  non-blocking and which the event loop polls for room;
-- each `sendfile` call runs on a small pool of threads of its own, on duplicates of
-  both descriptors that the call owns and closes (a cancelled wait cannot stop a call
-  a thread has begun): the socket side never blocks (it sends what fits), the file
-  side may wait for the disk, and that wait must not hold the event loop; a wait for
-  room ends when the connection is lost;
+  out in order; the socket stays non-blocking: a call sends what fits, and the event
+  loop polls a duplicate of its descriptor for room (it refuses to poll the one the
+  transport owns); a wait for room ends when the connection is lost;
+- a span whose every page is in memory (`pagecache.resident`) is sent on the event
+  loop itself: the call only copies, and on the loop, while the transport is not
+  closing, nothing can close either descriptor under it;
+- any other span is sent from a small pool of threads of its own (its pages may have
+  to come from the disk, and that wait must not hold the event loop), each call on
+  duplicates of both descriptors that it owns and closes (a cancelled wait cannot
+  stop a call a thread has begun, and the numbers may meanwhile name another
+  client's socket or file);
 - Content-Length is accounted as for body messages, chunked framing written around
   the span; a file shorter than announced is an error, never a short response
   presented as complete; a client gone mid-send ends the response as uvicorn does
@@ -41,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from . import pagecache
 
 EXTENSION = "http.response.zerocopysend"
 HEAD_KEY = "edgecache.head"  # a start message's EncodedHead
@@ -191,9 +196,7 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     async def _sendfile(self, fd: int, offset: int, count: int) -> bool:
         """Send bytes [offset, offset + count) of `fd`; False when the client went away."""
-        # A descriptor of our own: the transport may close its one meanwhile, and that number
-        # may then name another client's connection.
-        sock = _Socket(self.transport.get_extra_info("socket").fileno())
+        sock: _Socket | None = None  # a descriptor to poll for room, made at the first wait
         try:
             while count:
                 if self.disconnected or self.transport.is_closing():
@@ -201,20 +204,20 @@ class ZeroCopyCycle(RequestResponseCycle):
                     return False
                 if self.transport.get_write_buffer_size():
                     # What the transport holds (headers, chunk framing) goes first.
+                    sock = sock or _Socket(self._socket())
                     await self._room(sock)
                     await asyncio.sleep(0)  # let the transport write what it holds
                     continue
-                # The thread gets duplicates of its own, which it closes: a cancelled wait here
-                # cannot stop a call a thread has begun, and by then this side's descriptors may
-                # be closed and their numbers reused for another client's socket or file.
-                job = _pool.submit(_sendfile_owned, *_duplicates(sock.fd, fd), offset, min(count, MAX_PER_CALL))
+                part = min(count, MAX_PER_CALL)
                 try:
-                    # Shielded: cancelling the wait must not cancel a job no thread has taken yet,
-                    # or the duplicates it owns would never be closed.
-                    waited = asyncio.wrap_future(job)
-                    waited.add_done_callback(_retrieved)  # its error may come when nobody awaits it
-                    sent = await asyncio.shield(waited)
+                    if pagecache.resident(fd, offset, part):
+                        # Only a copy from memory: done here, on the loop, where nothing can close
+                        # either descriptor during the call (no thread hand-off, no duplicates).
+                        sent = os.sendfile(self._socket(), fd, offset, part)
+                    else:
+                        sent = await _in_thread(self._socket(), fd, offset, part)
                 except BlockingIOError:
+                    sock = sock or _Socket(self._socket())
                     await self._room(sock)
                     continue
                 except OSError as e:
@@ -228,7 +231,12 @@ class ZeroCopyCycle(RequestResponseCycle):
                 count -= sent
             return True
         finally:
-            sock.close()
+            if sock is not None:
+                sock.close()
+
+    def _socket(self) -> int:
+        """The connection's descriptor (open: asked on the loop while the transport is not closing)."""
+        return int(self.transport.get_extra_info("socket").fileno())
 
     async def _room(self, sock: _Socket) -> None:
         """Until the socket takes more bytes, or the connection is lost (a client that closed
@@ -255,6 +263,18 @@ class ZeroCopyCycle(RequestResponseCycle):
 def _retrieved(future: asyncio.Future[int]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+async def _in_thread(sock: int, fd: int, offset: int, count: int) -> int:
+    """os.sendfile in one of the pool's threads, on duplicates of both descriptors that the call
+    owns and closes: a cancelled wait here cannot stop a call a thread has begun, and by then this
+    side's descriptors may be closed and their numbers reused for another client's socket or file."""
+    job = _pool.submit(_sendfile_owned, *_duplicates(sock, fd), offset, count)
+    # Shielded: cancelling the wait must not cancel a job no thread has taken yet, or the
+    # duplicates it owns would never be closed.
+    waited = asyncio.wrap_future(job)
+    waited.add_done_callback(_retrieved)  # its error may come when nobody awaits it
+    return await asyncio.shield(waited)
 
 
 def _duplicates(out_fd: int, in_fd: int) -> tuple[int, int]:
