@@ -63,7 +63,7 @@ def forwarding_headers(
     for a configured public URL) and Forwarded (RFC 7239). A trusted proxy's chain is
     kept and the peer appended; anyone else's is replaced.
     """
-    trusted = is_trusted(peer, proxies)
+    trusted, hop, element = _peer(peer, scheme, public_host, proxies)
     kept, prior_for, prior, protos = [], [], [], []
     for n, v in headers:  # one pass: this runs for every request
         low = n.lower()
@@ -75,10 +75,8 @@ def forwarding_headers(
             prior.append(v)
         elif low == "x-forwarded-proto":
             protos.append(v)
-    address = parse_address(peer) if peer else None
-    hop = str(address) if address else "unknown"
     chain = [hop]
-    forwarded = [_forwarded_element(address, scheme, public_host)]
+    forwarded = [element]
     if trusted:
         chain = [*prior_for, hop]
         forwarded = [*prior, *forwarded]
@@ -89,6 +87,17 @@ def forwarding_headers(
         out.append(("X-Forwarded-Host", public_host))
     out.append(("Forwarded", ", ".join(forwarded)))
     return Fields(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(
+    peer: str | None, scheme: str, public_host: str | None, proxies: tuple[Network, ...]
+) -> tuple[bool, str, str]:
+    """Is the peer a trusted proxy; its address as X-Forwarded-For names it; its Forwarded element.
+    (Worked out once per peer: a connection's requests, a proxy's clients, come from a few.)"""
+    address = parse_address(peer) if peer else None
+    return _trusted(address, proxies), str(address) if address else "unknown", \
+        _forwarded_element(address, scheme, public_host)
 
 
 def _forwarded_element(

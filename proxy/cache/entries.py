@@ -28,24 +28,26 @@ class Entries:
         self.store = store
         self.threads = threads
 
-    async def lookup(self, primary: str, headers: Headers, fresh: bool = False) -> Lookup:
+    async def lookup(self, primary: str, headers: Headers, fresh: bool = False, epoch: int | None = None) -> Lookup:
         """The entry selected for this request (RFC 9111 section 4.1), the miss reason if none,
-        and the key's generation (what a fill started now may store into)."""
+        and the key's generation (what a fill started now may store into). `epoch`: the key's
+        change count as the caller just read it (Store.change_mark)."""
 
-        def lookup(memo_only: bool) -> Lookup:
+        def lookup(memo_only: bool, epoch: int | None = None) -> Lookup:
             store = self.store
-            generation = store.generation(primary, fresh, memo_only)
-            index = store.vary_index(primary, fresh, memo_only)
+            generation = store.generation(primary, fresh, memo_only, epoch)
+            index = store.vary_index(primary, fresh, memo_only, epoch)
             if index is not None:
                 key = meta_key(primary, vary_key(index.fields, as_fetched(headers)))
-                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only)), Fwd.VARY_MISS, generation,
-                              index.fields)
-            entry = store.get_meta(meta_key(primary, ""), generation, fresh, memo_only)
+                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only, epoch)), Fwd.VARY_MISS,
+                              generation, index.fields)
+            entry = store.get_meta(meta_key(primary, ""), generation, fresh, memo_only, epoch)
             return Lookup(_entry(entry), Fwd.URI_MISS, generation)
 
         if not fresh:
             try:
-                return lookup(True)  # what this process remembers, unchanged since: no thread, no store
+                # What this process remembers, unchanged since: no thread, no store.
+                return lookup(True, epoch)
             except _NOT_IN_MEMORY:
                 pass  # read the store, on a store thread
         try:

@@ -112,7 +112,7 @@ class ReadPath:
         try:
             for attempt in range(COLLAPSE_ROUNDS + 2):
                 mark = self.store.change_mark(primary)
-                found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0)
+                found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0, epoch=mark[1])
                 now = time.time()
                 ex = _Exchange(req, primary, facts, found.generation, mark, found.varies_on, now)
                 action = hc.decide(facts, found.entry, found.miss, now, self.policy)

@@ -72,16 +72,39 @@ def encoded_head(headers: list[tuple[bytes, bytes]]) -> EncodedHead | None:
     """The header block as uvicorn writes it, or None for headers it must see itself."""
     lines = []
     length = None
+    known = _LINES
     for name, value in headers:
-        name = name.lower()
-        if not _NAME.fullmatch(name) or not _VALUE.fullmatch(value) or name in _SERVERS_OWN:
-            return None
-        if name == b"content-length":
+        line = known.get((name, value))
+        if line is None:
+            line = _line(name, value)
+            if line is None:
+                return None
+            if len(name) + len(value) <= _LINE_KEPT:
+                if len(known) >= _LINES_KEPT:
+                    known.clear()
+                known[name, value] = line
+        if len(name) == 14 and line[:16] == b"content-length: ":
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
-        lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(line)
     return EncodedHead(b"".join(lines), length)
+
+
+def _line(name: bytes, value: bytes) -> bytes | None:
+    """One field's line, checked as uvicorn checks it; None for a field it must see itself."""
+    name = name.lower()
+    if not _NAME.fullmatch(name) or not _VALUE.fullmatch(value) or name in _SERVERS_OWN:
+        return None
+    return b"%s: %s\r\n" % (name, value)
+
+
+# Checked lines of the fields responses repeat (most of a hit's: its stored fields, Date within a
+# second, the edge's own): a dict lookup each instead of two regular expressions. Bounded in entries
+# and, through the length of what is kept, in bytes.
+_LINES: dict[tuple[bytes, bytes], bytes] = {}
+_LINES_KEPT = 4096
+_LINE_KEPT = 256
 
 
 class ShortFile(OSError):
@@ -115,7 +138,7 @@ class ZeroCopyCycle(RequestResponseCycle):
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
-        if kind == "http.response.start" and HEAD_KEY in message and self._start_encoded(message):
+        if kind == "http.response.start" and self._start_encoded(message):
             return
         if kind == "http.response.start" and not self.response_started and _has_body(self.scope, message):
             # Held, to go out with the first body bytes in one write: one segment and one
@@ -177,10 +200,12 @@ class ZeroCopyCycle(RequestResponseCycle):
         """Start the response with its encoded head, as uvicorn would; False when uvicorn must."""
         if self.disconnected:
             return True  # dropped, as uvicorn drops every send once the client is gone
-        head: EncodedHead = message[HEAD_KEY]
+        if self.response_started or self.default_headers or not self.keep_alive or self.access_log or \
+                self.flow.write_paused:
+            return False
+        head: EncodedHead | None = message.get(HEAD_KEY) or encoded_head(message["headers"])
         has_body = _has_body(self.scope, message)
-        if self.response_started or self.default_headers or not self.keep_alive or self.access_log or (
-                head.length is None and has_body) or self.flow.write_paused:
+        if head is None or (head.length is None and has_body):
             return False
         self.response_started = True
         self.waiting_for_100_continue = False

@@ -131,12 +131,14 @@ class Store:
     # is unchanged, so a hit reads no store at all; whatever any process writes is seen by
     # the next lookup. A remembered entry is read again after `memo_seconds` all the same:
     # that read is what tells the LRU that a hot entry is in use.
-    def _recall(self, key: str, fresh: bool, memo_only: bool) -> tuple[bool, object]:
+    def _recall(self, key: str, fresh: bool, memo_only: bool, epoch: int | None = None) -> tuple[bool, object]:
         """(True, value) when `key` is remembered and still valid; NotRemembered when it is not
-        and `memo_only`."""
+        and `memo_only`. `epoch`: the key's change count, when the caller has just read it (one
+        read for the lookups of one request: they then all answer as of that moment)."""
         if not fresh:
             memo = self._memo.get(key)  # one C call, atomic under the GIL: no lock to read
-            if memo is not None and memo[0] == self._epoch(key) and time.monotonic() - memo[1] < self.memo_seconds:
+            if memo is not None and memo[0] == (self._epoch(key) if epoch is None else epoch) and \
+                    time.monotonic() - memo[1] < self.memo_seconds:
                 return True, memo[2]
         if memo_only:
             raise NotRemembered(key)
@@ -182,9 +184,10 @@ class Store:
         for slot in {self.epochs.slot(p) for p in primaries}:
             self.epochs.bump(slot)
 
-    def _stored(self, key: str, fresh: bool, memo_only: bool = False) -> tuple[int, object] | None:
+    def _stored(self, key: str, fresh: bool, memo_only: bool = False,
+                epoch: int | None = None) -> tuple[int, object] | None:
         """(generation, entry) as stored under a meta key, or None; unreadable entries are dropped."""
-        known, value = self._recall(key, fresh, memo_only)
+        known, value = self._recall(key, fresh, memo_only, epoch)
         if not known:
             value = self._read(key, lambda: _valid_meta(self._load(key)))
         return value if isinstance(value, tuple) else None
@@ -197,24 +200,26 @@ class Store:
             self.objects.delete(key)
             return None
 
-    def get_meta(self, key: str, generation: int, fresh: bool = False, memo_only: bool = False) -> object | None:
+    def get_meta(self, key: str, generation: int, fresh: bool = False, memo_only: bool = False,
+                 epoch: int | None = None) -> object | None:
         """The entry (a CachedObject or a pass marker) stored under `key` in the key's current
         generation, or None: what was stored before a purge is never an answer."""
-        stored = self._stored(key, fresh, memo_only)
+        stored = self._stored(key, fresh, memo_only, epoch)
         return stored[1] if stored is not None and stored[0] == generation else None
 
-    def vary_index(self, primary: str, fresh: bool = False, memo_only: bool = False) -> VaryIndex | None:
+    def vary_index(self, primary: str, fresh: bool = False, memo_only: bool = False,
+                   epoch: int | None = None) -> VaryIndex | None:
         key = vary_index_key(primary)
-        known, value = self._recall(key, fresh, memo_only)
+        known, value = self._recall(key, fresh, memo_only, epoch)
         if not known:
             value = self._read(key, lambda: self.index.get(key))
         return value if isinstance(value, VaryIndex) else None
 
-    def generation(self, primary: str, fresh: bool = True, memo_only: bool = False) -> int:
+    def generation(self, primary: str, fresh: bool = True, memo_only: bool = False, epoch: int | None = None) -> int:
         """How many times the key was invalidated: a fill started at one generation may not
         store into another."""
         key = _generation_key(primary)
-        known, value = self._recall(key, fresh, memo_only)
+        known, value = self._recall(key, fresh, memo_only, epoch)
         if not known:
             value = self._read(key, lambda: self.index.get(key, 0))
         return value if isinstance(value, int) else 0
