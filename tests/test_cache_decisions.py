@@ -266,3 +266,15 @@ def test_cdn_directives_take_the_first_valid_targeted_field() -> None:
     assert cdn_directives(h(edge_cache_control="x y", cdn_cache_control="max-age=5"), fields) == {"max-age": "5"}
     assert cdn_directives(h(cdn_cache_control='max-age="5"'), fields) is None  # wrong type
     assert cdn_directives(h(), fields) is None
+
+
+def test_a_stored_responses_freshness_is_worked_out_per_path_and_policy() -> None:
+    one = stored(date=DATE)  # no explicit freshness: the operator's rules by path decide
+    rules = fr.Policy(default_ttls=(("*.m3u8", 2), ("/video/*", 600)))
+    for _ in range(2):  # the second time from what the stored response remembers
+        assert one.freshness("/live/a.m3u8", rules)[0] == 2
+        assert one.freshness("/video/a.mp4", rules)[0] == 600
+        assert one.freshness("/other", rules)[0] == 0
+    assert one.freshness("/video/a.mp4", fr.Policy(default_ttls=(("/video/*", 5),)))[0] == 5  # another policy
+    assert hc.decide(hc.Request("GET", [], "/video/a.mp4"), one, Fwd.URI_MISS, NOW, rules) == hc.Serve(100, 500)
+    assert stored(cache_control="max-age=60, no-cache").freshness("/a", P)[1] == {"max-age": "60", "no-cache": None}

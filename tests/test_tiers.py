@@ -8,9 +8,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.config import Settings
-from proxy.http.cachestatus import chained
+from proxy.http.cachestatus import CACHE_NAME, _chained, chained
 from tests.conftest import RunningServer, pattern
 from tests.upstream import Obj, Upstream
 
@@ -29,6 +31,16 @@ from tests.upstream import Obj, Upstream
 ])
 def test_cache_status_keeps_the_next_hops_members_first(headers: list, expected: list) -> None:
     assert chained(headers, "edge-1") == expected
+
+
+_FIELDS = st.lists(st.tuples(st.sampled_from(["Cache-Status", "cache-status", "CACHE-STATUS", "X-Cache", "x-cache",
+                                              "ETag", "X-Cachex", "Cache-Statu"]),
+                             st.sampled_from(["edgecache; hit", "shield; hit", " ", "HIT", "MISS", "x"])), max_size=6)
+
+
+@given(_FIELDS)
+def test_the_default_names_shortcut_answers_as_the_general_rule(headers: list[tuple[str, str]]) -> None:
+    assert chained(headers, CACHE_NAME) == _chained(headers, CACHE_NAME)
 
 
 @dataclasses.dataclass

@@ -20,7 +20,7 @@ from enum import Enum
 
 from . import freshness as fr
 from .conditional import parse_etag
-from .directives import Fields, Headers, get
+from .directives import Directives, Fields, Headers, get
 from .headers import parse_http_date
 
 
@@ -71,9 +71,28 @@ class Stored:
         """Its current age (RFC 9111 section 4.2.3): the age it had when received, plus the time since."""
         return self._age_when_received + (now - self.response_time)
 
+    def freshness(self, path: str, policy: fr.Policy) -> tuple[float, Directives]:
+        """Its freshness lifetime for requests of `path` (the operator's rules go by path) and
+        its caching directives, under `policy`: worked out once per path (the same one, for
+        every request of a key) while the policy is the same object."""
+        known = self._freshness.get(path)
+        if known is None or known[0] is not policy:
+            if len(self._freshness) >= _PATHS_KEPT:
+                self._freshness.clear()
+            lifetime = fr.freshness_lifetime(self.status, self.fields, path, self.response_time, policy)
+            known = self._freshness[path] = (policy, lifetime, fr.response_rules(self.fields, policy).directives)
+        return known[1], known[2]
+
+    @functools.cached_property
+    def _freshness(self) -> dict[str, tuple[fr.Policy, float, Directives]]:
+        return {}
+
     def __getstate__(self) -> dict[str, object]:
         """Only the fields are stored: what is derived from them is worked out again when read."""
         return {f.name: self.__dict__[f.name] for f in dataclasses.fields(self)}
+
+
+_PATHS_KEPT = 4  # paths one stored response keeps its freshness for (one per key, in practice)
 
 
 class PassReason(Enum):
@@ -177,8 +196,8 @@ def decide(req: Request, entry: Entry | None, miss: Fwd, now: float, policy: fr.
             return Fetch(miss)
         return Relay(fwd, detail) if req.method == "HEAD" else Fetch(fwd, as_is=True, detail=detail)
     age = entry.age(now)
-    lifetime = fr.freshness_lifetime(entry.status, entry.fields, req.path, entry.response_time, policy)
-    reuse = fr.reuse(req.headers, entry.status, entry.fields, lifetime, age, policy)
+    lifetime, directives = entry.freshness(req.path, policy)
+    reuse = fr.reuse(req.headers, entry.status, entry.fields, lifetime, age, policy, directives)
     if reuse.kind is fr.ReuseKind.FRESH:
         return Serve(age, reuse.ttl)
     if reuse.kind is fr.ReuseKind.STALE_OK:

@@ -46,10 +46,18 @@ def chained(headers: Headers, name: str) -> Headers:
     appends last as CACHE_NAME and which is named `name` here (RFC 9211 section 2: a cache
     keeps the members it received and appends its own, so the first is nearest the origin).
     X-Cache is one value, this cache's: the next hop's is dropped."""
+    if name == CACHE_NAME:  # the usual case, one member (this cache's) and one X-Cache: as it is
+        names = [n.lower() for n, _ in headers]  # runs on every response: counted in C, not field by field
+        if names.count("cache-status") <= 1 and names.count("x-cache") <= 1:
+            return headers
+    return _chained(headers, name)
+
+
+def _chained(headers: Headers, name: str) -> Headers:
     statuses: list[str] = []
     summaries: list[str] = []
     others: Headers = []
-    for n, v in headers:  # one pass, lower() only for names of the right length: this runs on every response
+    for n, v in headers:
         if len(n) in (7, 12):
             low = n.lower()
             if low == "cache-status":

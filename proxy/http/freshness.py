@@ -187,9 +187,11 @@ def reuse(
     lifetime: float,
     age: float,
     policy: Policy,
+    directives: Directives | None = None,
 ) -> Reuse:
-    """May the stored response be reused for this request? (RFC 9111 section 4, 4.2.4, RFC 5861)."""
-    res = response_rules(headers, policy).directives
+    """May the stored response be reused for this request? (RFC 9111 section 4, 4.2.4, RFC 5861).
+    `directives`: the stored response's (response_rules), when the caller has them at hand."""
+    res = response_rules(headers, policy).directives if directives is None else directives
     req_cc_value = get(request_headers, "cache-control")
     req = cache_control(req_cc_value)
     if req_cc_value is None and "no-cache" in (get(request_headers, "pragma") or "").lower():
