@@ -99,9 +99,8 @@ def start_ceiling(directory: Path, workers: int) -> tuple[subprocess.Popen, int]
     return proc, port
 
 
-def measure_each(starters, measure, *, with_process: bool = False):  # type: ignore[no-untyped-def]
-    """Start each (name, starter) server in turn, measure it with measure(port) (or
-    measure(port, proc, name) when with_process), stop it.
+def measure_each(starters, measure):  # type: ignore[no-untyped-def]
+    """Start each (name, starter) server in turn, measure it with measure(port), stop it.
 
     A starter returning None (nginx not installed) is skipped. Returns {name: figures}.
     """
@@ -113,7 +112,7 @@ def measure_each(starters, measure, *, with_process: bool = False):  # type: ign
             continue
         proc, port = started
         try:
-            rows[name] = measure(port, proc, name) if with_process else measure(port)
+            rows[name] = measure(port)
         finally:
             stop(proc)
     return rows

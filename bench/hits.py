@@ -1,17 +1,20 @@
 """Benchmark: warm cache hits under wrk, edgecache against nginx proxy_cache + slice 4m, and
 the Python ceiling (bench/ceiling.py: a bare ASGI app serving the same files under uvicorn).
 
-    python bench/hits.py [--seconds 8] [--workers 2] [--also-one-worker] [--origin-delay-ms 20]
+    python bench/hits.py [--seconds 5] [--rounds 3] [--workers 2] [--also-one-worker] [--origin-delay-ms 20]
 
 Both proxies run with the same number of workers in front of the same slow local origin
 (bench/origin.py: edgecache serving a directory uncached, each request delayed, counting
-what it sends), started once. Each proxy has a cache of its own; both are warmed and
-checked (every 4 MiB slice of the big object and the small one answer HIT, the bytes equal
-the origin's, If-None-Match gets 304) before anything is measured, and the origin must see
-no request while they are measured. The load generator is wrk (never Python), with
+what it sends), all of them started once, for the whole run. Each proxy has a cache of its
+own; each is warmed and checked (every 4 MiB slice of the big object and the small one
+answer HIT, the bytes equal the origin's, If-None-Match gets 304) before anything is
+measured, and the origin must see no request while they are measured. The machine's speed
+drifts over minutes, so the proxies take turns: in each of --rounds rounds, each figure is
+measured for each proxy in turn, and the table shows each figure's median run. The load
+generator is wrk (never Python), with
 --timeout 30s so that slow answers count in the latency instead of being dropped.
 
-Figures, each over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
+Figures, each run over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
 half aligned on 1 MiB and half not, on 64 connections (MiB/s, p99 ms; bench/wrk_ranges.lua);
 1 KiB hits on 64 connections (req/s) and the server CPU per request over that run
 (utime+stime of all the server's processes, from /proc, divided by wrk's requests); the same
@@ -48,7 +51,6 @@ from common import (  # noqa: E402
     cpu_seconds,
     cpu_used,
     free_port,
-    measure_each,
     nginx_proxy,
     nginx_version,
     run_wrk,
@@ -129,24 +131,100 @@ def origin_counts(port: int, reset: bool = False) -> dict[str, int]:
         return json.load(r)
 
 
-# --- one proxy ------------------------------------------------------------------------------
+# --- the proxies, measured in turn ----------------------------------------------------------
+
+FIGURES = ("full", "ranges", "small", "distinct", "revalidations")
+
+
+@dataclass
+class Server:
+    """One proxy, running for the whole benchmark, and what was measured of it."""
+
+    name: str
+    proc: subprocess.Popen
+    port: int
+    etag: str = ""
+    memory: MemorySampler | None = None
+    runs: dict[str, list[WrkResult]] = field(default_factory=dict)
+    cpu_us: list[float] = field(default_factory=list)  # per request, one per 1 KiB run
+    origin_requests: int = 0
+
+
+def run_figure(server: Server, figure: str, seconds: int, threads: int, origin_port: int, big_size: int) -> None:
+    """One wrk run of one figure against one proxy; the origin must see no request meanwhile."""
+    base = f"http://127.0.0.1:{server.port}"
+    origin_counts(origin_port, reset=True)
+    before = cpu_seconds(server.proc.pid)
+    if figure == "full":
+        result = run_wrk(base + BIG, connections=1, seconds=seconds, threads=threads)
+    elif figure == "ranges":
+        result = run_wrk(base + BIG, connections=64, seconds=seconds, threads=threads,
+                         script=BENCH / "wrk_ranges.lua", script_args=(str(big_size), str(RANGE)))
+    elif figure == "small":
+        result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads)
+    elif figure == "distinct":
+        result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
+                         script=BENCH / "wrk_distinct.lua")
+    else:
+        result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
+                         headers=(f"If-None-Match: {server.etag}",))
+    if figure == "small" and result.requests:
+        server.cpu_us.append(cpu_used(before, cpu_seconds(server.proc.pid)) / result.requests * 1e6)
+    server.origin_requests += origin_counts(origin_port)["requests"]
+    server.runs.setdefault(figure, []).append(result)
+    errors = result.errors if result.error_count else 0
+    print(f"  {server.name:<48} {figure:<13} {result.req_per_s:>10,.0f} req/s, {result.mib_per_s:>8,.0f} MiB/s, "
+          f"p50 {result.p50_ms:7.1f} ms, p99 {result.p99_ms:7.1f} ms, errors {errors}", flush=True)
+    if result.error_count:
+        print("    wrk said:\n      " + "\n      ".join(result.output.strip().splitlines()))
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
 
 @dataclass
 class Figures:
+    """A proxy's figures: for each, the run with the median throughput over the rounds; the
+    p99 and the CPU per request are medians of their own."""
+
     full: WrkResult
     ranges: WrkResult
     small: WrkResult
     distinct: WrkResult
     revalidations: WrkResult
+    ranges_p99_ms: float
     cpu_us_per_request: float
     rss_worker: float  # MiB, the largest worker's peak
     rss_total: float  # MiB, peak of the sum over all the server's processes
-    processes: list[str] = field(default_factory=list)
-    origin_requests: int = 0
+    processes: list[str]
+    origin_requests: int
+    wrk_errors: int  # over every run
 
-    @property
-    def wrk_errors(self) -> int:
-        return sum(r.error_count for r in (self.full, self.ranges, self.small, self.distinct, self.revalidations))
+
+def figures_of(server: Server) -> Figures:
+    def median_run(figure: str) -> WrkResult:
+        runs = sorted(server.runs[figure], key=lambda r: r.req_per_s)
+        return runs[len(runs) // 2]
+
+    memory = server.memory
+    assert memory is not None
+    alone = len(memory.peaks) == 1
+    workers = [peak for pid, peak in memory.peaks.items()
+               if is_worker(memory.cmdlines.get(pid, ""), pid == server.proc.pid, alone)]
+    processes = [f"{pid} {memory.peaks[pid] / (1 << 20):.1f} MiB  {memory.cmdlines.get(pid, '')[:90]}"
+                 for pid in sorted(memory.peaks)]
+    return Figures(
+        *(median_run(f) for f in FIGURES),
+        ranges_p99_ms=_median([r.p99_ms for r in server.runs["ranges"]]),
+        cpu_us_per_request=_median(server.cpu_us),
+        rss_worker=max(workers, default=0) / (1 << 20),
+        rss_total=max(memory.peak_total, *memory.peaks.values()) / (1 << 20),
+        processes=processes,
+        origin_requests=server.origin_requests,
+        wrk_errors=sum(r.error_count for runs in server.runs.values() for r in runs),
+    )
 
 
 def is_worker(cmdline: str, leader: bool, alone: bool) -> bool:
@@ -159,52 +237,37 @@ def is_worker(cmdline: str, leader: bool, alone: bool) -> bool:
     return not leader and "resource_tracker" not in cmdline
 
 
-def measure(port: int, proc: subprocess.Popen, name: str, files: dict[str, bytes], origin_port: int,
-            seconds: int, threads: int) -> Figures:
-    print(f"\n{name} (port {port})", flush=True)
-    etag = warm_and_check(name, port, files)
+def measure_all(servers: list[Server], files: dict[str, bytes], origin_port: int, seconds: int, threads: int,
+                rounds: int) -> dict[str, Figures]:
+    """Warm and check every proxy, then measure: in each round, each figure for each proxy in
+    turn, so that a change in the machine's speed over the run falls on all of them alike."""
+    for server in servers:
+        print(f"\n{server.name} (port {server.port})", flush=True)
+        server.etag = warm_and_check(server.name, server.port, files)
     time.sleep(0.5)
-    origin_counts(origin_port, reset=True)
-    memory = MemorySampler(proc.pid).start()
-    base = f"http://127.0.0.1:{port}"
+    for server in servers:
+        server.memory = MemorySampler(server.proc.pid).start()
     try:
-        full = run_wrk(base + BIG, connections=1, seconds=seconds, threads=threads)
-        ranges = run_wrk(base + BIG, connections=64, seconds=seconds, threads=threads,
-                         script=BENCH / "wrk_ranges.lua", script_args=(str(len(files[BIG])), str(RANGE)))
-        before = cpu_seconds(proc.pid)
-        small = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads)
-        cpu = cpu_used(before, cpu_seconds(proc.pid))
-        distinct = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
-                           script=BENCH / "wrk_distinct.lua")
-        revalidations = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
-                                headers=(f"If-None-Match: {etag}",))
+        for round_ in range(1, rounds + 1):
+            print(f"\nround {round_} of {rounds}", flush=True)
+            for figure in FIGURES:
+                for server in servers:
+                    run_figure(server, figure, seconds, threads, origin_port, len(files[BIG]))
     finally:
-        memory.stop()
-    counts = origin_counts(origin_port)
-    alone = len(memory.peaks) == 1
-    workers = [peak for pid, peak in memory.peaks.items()
-               if is_worker(memory.cmdlines.get(pid, ""), pid == proc.pid, alone)]
-    processes = [f"{pid} {memory.peaks[pid] / (1 << 20):.1f} MiB  {memory.cmdlines.get(pid, '')[:90]}"
-                 for pid in sorted(memory.peaks)]
-    per_request = cpu / small.requests * 1e6 if small.requests else float("nan")
-    figures = Figures(full, ranges, small, distinct, revalidations, per_request, max(workers, default=0) / (1 << 20),
-                      max(memory.peak_total, *memory.peaks.values()) / (1 << 20), processes, counts["requests"])
-    for label, r in (("64 MiB GET", full), ("1 MiB ranges", ranges), ("1 KiB hits", small),
-                     ("... distinct", distinct), ("304", revalidations)):
-        print(f"  {label:<13} {r.requests:>9} requests in {r.seconds:5.2f} s, {r.req_per_s:>10,.0f} req/s, "
-              f"{r.mib_per_s:>8,.0f} MiB/s, p50 {r.p50_ms:7.1f} ms, p99 {r.p99_ms:7.1f} ms, "
-              f"errors {r.errors if r.error_count else 0}")
-        if r.error_count:
-            print("    wrk said:\n      " + "\n      ".join(r.output.strip().splitlines()))
-    print(f"  CPU {cpu:.2f} s over the 1 KiB run = {figures.cpu_us_per_request:.1f} us/request; "
-          f"origin requests while measured: {counts['requests']}")
-    since = "while measured" if memory.hwm_reset else "since start (VmHWM could not be reset)"
-    print(f"  peak RSS per process {since}:\n    " + "\n    ".join(processes), flush=True)
-    return figures
+        for server in servers:
+            if server.memory is not None:
+                server.memory.stop()
+    rows = {server.name: figures_of(server) for server in servers}
+    for server in servers:
+        since = "while measured" if server.memory is not None and server.memory.hwm_reset else \
+            "since start (VmHWM could not be reset)"
+        print(f"\n{server.name}: CPU per 1 KiB request {', '.join(f'{c:.1f}' for c in server.cpu_us)} us; "
+              f"origin requests while measured: {server.origin_requests}; peak RSS per process {since}:\n    "
+              + "\n    ".join(rows[server.name].processes), flush=True)
+    return rows
 
 
 # --- the servers ------------------------------------------------------------------------------
-
 
 
 def edgecache_version() -> str:
@@ -220,7 +283,7 @@ def edgecache_version() -> str:
 ROWS = (  # label, figure, format
     ("64 MiB GET, 1 connection, MiB/s", lambda f: f.full.mib_per_s, "{:,.0f}"),
     ("random 1 MiB ranges, 64 connections, MiB/s", lambda f: f.ranges.mib_per_s, "{:,.0f}"),
-    ("... p99 latency, ms", lambda f: f.ranges.p99_ms, "{:,.1f}"),
+    ("... p99 latency, ms", lambda f: f.ranges_p99_ms, "{:,.1f}"),
     ("1 KiB hits, 64 connections, req/s", lambda f: f.small.req_per_s, "{:,.0f}"),
     ("... server CPU per request, us", lambda f: f.cpu_us_per_request, "{:,.1f}"),
     ("... each request distinct, req/s", lambda f: f.distinct.req_per_s, "{:,.0f}"),
@@ -254,7 +317,8 @@ def table(rows: dict[str, Figures], reference: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=8, help="per figure (wrk -d), whole seconds")
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run (wrk -d), whole seconds")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each figure for each proxy; medians are shown")
     parser.add_argument("--workers", type=int, default=2, help="for both edgecache and nginx")
     parser.add_argument("--also-one-worker", action="store_true", help="also measure edgecache with 1 worker")
     parser.add_argument("--origin-delay-ms", type=float, default=20, help="each origin request waits that long")
@@ -291,21 +355,29 @@ def main() -> None:
         try:
             wait_port(origin_port, origin)
             upstream = f"http://127.0.0.1:{origin_port}"
-            servers = [  # each proxy has a cache of its own: each starts cold
+            starters = [  # each proxy has a cache of its own: each starts cold
                 (f"{nginx}, {args.workers} workers", lambda: nginx_proxy(work, origin_port, args.workers)),
                 (f"edgecache, {args.workers} workers",
                  lambda: start_edgecache(upstream, work / "edgecache-cache", args.workers, block_size=str(SLICE))),
+                (f"Python ceiling (bench/ceiling.py), {args.workers} workers",
+                 lambda: start_ceiling(origin_dir, args.workers)),
             ]
-            servers.append((f"Python ceiling (bench/ceiling.py), {args.workers} workers",
-                            lambda: start_ceiling(origin_dir, args.workers)))
             if args.also_one_worker and args.workers != 1:
-                servers.append(("edgecache, 1 worker",
-                                lambda: start_edgecache(upstream, work / "edgecache-cache-1", 1,
-                                                        block_size=str(SLICE))))
-            rows: dict[str, Figures] = measure_each(
-                servers, lambda port, proc, name: measure(port, proc, name, files, origin_port,
-                                                          args.seconds, args.wrk_threads),
-                with_process=True)
+                starters.append(("edgecache, 1 worker",
+                                 lambda: start_edgecache(upstream, work / "edgecache-cache-1", 1,
+                                                         block_size=str(SLICE))))
+            servers: list[Server] = []
+            try:
+                for name, starter in starters:
+                    started = starter()
+                    if started is None:
+                        print(f"{name}: not installed, skipped")
+                        continue
+                    servers.append(Server(name, *started))
+                rows = measure_all(servers, files, origin_port, args.seconds, args.wrk_threads, args.rounds)
+            finally:
+                for server in servers:
+                    stop(server.proc)
         finally:
             stop(origin)
     if not rows:
@@ -316,17 +388,18 @@ def main() -> None:
     print(f"{platform.machine()}, {cores} cores, Python {platform.python_version()}, edgecache "
           f"{edgecache_version()}, {nginx} proxy_cache + slice 4m, {wrk_version.split(' [')[0]}; "
           f"origin: bench/origin.py, {args.origin_delay_ms:g} ms per request; objects: {BIG_MIB} MiB and "
-          f"{SMALL_SIZE} B, warm; {args.seconds} s per figure; ratio = this column / nginx. The Python ceiling "
+          f"{SMALL_SIZE} B, warm; each figure the median of {args.rounds} runs of {args.seconds} s, the "
+          "proxies taking turns; ratio = this column / nginx. The Python ceiling "
           "is a bare ASGI app answering the same requests from the same files with no cache logic "
           "(bench/ceiling.py: pread + send, no zero-copy).\n")
     print(table(rows, reference))
     print(f"\nwrk -t{args.wrk_threads} (-t1 for the 1 connection) --timeout 30s. MiB/s count the response "
-          "bytes, headers included. CPU per request: utime+stime of all the server's processes over the "
-          "1 KiB run, divided by wrk's requests. RSS per worker: the largest worker's peak (VmHWM, reset "
-          "before the first figure); total: the peak of the sum over all the server's processes, sampled "
-          "every 50 ms (nginx master, cache manager and loader, uvicorn supervisor included; shared pages "
-          "count in each process). wrk reads every byte in user space, in one thread on 1 connection: "
-          "there it may be the limit rather than the server.")
+          "bytes, headers included. CPU per request: utime+stime of all the server's processes over a "
+          "1 KiB run, divided by wrk's requests (the median of the runs). RSS per worker: the largest "
+          "worker's peak (VmHWM, reset before the first figure); total: the peak of the sum over all the "
+          "server's processes, sampled every 50 ms (nginx master, cache manager and loader, uvicorn "
+          "supervisor included; shared pages count in each process). wrk reads every byte in user space, "
+          "in one thread on 1 connection: there it may be the limit rather than the server.")
     print(caveat)
     errors = {n: f.wrk_errors for n, f in rows.items() if f.wrk_errors}
     misses = {n: f.origin_requests for n, f in rows.items() if f.origin_requests}
