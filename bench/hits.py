@@ -11,8 +11,8 @@ answer HIT, the bytes equal the origin's, If-None-Match gets 304) before anythin
 measured, and the origin must see no request while they are measured. The machine's speed
 drifts over minutes, so the proxies take turns: in each of --rounds rounds, each figure is
 measured for each proxy in turn, and the table shows each figure's median run. The load
-generator is wrk (never Python), with
---timeout 30s so that slow answers count in the latency instead of being dropped.
+generator is wrk (never Python), with --timeout 30s so that slow answers count in the
+latency instead of being dropped.
 
 Figures, each run over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
 half aligned on 1 MiB and half not, on 64 connections (MiB/s, p99 ms; bench/wrk_ranges.lua);
