@@ -428,3 +428,23 @@ def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # t
     assert not zerocopy.pagecache.resident(evicted_file, 0, 65 * PAGE)  # past the end: no pages there
     assert not zerocopy.pagecache.resident(evicted_file, 0, 0)
     assert not zerocopy.pagecache.resident(-1, 0, PAGE)  # a bad descriptor: the send reports it
+
+
+def test_a_span_over_two_blocks_at_hand_leaves_no_descriptor_open(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]
+    """A range over two blocks kept open at hand is answered from them at once; when the second
+    is not at hand, the first's descriptor is given back and the span read block by block."""
+    blocks = warm.server.config.app.state.service.reads.blocks
+    entries = blocks.open_blocks._entries
+    spec, want = f"bytes={BLOCK - 10}-{BLOCK + 9}", BODY[BLOCK - 10:BLOCK + 10]
+    for _ in range(20):
+        assert httpx.get(warm.url + CLIP, headers={"Range": spec}).content == want
+    prefix = re.sub(r"\d+$", "", next(iter(entries)))
+    assert {prefix + "0", prefix + "1"} <= set(entries)  # both blocks of the span at hand
+    blocks.open_blocks.forget(prefix + "1")  # the first at hand, the second not
+    assert httpx.get(warm.url + CLIP, headers={"Range": spec}).content == want
+    assert {prefix + "0", prefix + "1"} <= set(entries)
+    # Each block file is open once, by what is kept at hand: every reply's own descriptors are closed.
+    kept = Counter(h.name for h, _ in entries.values() if not isinstance(h, bytes))
+    cache = os.path.realpath(warm.settings.cache_dir)
+    assert Counter(t for t in _fd_targets() if t.startswith(cache) and t.endswith(".val")) == kept  # block files
+    assert _moved(sendfile_calls, 20 * 21)

@@ -30,6 +30,7 @@ log = logging.getLogger("edgecache.fill")
 
 REMOTE_POLL = 0.005  # seconds between size checks of another process's part file
 LEASE_CHECK = 0.5  # seconds between checks that another process's fill is alive
+AT_HAND_BLOCKS = 2  # a span over more blocks is read block by block, one descriptor open at a time
 IN_MEMORY = 64 * 1024  # blocks up to this size are kept at hand as bytes (OpenBlocks bounds how many)
 
 
@@ -71,32 +72,42 @@ class BlockSource:
             async for chunk in self.block(obj, target, headers, index, lo, hi):
                 yield chunk
 
-    def at_hand(self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int) -> Chunk | None:
-        """Bytes [start, end) of the object when they lie in one stored block kept at hand (a hit),
-        else None: then `read` them. Bytes, or a span of a descriptor that is the caller's to close."""
-        index = start // obj.block_size
-        block_start, block_end = obj.block_span(index)
-        if end > block_end:
+    def at_hand(
+        self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int
+    ) -> list[Chunk] | None:
+        """Bytes [start, end) of the object when they lie in at most AT_HAND_BLOCKS stored blocks,
+        all kept at hand (a hit), else None: then `read` them. Bytes, or spans of descriptors
+        that are the caller's to close."""
+        first, last = start // obj.block_size, (end - 1) // obj.block_size
+        if last - first >= AT_HAND_BLOCKS:
             return None
-        key = obj.block_key(index)
-        if key in self.filler.active:
-            return None
+        chunks: list[Chunk] = []
+        complete = False
         try:
-            held = self.open_blocks.acquire(key)
-        except StoreErrors:  # no descriptor to spare, say: `read` copes with the store's failures
-            return None
-        if held is None:
-            return None
-        try:
-            self.read_ahead.served(obj, target, headers, index)
-        except BaseException:
-            if isinstance(held, int):
-                os.close(held)
-            raise
-        lo, hi = start - block_start, end - block_start
-        if isinstance(held, int):
-            return FileSpan(held, lo, hi - lo)
-        return held[lo:hi] if lo or hi < len(held) else held
+            for index in range(first, last + 1):
+                key = obj.block_key(index)
+                if key in self.filler.active:
+                    return None
+                try:
+                    held = self.open_blocks.acquire(key)
+                except StoreErrors:  # no descriptor to spare, say: `read` copes with the store's failures
+                    return None
+                if held is None:
+                    return None
+                block_start, block_end = obj.block_span(index)
+                lo, hi = max(start, block_start) - block_start, min(end, block_end) - block_start
+                if isinstance(held, int):
+                    chunks.append(FileSpan(held, lo, hi - lo))
+                else:
+                    chunks.append(held[lo:hi] if lo or hi < len(held) else held)
+                self.read_ahead.served(obj, target, headers, index)
+            complete = True
+            return chunks
+        finally:
+            if not complete:
+                for chunk in chunks:
+                    if isinstance(chunk, FileSpan):
+                        os.close(chunk.fd)
 
     async def _prefetch_next(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
         await self.prefetch(obj, target, headers, index)

@@ -23,7 +23,7 @@ from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
-from ..streaming import Chunk, Given, multipart_boundary, plan_chunks, size_of
+from ..streaming import Chunk, FileSpan, Given, multipart_boundary, plan_chunks, size_of
 from .blocks import BlockSource
 from .entries import Entries
 from .fills import Filler, FillFailed
@@ -420,11 +420,12 @@ class ReadPath:
         blocks = self.blocks
         if len(plan.body) == 1 and isinstance(plan.body[0], Span):
             span = plan.body[0]
-            data = blocks.at_hand(obj, req.target, req.headers, span.start, span.end)
-            if data is not None:
-                if isinstance(data, bytes):
-                    return Reply(plan.status, headers, Given(data), nothing_to_close, in_hand=True, whole=data)
-                return Reply(plan.status, headers, Given(data), closing(data.fd), in_hand=True)
+            chunks = blocks.at_hand(obj, req.target, req.headers, span.start, span.end)
+            if chunks is not None:
+                fds = [chunk.fd for chunk in chunks if isinstance(chunk, FileSpan)]
+                whole = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], bytes) else None
+                return Reply(plan.status, headers, Given(*chunks), closing(*fds) if fds else nothing_to_close,
+                             in_hand=True, whole=whole)
 
         def reader(start: int, end: int) -> AsyncIterator[Chunk]:
             return blocks.read(obj, req.target, req.headers, start, end)
@@ -449,10 +450,10 @@ def _nothing() -> None:
     return None
 
 
-def closing(fd: int) -> Callable[[], Awaitable[None]]:
-    """A reply's close for a descriptor it owns (closed once, however often it is called: the
+def closing(*fds: int) -> Callable[[], Awaitable[None]]:
+    """A reply's close for descriptors it owns (each closed once, however often it is called: the
     number may name another file afterwards)."""
-    owned = [fd]
+    owned = list(fds)
 
     async def close() -> None:
         while owned:
