@@ -67,11 +67,12 @@ def test_several_ranges_get_the_boundary_of_each_request() -> None:
 def test_long_request_fields_are_planned_afresh_not_remembered() -> None:
     from proxy.http import plan as planning
 
-    planning._remembered.cache_clear()
+    planning._prepared.cache_clear()
     plan("bytes=1-2", 1_800_000_000)
-    assert planning._remembered.cache_info().currsize == 1
-    long_range = "bytes=" + "0" * 300 + "1-2"  # a client chooses these: they are not kept
-    long_tag = Conditions(if_none_match='"' + "x" * 300 + '"')
+    assert planning._prepared.cache_info().currsize == 1
+    long_range = "bytes=" + "0" * 300 + "1-2"  # the Range field is never part of what is kept
+    long_tag = Conditions(if_none_match='"' + "x" * 300 + '"')  # a client chooses these: they are not kept
     assert plan(long_range, 1_800_000_000).status == 200  # too many digits: ignored (RFC 9110 section 14.2)
+    assert plan("bytes=3-4", 1_800_000_000).headers[-4] == ("Content-Range", "bytes 3-4/100")
     assert plan(None, 1_800_000_000, cond=long_tag).status == 200
-    assert planning._remembered.cache_info().currsize == 1
+    assert planning._prepared.cache_info().currsize == 1

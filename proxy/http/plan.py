@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from .conditional import Conditions, evaluate_preconditions
+from .directives import cached_if
 from .headers import format_http_date
 from .model import (
     Ignore,
     NotModified,
     PreconditionFailed,
+    RangeDecision,
     Representation,
     ResponsePlan,
     Satisfiable,
@@ -20,8 +23,8 @@ from .ranges import content_range, evaluate_range, multipart_body, unsatisfied_r
 
 # RFC 9110 section 15.4.5: a 304 carries the fields a 200 would have had among these.
 _NOT_MODIFIED_FIELDS = {"cache-control", "content-location", "date", "expires", "vary"}
-_REMEMBERED = 512  # plans kept (stored responses x the request shapes they answer): each holds a representation
-_KEY_BYTES = 256  # request fields longer than this together are planned afresh each time
+_REMEMBERED = 512  # prepared plans kept (stored responses x the conditions they answer): each holds a representation
+_KEY_BYTES = 256  # conditional fields longer than this together are prepared afresh each time
 
 
 def validator_headers(rep: Representation) -> list[tuple[str, str]]:
@@ -45,71 +48,72 @@ def plan_response(
 ) -> ResponsePlan:
     """Decide status, headers and body segments for a GET or HEAD of `rep`.
 
-    A Date is added when `rep` has none. Apart from that and a multipart boundary, the
-    plan is a function of its inputs, so one without multipart is worked out once for
-    the same inputs (a stored response answers the same requests again and again).
-    `new_boundary` is asked for a multipart boundary only when one is needed.
+    A Date is added when `rep` has none. What follows from the method, the conditions and
+    the representation alone (the preconditions' outcome, the fields a 200 or 206 starts
+    with) is worked out once for the same inputs: a stored response answers the same
+    requests again and again, with ranges that change. `new_boundary` is asked for a
+    multipart boundary only when one is needed.
     """
-    if (range_field is None or "," not in range_field) and _short(range_field, cond):  # no multipart
-        plan, dated = _remembered(method, cond, range_field, rep, max_ranges)
+    prepared = cached_if(_short(cond), _prepared)(method, cond, rep)
+    if prepared.answer is not None:
+        plan, dated = prepared.answer, prepared.dated
+        headers, body = list(plan.headers), list(plan.body)
     else:
-        plan = _plan(method, cond, range_field, rep, max_ranges, new_boundary)
-        dated = _has_date(plan.headers)
-    headers = list(plan.headers)
+        ranges_apply = method == "GET" and prepared.range_allowed  # RFC 9110 section 14.2: GET only
+        decision = evaluate_range(range_field, rep.size, max_ranges) if ranges_apply else Ignore()
+        plan = _with_range(decision, prepared, rep, new_boundary)
+        dated = prepared.dated and plan.status != 416
+        headers, body = plan.headers, plan.body
     if not dated:
         headers.append(("Date", format_http_date(now)))
-    return ResponsePlan(plan.status, headers, list(plan.body))
+    return ResponsePlan(plan.status, headers, body)
 
 
-def _short(range_field: str | None, cond: Conditions) -> bool:
-    """Request fields short enough to be part of a remembered plan's key (a client chooses them)."""
-    fields = (range_field, cond.if_match, cond.if_none_match, cond.if_modified_since, cond.if_unmodified_since,
-              cond.if_range)
+def _short(cond: Conditions) -> bool:
+    """Request fields short enough to be part of a remembered key (a client chooses them)."""
+    fields = (cond.if_match, cond.if_none_match, cond.if_modified_since, cond.if_unmodified_since, cond.if_range)
     return sum(len(f) for f in fields if f is not None) <= _KEY_BYTES
 
 
-def _has_date(headers: list[tuple[str, str]]) -> bool:
+def _has_date(headers: Iterable[tuple[str, str]]) -> bool:
     return any(name.lower() == "date" for name, _ in headers)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What a plan takes from the method, the conditions and the representation alone."""
+
+    answer: ResponsePlan | None  # a 304's or a 412's whole plan (not to be changed: copied for each use)
+    whole: tuple[tuple[str, str], ...]  # the fields a 200 starts with
+    ranged: tuple[tuple[str, str], ...]  # ... and a 206: a stored Content-Range is not one of its parts
+    range_allowed: bool  # False when If-Range failed: Range is ignored
+    dated: bool  # the fields have a Date (the representation's own)
+
+
 @functools.lru_cache(maxsize=_REMEMBERED)
-def _remembered(
-    method: str, cond: Conditions, range_field: str | None, rep: Representation, max_ranges: int
-) -> tuple[ResponsePlan, bool]:
-    plan = _plan(method, cond, range_field, rep, max_ranges, _no_boundary)
-    return plan, _has_date(plan.headers)
-
-
-def _no_boundary() -> str:
-    raise AssertionError("a single range has no multipart boundary")
-
-
-def _plan(
-    method: str, cond: Conditions, range_field: str | None, rep: Representation, max_ranges: int,
-    new_boundary: Callable[[], str],
-) -> ResponsePlan:
-    """The plan without a generated Date (whoever uses it adds one)."""
+def _prepared(method: str, cond: Conditions, rep: Representation) -> _Prepared:
     precondition = evaluate_preconditions(method, cond, rep.etag, rep.last_modified)
     if isinstance(precondition, NotModified):
         kept = [(n, v) for n, v in rep.extra_headers if n.lower() in _NOT_MODIFIED_FIELDS]
-        return ResponsePlan(304, validator_headers(rep) + kept)
+        answer = ResponsePlan(304, validator_headers(rep) + kept)
+        return _Prepared(answer, (), (), False, _has_date(answer.headers))
     if isinstance(precondition, PreconditionFailed):
-        return _error(412, rep)
+        return _Prepared(_error(412, rep), (), (), False, False)
+    whole = (("Accept-Ranges", "bytes"), *validator_headers(rep), *rep.extra_headers)
+    ranged = tuple((n, v) for n, v in whole if n.lower() != "content-range")
+    return _Prepared(None, whole, ranged, precondition.range_allowed, _has_date(whole))
 
-    headers = [("Accept-Ranges", "bytes"), *validator_headers(rep), *rep.extra_headers]
-    # RFC 9110 section 14.2: GET is the only method with range handling.
-    decision = (
-        evaluate_range(range_field, rep.size, max_ranges)
-        if method == "GET" and precondition.range_allowed
-        else Ignore()
-    )
+
+def _with_range(
+    decision: RangeDecision, prepared: _Prepared, rep: Representation, new_boundary: Callable[[], str]
+) -> ResponsePlan:
+    """The plan for a request whose preconditions hold (a new headers list each time)."""
     if isinstance(decision, Ignore):
         body: list[Segment] = [Span(0, rep.size)] if rep.size else []
-        return _finish(ResponsePlan(200, headers, body), rep.content_type)
+        return _finish(ResponsePlan(200, list(prepared.whole), body), rep.content_type)
     if not isinstance(decision, Satisfiable):
         return _error(416, rep, [("Content-Range", unsatisfied_range(rep.size))])
-    # A 206 describes its own parts: a stored Content-Range (odd on a 200, kept there) is not one of them.
-    headers = [(n, v) for n, v in headers if n.lower() != "content-range"]
+    headers = list(prepared.ranged)
     if len(decision.spans) == 1:
         first, last = decision.spans[0]
         headers.append(("Content-Range", content_range(first, last, rep.size)))
