@@ -52,6 +52,10 @@ class Given:
     def __init__(self, *chunks: Chunk) -> None:
         self._chunks = iter(chunks)
 
+    def rest(self) -> list[Chunk]:
+        """Every chunk not yet taken, at once (their descriptors are not the iterator's to close)."""
+        return list(self._chunks)
+
     def __aiter__(self) -> Given:
         return self
 
@@ -119,7 +123,13 @@ async def send_response(
     if chunks is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
-    if in_hand:
+    if isinstance(chunks, Given):  # each descriptor stays open until the reply is closed
+        try:
+            await _send_held(chunks.rest(), send, zerocopy)
+        except _ABORTED as e:
+            log.warning("response body aborted: %s", e)
+        return
+    if in_hand:  # (a span's descriptor may close once the next chunk is asked for: one at a time)
         try:
             first = await anext(chunks, None)
             second = await anext(chunks, None) if isinstance(first, bytes) else None
@@ -164,6 +174,23 @@ async def _send_all(chunks: AsyncIterator[Chunk], send: Send, zerocopy: bool) ->
         log.warning("response body aborted: %s", e)
         return False
     return True
+
+
+async def _send_held(chunks: list[Chunk], send: Send, zerocopy: bool) -> None:
+    """Send a body in hand: its last message ends the response (no empty message after it)."""
+    last = len(chunks) - 1
+    for i, chunk in enumerate(chunks):
+        if isinstance(chunk, bytes):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
+        elif zerocopy:
+            await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
+                        "more_body": i < last})
+        else:
+            await _send_read(chunk, send)
+            if i == last:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if not chunks:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _after(taken: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

@@ -3,6 +3,7 @@ exact bytes for every range shape, chunked framing, a file shorter than announce
 that read slowly or go away mid-send, keep-alive and pipelining after a sendfile response."""
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -61,10 +62,10 @@ def _counted(monkeypatch: pytest.MonkeyPatch) -> Calls:
 
 @pytest.fixture(params=["on the loop", "in threads"])
 def sendfile_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Calls:
-    """Counted sendfile calls. Spans in memory are sent on the event loop; "in threads" takes
-    every span as on disk, so all go to the pool."""
-    if request.param == "in threads":
-        monkeypatch.setattr(zerocopy.pagecache, "resident", lambda fd, offset, count: False)
+    """Counted sendfile calls, every span taken as in memory (all sent on the event loop), or
+    as on disk (all sent from the pool's threads)."""
+    in_memory = request.param == "on the loop"
+    monkeypatch.setattr(zerocopy.pagecache, "resident", lambda fd, offset, count: in_memory)
     return _counted(monkeypatch)
 
 
@@ -325,7 +326,21 @@ def _evict(directory: str) -> int:
     return count
 
 
+def _page_cache_can_be_emptied(directory: str) -> bool:
+    """Does POSIX_FADV_DONTNEED take pages out of the page cache here (not on tmpfs), and can
+    this kernel tell (mincore)?"""
+    with tempfile.NamedTemporaryFile(dir=directory) as f:
+        f.write(b"x" * 8192)
+        f.flush()
+        os.fsync(f.fileno())
+        before = zerocopy.pagecache.resident(f.fileno(), 0, 8192)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return before and not zerocopy.pagecache.resident(f.fileno(), 0, 8192)
+
+
 def test_spans_on_disk_are_sent_from_threads_and_spans_in_memory_from_the_loop(warm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if not _page_cache_can_be_emptied(warm.settings.cache_dir):
+        pytest.skip("the page cache of this file system cannot be emptied, or mincore(2) is missing")
     calls = _counted(monkeypatch)
     assert _evict(warm.settings.cache_dir) > IN_FILES // BLOCK
     assert httpx.get(warm.url + CLIP).content == BODY
@@ -401,6 +416,8 @@ PAGE = 4096
 @pytest.fixture
 def evicted_file(tmp_path) -> Iterator[int]:  # type: ignore[no-untyped-def]
     """A 64-page file, none of it in the page cache, read without read-ahead."""
+    if mmap.PAGESIZE != PAGE or not _page_cache_can_be_emptied(str(tmp_path)):
+        pytest.skip("pages of another size, a page cache that cannot be emptied here, or no mincore(2)")
     fd = os.open(tmp_path / "pages", os.O_RDWR | os.O_CREAT)
     os.write(fd, os.urandom(64 * PAGE))
     os.fsync(fd)
@@ -413,8 +430,6 @@ def evicted_file(tmp_path) -> Iterator[int]:  # type: ignore[no-untyped-def]
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 64 * PAGE - 1), st.integers(1, 64 * PAGE))
 def test_a_span_is_resident_when_every_page_it_touches_is(evicted_file, offset, count) -> None:  # type: ignore[no-untyped-def]
-    if mmap.PAGESIZE != PAGE:
-        pytest.skip("pages of another size")
     os.posix_fadvise(evicted_file, 0, 0, os.POSIX_FADV_DONTNEED)
     os.pread(evicted_file, 10 * PAGE, 20 * PAGE)  # pages 20 to 29 only
     touched = range(offset // PAGE, (offset + count - 1) // PAGE + 1)
@@ -428,6 +443,102 @@ def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # t
     assert not zerocopy.pagecache.resident(evicted_file, 0, 65 * PAGE)  # past the end: no pages there
     assert not zerocopy.pagecache.resident(evicted_file, 0, 0)
     assert not zerocopy.pagecache.resident(-1, 0, PAGE)  # a bad descriptor: the send reports it
+
+
+def test_pages_being_read_from_the_disk_are_not_resident_yet(evicted_file) -> None:  # type: ignore[no-untyped-def]
+    """A read-ahead in flight puts pages in the page cache before their bytes arrive: sendfile
+    would wait for them. (Up to date once read: the same span is then resident.)"""
+    os.posix_fadvise(evicted_file, 0, 0, os.POSIX_FADV_NORMAL)
+    os.posix_fadvise(evicted_file, 0, 64 * PAGE, os.POSIX_FADV_WILLNEED)  # starts the reads, does not wait
+    seen = zerocopy.pagecache.resident(evicted_file, 0, 64 * PAGE)
+    os.pread(evicted_file, 64 * PAGE, 0)
+    assert zerocopy.pagecache.resident(evicted_file, 0, 64 * PAGE)
+    if seen:  # the disk was quicker than this process: nothing was in flight to see
+        pytest.skip("the read-ahead ended before it could be observed")
+
+
+def test_spans_on_the_loop_are_sent_a_bounded_piece_at_a_time(warm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One client's big span never holds the loop for long: each call on the loop moves at most
+    ON_LOOP bytes, and other connections get their turn between calls."""
+    monkeypatch.setattr(zerocopy, "ON_LOOP", 64 * 1024)
+    monkeypatch.setattr(zerocopy.pagecache, "resident", lambda fd, offset, count: True)
+    calls = _counted(monkeypatch)
+    assert httpx.get(warm.url + CLIP).content == BODY
+    assert _moved(calls, IN_FILES) and max(calls) <= 64 * 1024 and len(calls) >= IN_FILES // (64 * 1024)
+
+
+def test_a_client_gone_while_a_thread_found_the_socket_full_ends_the_send(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A thread's sendfile says the socket is full (EAGAIN) after the client reset the connection
+    and the transport closed: the send ends as for any client gone, with nothing raised."""
+    monkeypatch.setattr(zerocopy.pagecache, "resident", lambda fd, offset, count: False)
+    gone = threading.Event()
+    real = zerocopy._sendfile_owned
+    first = [True]
+
+    def full_then_gone(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        if not first[0]:
+            return real(out_fd, in_fd, offset, count)
+        first[0] = False
+        os.close(out_fd)
+        os.close(in_fd)
+        gone.wait(5)
+        time.sleep(0.3)  # the transport closes meanwhile
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(zerocopy, "_sendfile_owned", full_then_gone)
+    outcome: list[object] = []
+    real_send = zerocopy.ZeroCopyCycle._sendfile
+
+    async def watched(self, fd: int, offset: int, count: int) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            outcome.append(await real_send(self, fd, offset, count))
+        except BaseException as e:
+            outcome.append(e)
+            raise
+        return bool(outcome[-1])
+
+    monkeypatch.setattr(zerocopy.ZeroCopyCycle, "_sendfile", watched)
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(BODY[:300000])
+        f.flush()
+        app = _file_app(f.name, [(0, 300000)], [(b"content-length", b"300000")])
+        with RunningServer(settings, app=app) as running:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.connect(("127.0.0.1", running.port))
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n")
+                time.sleep(0.2)
+            gone.set()
+            deadline = time.monotonic() + 10  # a bound on waiting for the server to notice, not a speed check
+            while not outcome and time.monotonic() < deadline:
+                time.sleep(0.02)
+    assert outcome == [False]
+
+
+@pytest.mark.parametrize("start, expected", [
+    ({"type": "http.response.start", "status": 200},  # no headers at all: chunked
+     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+    ({"type": "http.response.start", "status": 200, "headers": [(bytearray(b"X-A"), b"1"), (b"content-length", b"2")]},
+     b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nok"),
+    ({"type": "http.response.start", "status": 200,  # not a list: uvicorn reads it, once
+      "headers": iter([(b"x-a", b"1"), (b"connection", b"close"), (b"content-length", b"2")])},
+     b"HTTP/1.1 200 OK\r\nx-a: 1\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"),
+])
+def test_a_start_message_the_protocol_does_not_write_itself_goes_out_as_uvicorn_writes_it(  # type: ignore[no-untyped-def]
+    settings, start, expected
+) -> None:
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            await send(start)
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    with RunningServer(settings, app=app) as running, socket.create_connection(("127.0.0.1", running.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n")
+        data = b""
+        while len(data) < len(expected) and (chunk := sock.recv(65536)):
+            data += chunk
+    assert data == expected
 
 
 def test_a_span_over_two_blocks_at_hand_leaves_no_descriptor_open(warm, sendfile_calls) -> None:  # type: ignore[no-untyped-def]

@@ -1,69 +1,78 @@
-"""Is every page of a file's span in the page cache? Linux `cachestat(2)` (6.5+) says, without
-reading or mapping the pages.
+"""Is every page of a file's span in memory, read and up to date? Linux `mincore(2)` on a
+transient mapping of the span says, without reading or faulting in the pages.
 
-A zero-copy send of a span that is all in memory only copies, so it can run on the event loop
-itself; a span with a page on disk would make `sendfile` wait for the disk, and every connection
-of the worker with it, so it goes to a thread. Where the call is missing (an older kernel, another
-architecture, a seccomp filter that refuses it) no span counts as resident: every send takes a
-thread, which is always safe.
+A zero-copy send of a span whose every page is in memory only copies, so it can run on the
+event loop itself; a span with a page still on disk, or still being read from it (pages of a
+read-ahead in flight are in the page cache but not yet up to date: `mincore` tells them
+apart, `cachestat(2)` does not), would make `sendfile` wait for the disk, and every
+connection of the worker with it, so it goes to a thread.
+
+The kernel reports the page cache only for files the process owns or may write (the cache's
+own block files); for others every page reads as absent, so their spans take a thread. Where
+the calls are missing (not Linux) no span counts as resident: every send takes a thread,
+which is always safe.
 """
 from __future__ import annotations
 
 import ctypes
-import errno
 import mmap
-import platform
 import sys
 import threading
 
-# cachestat's number in the generic table, which x86-64 and arm64 share from 6.5 on.
-_CACHESTAT = 451
-_ARCHITECTURES = frozenset({"x86_64", "aarch64", "arm64"})
-_MISSING = (errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP)
+PAGE = mmap.PAGESIZE
+_LOW_BIT = bytes(b & 1 for b in range(256))  # mincore: bit 0 of each page's byte says resident
 
 
-class _Range(ctypes.Structure):
-    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _Stat(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in
-                ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")]
-
-
-def _syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if sys.platform != "linux" or platform.machine() not in _ARCHITECTURES:
+def _functions() -> tuple[ctypes._CFuncPtr, ctypes._CFuncPtr, ctypes._CFuncPtr] | None:  # type: ignore[name-defined]
+    if not sys.platform.startswith("linux"):
         return None
-    call = ctypes.CDLL(None, use_errno=True).syscall
-    call.restype = ctypes.c_long
-    call.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
-    return call
+    libc = ctypes.CDLL(None, use_errno=True)
+    map_, unmap, mincore = libc.mmap, libc.munmap, libc.mincore
+    map_.restype = ctypes.c_void_p
+    map_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+    unmap.restype = ctypes.c_int
+    unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    mincore.restype = ctypes.c_int
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return map_, unmap, mincore
 
 
-_call = _syscall()
+_calls = _functions()
+_FAILED = ctypes.c_void_p(-1).value  # MAP_FAILED
 
 
-class _Arguments(threading.local):
-    """The call's two structures, made once per thread (each event loop has its own thread)."""
+class _Vector(threading.local):
+    """mincore's answer, one byte per page, grown as needed (one per thread: each event loop has its own)."""
 
     def __init__(self) -> None:
-        self.span, self.stat = _Range(), _Stat()
-        self.refs = ctypes.byref(self.span), ctypes.byref(self.stat)
+        self.buffer = ctypes.create_string_buffer(0)
+
+    def of(self, pages: int) -> ctypes.Array[ctypes.c_char]:
+        if len(self.buffer) < pages:
+            self.buffer = ctypes.create_string_buffer(pages)
+        return self.buffer
 
 
-_arguments = _Arguments()
+_vector = _Vector()
 
 
 def resident(fd: int, offset: int, count: int) -> bool:
-    """Are all pages of bytes [offset, offset + count) of `fd` in memory now? False when unknown."""
-    global _call
-    if _call is None or count <= 0:
+    """Are all pages of bytes [offset, offset + count) of `fd` in memory and up to date now?
+    False when unknown (not Linux, a descriptor that cannot be mapped, pages past the end)."""
+    calls = _calls
+    if calls is None or count <= 0 or offset < 0:
         return False
-    args = _arguments
-    args.span.off, args.span.len = offset, count
-    if _call(_CACHESTAT, fd, *args.refs, 0) != 0:
-        if ctypes.get_errno() in _MISSING:
-            _call = None  # not on this kernel: never asked again
+    map_, unmap, mincore = calls
+    start = offset - offset % PAGE  # a mapping starts on a page
+    length = offset + count - start
+    pages = (length + PAGE - 1) // PAGE
+    vector = _vector.of(pages)
+    address = map_(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if address is None or address == _FAILED:
         return False
-    pages = (offset + count - 1) // mmap.PAGESIZE - offset // mmap.PAGESIZE + 1
-    return bool(args.stat.nr_cache >= pages)
+    try:
+        if mincore(address, length, vector) != 0:
+            return False
+    finally:
+        unmap(address, length)
+    return b"\x00" not in ctypes.string_at(vector, pages).translate(_LOW_BIT)

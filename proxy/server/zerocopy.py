@@ -10,9 +10,10 @@ it out:
   out in order; the socket stays non-blocking: a call sends what fits, and the event
   loop polls a duplicate of its descriptor for room (it refuses to poll the one the
   transport owns); a wait for room ends when the connection is lost;
-- a span whose every page is in memory (`pagecache.resident`) is sent on the event
-  loop itself: the call only copies, and on the loop, while the transport is not
-  closing, nothing can close either descriptor under it;
+- a span whose every page is in memory and up to date (`pagecache.resident`) is sent
+  on the event loop itself, at most ON_LOOP bytes a call, with a turn for the other
+  connections between calls: the call only copies, and on the loop, while the
+  transport is not closing, nothing can close either descriptor under it;
 - any other span is sent from a small pool of threads of its own (its pages may have
   to come from the disk, and that wait must not hold the event loop), each call on
   duplicates of both descriptors that it owns and closes (a cancelled wait cannot
@@ -50,7 +51,8 @@ from . import pagecache
 EXTENSION = "http.response.zerocopysend"
 HEAD_KEY = "edgecache.head"  # a start message's EncodedHead
 SENDFILE_THREADS = 4
-MAX_PER_CALL = 8 * 1024**2  # bytes one sendfile call may move (it sends at most what the socket takes)
+MAX_PER_CALL = 8 * 1024**2  # bytes one sendfile call in a thread may move (at most what the socket takes)
+ON_LOOP = 1024**2  # ... and one on the event loop: a bound on one turn of the loop
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 _pool = ThreadPoolExecutor(max_workers=SENDFILE_THREADS, thread_name_prefix="edgecache-sendfile")
 
@@ -74,7 +76,10 @@ def encoded_head(headers: list[tuple[bytes, bytes]]) -> EncodedHead | None:
     length = None
     known = _LINES
     for name, value in headers:
-        line = known.get((name, value))
+        try:
+            line = known.get((name, value))
+        except TypeError:  # not bytes (a bytearray, say): uvicorn's own path takes it
+            return None
         if line is None:
             line = _line(name, value)
             if line is None:
@@ -203,7 +208,11 @@ class ZeroCopyCycle(RequestResponseCycle):
         if self.response_started or self.default_headers or not self.keep_alive or self.access_log or \
                 self.flow.write_paused:
             return False
-        head: EncodedHead | None = message.get(HEAD_KEY) or encoded_head(message["headers"])
+        head: EncodedHead | None = message.get(HEAD_KEY)
+        if head is None:
+            headers = message.get("headers", [])
+            # Only a list: another iterable would be consumed here, and uvicorn would get the rest.
+            head = encoded_head(headers) if type(headers) is list else None
         has_body = _has_body(self.scope, message)
         if head is None or (head.length is None and has_body):
             return False
@@ -233,15 +242,20 @@ class ZeroCopyCycle(RequestResponseCycle):
                     await self._room(sock)
                     await asyncio.sleep(0)  # let the transport write what it holds
                     continue
-                part = min(count, MAX_PER_CALL)
+                part = min(count, ON_LOOP)
                 try:
                     if pagecache.resident(fd, offset, part):
                         # Only a copy from memory: done here, on the loop, where nothing can close
                         # either descriptor during the call (no thread hand-off, no duplicates).
                         sent = os.sendfile(self._socket(), fd, offset, part)
+                        waited = False
                     else:
-                        sent = await _in_thread(self._socket(), fd, offset, part)
+                        sent = await _in_thread(self._socket(), fd, offset, min(count, MAX_PER_CALL))
+                        waited = True
                 except BlockingIOError:
+                    if self.disconnected or self.transport.is_closing():  # gone while a thread sent
+                        self._gone()
+                        return False
                     sock = sock or _Socket(self._socket())
                     await self._room(sock)
                     continue
@@ -254,6 +268,8 @@ class ZeroCopyCycle(RequestResponseCycle):
                     raise ShortFile(errno.EIO, f"file ended {count} bytes before the end of the span")
                 offset += sent
                 count -= sent
+                if count and not waited:
+                    await asyncio.sleep(0)  # the other connections' turn: one client never holds the loop
             return True
         finally:
             if sock is not None:
@@ -294,7 +310,13 @@ async def _in_thread(sock: int, fd: int, offset: int, count: int) -> int:
     """os.sendfile in one of the pool's threads, on duplicates of both descriptors that the call
     owns and closes: a cancelled wait here cannot stop a call a thread has begun, and by then this
     side's descriptors may be closed and their numbers reused for another client's socket or file."""
-    job = _pool.submit(_sendfile_owned, *_duplicates(sock, fd), offset, count)
+    owned = _duplicates(sock, fd)
+    try:
+        job = _pool.submit(_sendfile_owned, *owned, offset, count)
+    except BaseException:  # no thread will take them (the pool is shut down)
+        for copy in owned:
+            os.close(copy)
+        raise
     # Shielded: cancelling the wait must not cancel a job no thread has taken yet, or the
     # duplicates it owns would never be closed.
     waited = asyncio.wrap_future(job)
