@@ -445,6 +445,13 @@ def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # t
     assert not zerocopy.pagecache.resident(-1, 0, PAGE)  # a bad descriptor: the send reports it
 
 
+def test_without_mincore_no_span_is_resident(evicted_file, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    os.pread(evicted_file, 64 * PAGE, 0)
+    assert zerocopy.pagecache.resident(evicted_file, 0, PAGE)
+    monkeypatch.setattr(zerocopy.pagecache, "_calls", None)  # not Linux
+    assert not zerocopy.pagecache.resident(evicted_file, 0, PAGE)
+
+
 def test_pages_being_read_from_the_disk_are_not_resident_yet(evicted_file) -> None:  # type: ignore[no-untyped-def]
     """A read-ahead in flight puts pages in the page cache before their bytes arrive: sendfile
     would wait for them. (Up to date once read: the same span is then resident.)"""
