@@ -27,12 +27,12 @@ it out:
 Over TLS (the kernel cannot encrypt what sendfile moves) the extension is not
 offered, and the app falls back to ordinary sends.
 
-A response start may also carry its header block already encoded and checked
-(`encoded_head`, under HEAD_KEY: a ready answer sent again, server/ready.py); it is written
-as it is, exactly the bytes uvicorn would write for those headers, instead of being encoded
-and checked again field by field. Where uvicorn would add anything (its own default
-headers, `connection: close`, chunked framing, an access log line), the headers go the
-ordinary way.
+A response head is written by the protocol itself, exactly the bytes uvicorn would write:
+from lines checked once and remembered (`encoded_head`: a hit's fields repeat from one
+response to the next), or from a block encoded and checked once (under HEAD_KEY: a ready
+answer sent again, server/ready.py). Where uvicorn would add anything (its own default
+headers, `connection: close`, chunked framing, an access log line), or the headers are not
+a list of bytes pairs, the head goes the ordinary way.
 """
 from __future__ import annotations
 
@@ -380,9 +380,9 @@ class _Prefixed:
 
 
 class _Socket:
-    """A duplicate descriptor of the connection's socket: sendfile writes to it, and the loop
-    polls it for room (the loop refuses to poll a descriptor a transport owns). A reset or
-    closed peer counts as writable: the next send reports it."""
+    """A duplicate descriptor of the connection's socket, for the loop to poll for room (it
+    refuses to poll a descriptor a transport owns). A reset or closed peer counts as
+    writable: the next send reports it."""
 
     def __init__(self, sock: int) -> None:
         self.fd = os.dup(sock)
