@@ -18,7 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__, signing
-from .auth import cross_site_reason, origin_of, write_denial
+from .auth import cross_site_reason, names_this_machine, origin_of, write_denial
 from .config import Settings, settings_for_worker
 from .forwarded import UNKEYED_FIELDS, base_url, client_address, forwarding_headers, is_trusted
 from .http.cachestatus import chained
@@ -170,6 +170,7 @@ def create_app(settings: Settings) -> EdgeApp:
     peers = PurgePeers(settings.peers, next(iter(settings.tokens), None), settings.origin_response_timeout) \
         if settings.peers else None
     public_host = urlsplit(settings.public_base_url).netloc or None
+    public_hostname = urlsplit(settings.public_base_url).hostname
 
     def public_base(request: Request, configured: str) -> str:
         """The base URL of this request: `configured`, else its own scheme and host
@@ -195,8 +196,11 @@ def create_app(settings: Settings) -> EdgeApp:
         via_untrusted_proxy = proxied and not is_trusted(peer, settings.proxies)
         cross_site = cross_site_reason(request.headers.get("sec-fetch-site"), request.headers.getlist("origin"),
                                        own_origins(request))
+        host = request.headers.get("host")
+        browser = "sec-fetch-site" in request.headers or "origin" in request.headers
+        elsewhere = host if browser and not names_this_machine(host, public_hostname) else None
         denial = write_denial(settings.tokens, client, request.headers.get("authorization"),
-                              forwarded=via_untrusted_proxy, cross_site=cross_site)
+                              forwarded=via_untrusted_proxy, cross_site=cross_site, browser_elsewhere=elsewhere)
         if denial is None:
             return None
         headers = {"WWW-Authenticate": 'Bearer realm="edgecache"'} if denial[0] == 401 else None

@@ -44,6 +44,23 @@ def cross_site_reason(sec_fetch_site: str | None, origins: Iterable[str], own: s
     return None
 
 
+def names_this_machine(host: str | None, public_host: str | None) -> bool:
+    """Does a Host field name this machine: `localhost` (RFC 6761 section 6.3), a loopback
+    address, or the host of the configured public URL? (A missing Host names nothing else.)"""
+    if not host:
+        return True
+    try:
+        name = urlsplit("//" + host.strip()).hostname or ""
+    except ValueError:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    address = parse_address(name)
+    if address is not None:
+        return address.is_loopback
+    return public_host is not None and name == public_host.lower()
+
+
 def _token_denial(tokens: tuple[str, ...], authorization: str | None) -> tuple[int, str] | None:
     scheme, _, credentials = (authorization or "").strip().partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
@@ -56,7 +73,7 @@ def _token_denial(tokens: tuple[str, ...], authorization: str | None) -> tuple[i
 
 def write_denial(
     tokens: tuple[str, ...], client: str | None, authorization: str | None, *, forwarded: bool = False,
-    cross_site: str | None = None,
+    cross_site: str | None = None, browser_elsewhere: str | None = None,
 ) -> tuple[int, str] | None:
     """None when the write is allowed, else (401 or 403, a message saying why).
 
@@ -65,6 +82,9 @@ def write_denial(
     a request that an untrusted proxy forwarded (`forwarded`) is not loopback.
     A browser request from another site or origin (`cross_site`, the reason) is
     refused (403) unless it carries a valid token, whoever the client is.
+    A browser's loopback write without a token must also name this machine in Host
+    (`browser_elsewhere`: the Host it named instead): a page whose own DNS name now
+    points to 127.0.0.1 (DNS rebinding) is same-origin with itself, not with the edge.
     """
     token = _token_denial(tokens, authorization) if tokens else None
     if tokens and token is None:
@@ -74,6 +94,9 @@ def write_denial(
     if token is not None:
         return token
     address = parse_address(client) if client else None
-    if address is not None and address.is_loopback and not forwarded:
-        return None
-    return 403, "writes are allowed from loopback only until write_tokens is configured"
+    if address is None or not address.is_loopback or forwarded:
+        return 403, "writes are allowed from loopback only until write_tokens is configured"
+    if browser_elsewhere is not None:
+        return 403, (f"a browser's write without a bearer token must address this machine as localhost or a "
+                     f"loopback address, not {browser_elsewhere} (a name pointed at 127.0.0.1: DNS rebinding)")
+    return None

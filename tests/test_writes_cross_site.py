@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.auth import cross_site_reason, origin_of, write_denial
+from proxy.auth import cross_site_reason, names_this_machine, origin_of, write_denial
 from tests.conftest import RunningServer
 from tests.upstream import Obj
 
@@ -128,3 +128,44 @@ def test_rules_are_pure() -> None:
     assert write_denial(("t",), "203.0.113.1", "Bearer t", cross_site=reason) is None
     assert write_denial(("t",), "127.0.0.1", None, cross_site=reason) == (403, reason)
     assert write_denial((), "127.0.0.1", None) is None
+
+
+def rebound(host: str) -> str:
+    return (f"Forbidden: a browser's write without a bearer token must address this machine as localhost or a "
+            f"loopback address, not {host} (a name pointed at 127.0.0.1: DNS rebinding)\n")
+
+
+def test_a_page_whose_name_was_rebound_to_loopback_cannot_write(server: RunningServer, origin_dir: Path) -> None:
+    """DNS rebinding: evil.example first served the page, then its name pointed to 127.0.0.1. The
+    page's requests now reach the edge on loopback, same-origin with the page itself: Host and
+    Origin both name evil.example. Without a token, a browser's write must name this machine."""
+    host = f"rebound.example:{server.port}"
+    for browser in ({"Origin": f"http://{host}"}, {"Sec-Fetch-Site": "same-origin"},
+                    {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}):
+        put = httpx.put(server.url + "/rebound.mp4", content=b"x", headers={"Host": host, **browser})
+        assert (put.status_code, put.text) == (403, rebound(host)), browser
+        purge = httpx.post(server.url + "/_edge/purge?path=/video/clip.mp4", headers={"Host": host, **browser})
+        assert (purge.status_code, purge.text) == (403, rebound(host)), browser
+    assert not (origin_dir / "rebound.mp4").exists()
+    same_origin = {"Sec-Fetch-Site": "same-origin"}
+    for own in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", f"[::1]:{server.port}", "edge.localhost"):
+        put = httpx.put(server.url + "/rebound.mp4", content=own.encode(), headers={"Host": own, **same_origin})
+        assert put.status_code in (200, 201), own
+    # Not a browser (no Origin, no Sec-Fetch-Site): a local process, trusted on loopback whatever it names.
+    assert httpx.put(server.url + "/rebound.mp4", content=b"curl", headers={"Host": host}).status_code == 200
+    assert (origin_dir / "rebound.mp4").read_bytes() == b"curl"
+
+
+def test_what_names_this_machine_is_pure() -> None:
+    for host in (None, "", "localhost", "LocalHost:8080", "edge.localhost", "127.0.0.1", "127.9.9.9:80", "[::1]",
+                 "[::1]:8080"):
+        assert names_this_machine(host, None), host
+    for host in ("evil.example", "evil.example:8080", "192.168.1.5", "[::ffff:c0a8:105]", "localhost.evil.example",
+                 "[bad", "10.0.0.1:80"):
+        assert not names_this_machine(host, None), host
+    assert names_this_machine("Edge.Example.COM:443", "edge.example.com")
+    assert not names_this_machine("other.example.com", "edge.example.com")
+    reason, elsewhere = "x", rebound("evil.example").removeprefix("Forbidden: ").rstrip("\n")
+    assert write_denial((), "127.0.0.1", None, browser_elsewhere="evil.example") == (403, elsewhere)
+    assert write_denial(("t",), "127.0.0.1", "Bearer t", browser_elsewhere="evil.example") is None  # a token decides
+    assert write_denial((), "127.0.0.1", None, cross_site=reason, browser_elsewhere="evil.example") == (403, reason)
