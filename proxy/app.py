@@ -169,8 +169,8 @@ def create_app(settings: Settings) -> EdgeApp:
     service = EdgeService(settings, origin, open_store(settings))
     peers = PurgePeers(settings.peers, next(iter(settings.tokens), None), settings.origin_response_timeout) \
         if settings.peers else None
-    public_host = urlsplit(settings.public_base_url).netloc or None
-    public_hostname = urlsplit(settings.public_base_url).hostname
+    public_url = urlsplit(settings.public_base_url)
+    public_host, public_hostname = public_url.netloc or None, public_url.hostname
 
     def public_base(request: Request, configured: str) -> str:
         """The base URL of this request: `configured`, else its own scheme and host

@@ -163,13 +163,7 @@ async def _send_all(chunks: AsyncIterator[Chunk], send: Send, zerocopy: bool) ->
     uvicorn closes the connection)."""
     try:
         async for chunk in chunks:
-            if isinstance(chunk, bytes):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            elif zerocopy:
-                await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
-                            "more_body": True})
-            else:
-                await _send_read(chunk, send)
+            await _send_chunk(chunk, send, zerocopy, more=True)
     except _ABORTED as e:
         log.warning("response body aborted: %s", e)
         return False
@@ -180,17 +174,23 @@ async def _send_held(chunks: list[Chunk], send: Send, zerocopy: bool) -> None:
     """Send a body in hand: its last message ends the response (no empty message after it)."""
     last = len(chunks) - 1
     for i, chunk in enumerate(chunks):
-        if isinstance(chunk, bytes):
-            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
-        elif zerocopy:
-            await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
-                        "more_body": i < last})
-        else:
-            await _send_read(chunk, send)
-            if i == last:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await _send_chunk(chunk, send, zerocopy, more=i < last)
     if not chunks:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_chunk(chunk: Chunk, send: Send, zerocopy: bool, *, more: bool) -> None:
+    """One chunk: bytes as they are, a span by the server's zero-copy send or read here; the
+    response ends with it unless `more`."""
+    if isinstance(chunk, bytes):
+        await send({"type": "http.response.body", "body": chunk, "more_body": more})
+    elif zerocopy:
+        await send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
+                    "more_body": more})
+    else:
+        await _send_read(chunk, send)
+        if not more:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _after(taken: list[Chunk], rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:

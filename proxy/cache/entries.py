@@ -33,21 +33,21 @@ class Entries:
         and the key's generation (what a fill started now may store into). `epoch`: the key's
         change count as the caller just read it (Store.change_mark)."""
 
-        def lookup(memo_only: bool, epoch: int | None = None) -> Lookup:
+        def lookup(memo_only: bool) -> Lookup:
             store = self.store
-            generation = store.generation(primary, fresh, memo_only, epoch)
-            index = store.vary_index(primary, fresh, memo_only, epoch)
+            at = epoch if memo_only else None  # a store read notes the count again, when it reads
+            generation = store.generation(primary, fresh, memo_only, at)
+            index = store.vary_index(primary, fresh, memo_only, at)
             if index is not None:
                 key = meta_key(primary, vary_key(index.fields, as_fetched(headers)))
-                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only, epoch)), Fwd.VARY_MISS,
+                return Lookup(_entry(store.get_meta(key, generation, fresh, memo_only, at)), Fwd.VARY_MISS,
                               generation, index.fields)
-            entry = store.get_meta(meta_key(primary, ""), generation, fresh, memo_only, epoch)
+            entry = store.get_meta(meta_key(primary, ""), generation, fresh, memo_only, at)
             return Lookup(_entry(entry), Fwd.URI_MISS, generation)
 
         if not fresh:
             try:
-                # What this process remembers, unchanged since: no thread, no store.
-                return lookup(True, epoch)
+                return lookup(True)  # what this process remembers, unchanged since: no thread, no store
             except _NOT_IN_MEMORY:
                 pass  # read the store, on a store thread
         try:
