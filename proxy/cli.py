@@ -18,6 +18,7 @@ from . import __version__
 from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings, parse_size
 from .ops.fetchers import FetchError
 from .ops.metrics_dir import multiprocess_dir, remove_multiprocess_dir
+from .ops.renditions import ALL, parse_selection
 from .ops.startup import env_warnings, origin_problem, startup_line
 from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
 from .paths import key_prefix, origin_path
@@ -26,8 +27,8 @@ from .store.disk import Store, StoreErrors, is_cache_dir
 
 log = logging.getLogger("edgecache.cli")
 # Options of one command, not settings.
-_COMMAND_OPTIONS = ("path", "prefix", "items", "from_file", "edge", "concurrency", "head_size", "sign_path", "ttl",
-                    "base")
+_COMMAND_OPTIONS = ("path", "prefix", "items", "from_file", "edge", "concurrency", "head_size", "renditions",
+                    "sign_path", "ttl", "base")
 
 
 def _count(text: str) -> int:
@@ -73,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     warm.add_argument("--head-size", dest="head_size", metavar="SIZE",
                       help="warm only the first SIZE bytes of each file (e.g. 8MiB), and an MP4's index "
                            "stored past them (default: whole files)")
+    warm.add_argument("--renditions", metavar="SELECT",
+                      help="renditions of an HLS master playlist or a DASH MPD to warm: all (default), best, lowest, "
+                           "an index (0), a height (720p), a size (1280x720), a bandwidth bound ('<=3M', '>=800k'), "
+                           "or several: 720p,1080p")
     return parser
 
 
@@ -157,7 +162,7 @@ def run_server(settings: Settings) -> None:
 
 
 def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: str | None, concurrency: int,
-             head_size: str | None) -> int:
+             head_size: str | None, renditions: str | None) -> int:
     """Warm the cache; a progress bar on a terminal, a summary on stdout; 1 when a file failed."""
     try:
         if from_file == "-":
@@ -174,6 +179,11 @@ def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: 
         what = f"--head-size must be a size such as 8MiB (got {head_size!r})" if not isinstance(e, BadItem) else e
         print(f"edgecache warm: {what}", file=sys.stderr)
         return 2
+    try:
+        selection = parse_selection(renditions) if renditions is not None else ALL
+    except ValueError as e:
+        print(f"edgecache warm: --renditions: {e}", file=sys.stderr)
+        return 2
     problem = _warm_problem(settings, targets, edge, head)
     if problem is not None:
         print(f"edgecache warm: {problem}", file=sys.stderr)
@@ -182,9 +192,9 @@ def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: 
     errors = Console(stderr=True)
     try:
         if edge is not None:
-            tally = asyncio.run(warm_edge(edge, targets, concurrency, head, display, errors))
+            tally = asyncio.run(warm_edge(edge, targets, concurrency, head, display, errors, selection))
         else:
-            tally = asyncio.run(warm_cache(settings, targets, concurrency, head, display, errors))
+            tally = asyncio.run(warm_cache(settings, targets, concurrency, head, display, errors, selection))
     except FetchError as e:
         print(f"edgecache warm: {e}", file=sys.stderr)
         return 1

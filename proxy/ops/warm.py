@@ -2,7 +2,10 @@
 
 Each file is read whole, or its first `head` bytes; for an MP4 whose index (`moov`) lies
 past those bytes, the index is read too (see mp4.py), so a player's first request and
-its read of the index are both hits. Bodies are counted and dropped.
+its read of the index are both hits. An HLS playlist or a DASH MPD (by its name) is read
+and walked: a master playlist's variants (those `--renditions` picks, see renditions.py),
+then every playlist's segments and initialization sections, by their byte ranges when
+they have one. Bodies are counted and dropped.
 """
 from __future__ import annotations
 
@@ -24,8 +27,11 @@ from rich.progress import (
 )
 
 from ..config import Settings, format_size
-from .fetchers import EdgeFetcher, Fetcher, FetchError, app_fetcher
+from ..http.manifests import Kind, kind_of, parse_manifest
+from ..http.streams import MAX_MANIFEST_BYTES, ByteRange, NotUnderstood, local_target
+from .fetchers import EdgeFetcher, Fetched, Fetcher, FetchError, app_fetcher
 from .mp4 import MoovSearch, index_span, is_mp4_name
+from .renditions import ALL, Selection, expand, files_of
 
 _PATH_SAFE = "/%!$&'()*+,;=:@~"  # a path's characters that stay as they are (RFC 3986 section 3.3)
 _QUERY_SAFE = _PATH_SAFE + "?"
@@ -64,6 +70,8 @@ class Tally:
     misses: int = 0
     errors: int = 0
     indexes: int = 0  # MP4 indexes read past the head
+    manifests: int = 0  # HLS playlists and DASH MPDs walked
+    renditions: int = 0  # media playlists and Representations whose segments were warmed
     started: float = field(default_factory=time.monotonic)
     lengths: list[int] = field(default_factory=list)  # Content-Length of each file started
 
@@ -81,7 +89,10 @@ class Tally:
                                                              (self.errors, "error")))
         line = (f"warmed {self.done - self.errors} of {_counted(self.files, 'file')}, {format_size(self.bytes)} in "
                 f"{seconds:.1f} s ({rate}): {counts}")
-        return line + (f", {_counted(self.indexes, 'MP4 index')} at the end" if self.indexes else "")
+        line += f", {_counted(self.indexes, 'MP4 index')} at the end" if self.indexes else ""
+        if self.manifests:
+            line += f", {_counted(self.manifests, 'manifest')} with {_counted(self.renditions, 'rendition')}"
+        return line
 
 
 def _counted(n: int, word: str) -> str:
@@ -117,60 +128,143 @@ class Display:
         self.progress.update(self.task, files=self._files())
 
 
-async def warm(fetcher: Fetcher, targets: list[str], concurrency: int, head: int | None, display: Display,
-               errors: Console) -> Tally:
-    """Warm every target, `concurrency` at a time; errors are reported one line each."""
-    tally = display.tally
-    tally.files = len(targets)
-    queue = iter(targets)
+@dataclass(frozen=True)
+class Job:
+    """A GET to make: a path and query, a byte range of it or the whole; a manifest is walked."""
 
-    async def worker() -> None:
-        for target in queue:
+    target: str
+    byte_range: ByteRange | None = None
+    manifest: bool = False
+    whole: bool = False  # a manifest's segment: read whole (or its byte range), whatever the head size
+
+
+class _Run:
+    """Jobs in a queue, `concurrency` at a time; a manifest adds the jobs it names (each once)."""
+
+    def __init__(self, fetcher: Fetcher, head: int | None, display: Display, errors: Console, base: str,
+                 selection: Selection) -> None:
+        self.fetcher, self.head, self.display, self.errors = fetcher, head, display, errors
+        self.base, self.selection = base, selection
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.seen: set[tuple[str, ByteRange | None]] = set()
+
+    def add(self, job: Job) -> None:
+        if (job.target, job.byte_range) not in self.seen:
+            self.seen.add((job.target, job.byte_range))
+            self.display.tally.files += 1
+            self.queue.put_nowait(job)
+
+    async def worker(self) -> None:
+        while True:
+            job = await self.queue.get()
             try:
-                problem = await _warm_one(fetcher, target, head, display)
+                problem = await (self._manifest(job) if job.manifest else self._file(job))
             except FetchError as e:
                 problem = str(e)
+            finally:
+                self.queue.task_done()
             if problem is not None:
-                tally.errors += 1
-                errors.print(f"edgecache warm: {target}: {problem}", markup=False, highlight=False)
-            display.file_done()
+                self.display.tally.errors += 1
+                self.errors.print(f"edgecache warm: {job.target}: {problem}", markup=False, highlight=False)
+            self.display.file_done()
 
+    async def _file(self, job: Job) -> str | None:
+        if job.byte_range is None:
+            return await _warm_one(self.fetcher, job.target, None if job.whole else self.head, self.display)
+        got = await self.fetcher.get(job.target, job.byte_range, 0, self.display.length, self.display.chunk)
+        first, last = job.byte_range
+        return _checked(got, self.display.tally, f" for bytes {first}-{last}")
+
+    async def _manifest(self, job: Job) -> str | None:
+        """Read a manifest whole and add the jobs it leads to."""
+        got = await self.fetcher.get(job.target, None, MAX_MANIFEST_BYTES + 1, self.display.length,
+                                     self.display.chunk)
+        problem = _checked(got, self.display.tally)
+        if problem is not None or got.received > MAX_MANIFEST_BYTES:
+            return problem or f"larger than {MAX_MANIFEST_BYTES} bytes: not read as a manifest"
+        url = self.base + job.target
+        manifest = parse_manifest(got.data, url)
+        if isinstance(manifest, NotUnderstood):
+            return f"not a manifest edgecache understands: {manifest.reason}"
+        self.display.tally.manifests += 1
+        expansion = expand(manifest, self.selection)
+        urls = [(u, None, True) for u in expansion.playlists] + [
+            (ref.url, ref.byte_range, False) for track in expansion.tracks for ref in files_of(track, time.time())]
+        self.display.tally.renditions += len(expansion.tracks)
+        elsewhere = []
+        for absolute, byte_range, is_manifest in urls:
+            target = local_target(absolute, self.base)
+            if target is None:
+                elsewhere.append(absolute)
+            else:
+                self.add(Job(target_of(target), byte_range, is_manifest, whole=True))
+        if not expansion.matched:
+            return "--renditions matches none of its renditions"
+        if elsewhere:
+            return f"{_counted(len(elsewhere), 'file')} on other servers not warmed ({elsewhere[0]}, ...)"
+        return None
+
+
+async def warm(fetcher: Fetcher, targets: list[str], concurrency: int, head: int | None, display: Display,
+               errors: Console, base: str = "http://localhost", selection: Selection = ALL) -> Tally:
+    """Warm every target, `concurrency` at a time; errors are reported one line each. `base`:
+    the scheme and authority the fetcher's requests go to (a manifest's URIs on another
+    server are not warmed)."""
+    run = _Run(fetcher, head, display, errors, base.rstrip("/"), selection)
+    for target in targets:
+        run.add(Job(target, manifest=kind_of(target.partition("?")[0], None) in (Kind.HLS, Kind.DASH)))
     with display.progress:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(targets)))))
-    return tally
+        workers = [asyncio.create_task(run.worker()) for _ in range(concurrency)]
+        joined = asyncio.create_task(run.queue.join())
+        try:
+            done, _ = await asyncio.wait([joined, *workers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in [joined, *workers]:
+                task.cancel()
+            await asyncio.gather(joined, *workers, return_exceptions=True)
+    for task in done - {joined}:
+        task.result()  # a worker ends only by an unexpected error: raise it
+    return display.tally
 
 
 async def warm_edge(edge: str, targets: list[str], concurrency: int, head: int | None, display: Display,
-                    errors: Console) -> Tally:
+                    errors: Console, selection: Selection = ALL) -> Tally:
     """Warm through a running edge at `edge` (http://host:port)."""
     fetcher = EdgeFetcher(edge, concurrency)
     try:
-        return await warm(fetcher, targets, concurrency, head, display, errors)
+        return await warm(fetcher, targets, concurrency, head, display, errors, edge, selection)
     finally:
         await fetcher.aclose()
 
 
 async def warm_cache(settings: Settings, targets: list[str], concurrency: int, head: int | None, display: Display,
-                     errors: Console) -> Tally:
+                     errors: Console, selection: Selection = ALL) -> Tally:
     """Warm the cache directory of `settings` from its origin, through the edge's own app in this process."""
     async with app_fetcher(settings) as fetcher:
-        return await warm(fetcher, targets, concurrency, head, display, errors)
+        return await warm(fetcher, targets, concurrency, head, display, errors, selection=selection)
+
+
+def _checked(got: Fetched, tally: Tally, what: str = "") -> str | None:
+    """What is wrong with a response (its status, a body cut short), or None; hits and misses counted."""
+    if got.status not in (200, 206):
+        return f"status {got.status}{what}"
+    if got.length is not None and got.received != got.length:
+        return f"body cut short ({got.received} of {got.length} bytes){what}"
+    if got.x_cache == "MISS":
+        tally.misses += 1
+    elif got.x_cache in ("HIT", "STALE"):
+        tally.hits += 1
+    return None
 
 
 async def _warm_one(fetcher: Fetcher, target: str, head: int | None, display: Display) -> str | None:
     """Warm one file; what went wrong, or None."""
     tally = display.tally
     first = await fetcher.get(target, (0, head - 1) if head else None, 0, display.length, display.chunk)
-    if first.status not in (200, 206):
-        return f"status {first.status}"
-    if first.length is not None and first.received != first.length:
-        return f"body cut short ({first.received} of {first.length} bytes)"
-    if first.x_cache == "MISS":
-        tally.misses += 1
-    elif first.x_cache in ("HIT", "STALE"):
-        tally.hits += 1
-    if head is None or first.size is None or first.size <= head or not is_mp4_name(target.partition("?")[0]):
-        return None
+    problem = _checked(first, tally)
+    if problem is not None or head is None or first.size is None or first.size <= head \
+            or not is_mp4_name(target.partition("?")[0]):
+        return problem
     search = MoovSearch(first.size)
     while (wanted := search.wanted) is not None:
         offset, length = wanted
