@@ -71,6 +71,9 @@ class Settings:
     access_log: bool = True
     access_log_format: str = "combined"
     read_ahead_blocks: int = 0
+    prefetch_segments: int = 0  # HLS/DASH: the next N segments of a rendition filled ahead (0: off)
+    manifest_ttl: int = 60  # seconds a master or VOD playlist, or a static MPD, is fresh when the origin says nothing
+    segment_ttl: int = 86400  # ... and a media segment (0: the RFC 9111 heuristic, as for other files)
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_part_size: int = 8 * 1024**2
@@ -363,6 +366,9 @@ _CHECKS: list[Check] = [
     # S3 multipart upload: parts of 5 MiB to 5 GiB (but the last), at most 10,000 of them.
     _between("s3_part_size", 5 * 1024**2, 5 * 1024**3),
     _between("read_ahead_blocks", 0, 64),
+    _between("prefetch_segments", 0, 64),
+    _between("manifest_ttl", 0, 2**31),
+    _between("segment_ttl", 0, 2**31),
 ]
 
 FIELD_TYPES: dict[str, type] = {f.name: get_type_hints(Settings)[f.name] for f in fields(Settings)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.config import ConfigError, load_settings
 from proxy.http.hls import MasterPlaylist, MediaPlaylist, parse_playlist
 from proxy.http.lifetimes import StreamTtls, stream_lifetime
 from proxy.http.manifests import Kind, Manifest, parse_manifest
@@ -157,3 +158,13 @@ MPD_HEAD = '<MPD type="dynamic" availabilityStartTime="2023-11-14T22:13:20Z"'
 def test_stream_lifetimes(status: int, what: Manifest | NotUnderstood | Kind, ttls: StreamTtls,
                           lifetime: float | None) -> None:
     assert stream_lifetime(status, what, ttls) == lifetime
+
+
+def test_stream_settings_and_their_bounds() -> None:
+    settings = load_settings(environ={"EDGECACHE_PREFETCH_SEGMENTS": "4", "EDGECACHE_MANIFEST_TTL": "0"})
+    assert (settings.prefetch_segments, settings.manifest_ttl, settings.segment_ttl) == (4, 0, 86400)
+    for name, value, message in (("PREFETCH_SEGMENTS", "65", "'prefetch_segments': must be between 0 and 64"),
+                                 ("MANIFEST_TTL", "-1", "'manifest_ttl': must be between 0 and 2147483648"),
+                                 ("SEGMENT_TTL", "1d", "'segment_ttl': expected a whole number")):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(environ={"EDGECACHE_" + name: value})
