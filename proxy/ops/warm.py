@@ -165,7 +165,8 @@ class _Run:
                 self.queue.task_done()
             if problem is not None:
                 self.display.tally.errors += 1
-                self.errors.print(f"edgecache warm: {job.target}: {problem}", markup=False, highlight=False)
+                self.errors.print(f"edgecache warm: {job.target}: {problem}", markup=False, highlight=False,
+                                  soft_wrap=True)  # one line each, however long
             self.display.file_done()
 
     async def _file(self, job: Job) -> str | None:
