@@ -28,13 +28,14 @@ from rich.progress import (
 
 from ..config import Settings, format_size
 from ..http.manifests import Kind, kind_of, parse_manifest
-from ..http.streams import MAX_MANIFEST_BYTES, ByteRange, NotUnderstood, local_target
+from ..http.streams import MAX_MANIFEST_BYTES, ByteRange, NotUnderstood, Ref, local_target
 from .fetchers import EdgeFetcher, Fetched, Fetcher, FetchError, app_fetcher
 from .mp4 import MoovSearch, index_span, is_mp4_name
 from .renditions import ALL, Selection, expand, files_of
 
 _PATH_SAFE = "/%!$&'()*+,;=:@~"  # a path's characters that stay as they are (RFC 3986 section 3.3)
 _QUERY_SAFE = _PATH_SAFE + "?"
+_APP_BASE = "http://localhost"  # where the edge's app in this process is asked (fetchers.AppFetcher's Host)
 
 
 class BadItem(ValueError):
@@ -181,24 +182,26 @@ class _Run:
         got = await self.fetcher.get(job.target, None, MAX_MANIFEST_BYTES + 1, self.display.length,
                                      self.display.chunk)
         problem = _checked(got, self.display.tally)
-        if problem is not None or got.received > MAX_MANIFEST_BYTES:
-            return problem or f"larger than {MAX_MANIFEST_BYTES} bytes: not read as a manifest"
-        url = self.base + job.target
-        manifest = parse_manifest(got.data, url)
+        if problem is not None:
+            return problem
+        if got.received > MAX_MANIFEST_BYTES:
+            return f"larger than {MAX_MANIFEST_BYTES} bytes: not read as a manifest"
+        manifest = parse_manifest(got.data, self.base + job.target)
         if isinstance(manifest, NotUnderstood):
             return f"not a manifest edgecache understands: {manifest.reason}"
-        self.display.tally.manifests += 1
         expansion = expand(manifest, self.selection)
-        urls = [(u, None, True) for u in expansion.playlists] + [
-            (ref.url, ref.byte_range, False) for track in expansion.tracks for ref in files_of(track, time.time())]
+        self.display.tally.manifests += 1
         self.display.tally.renditions += len(expansion.tracks)
+        now = time.time()
+        named = [(Ref(url), True) for url in expansion.playlists] + [
+            (ref, False) for track in expansion.tracks for ref in files_of(track, now)]
         elsewhere = []
-        for absolute, byte_range, is_manifest in urls:
-            target = local_target(absolute, self.base)
+        for ref, is_manifest in named:
+            target = local_target(ref.url, self.base)
             if target is None:
-                elsewhere.append(absolute)
+                elsewhere.append(ref.url)
             else:
-                self.add(Job(target_of(target), byte_range, is_manifest, whole=True))
+                self.add(Job(target_of(target), ref.byte_range, is_manifest, whole=True))
         if not expansion.matched:
             return "--renditions matches none of its renditions"
         if elsewhere:
@@ -207,7 +210,7 @@ class _Run:
 
 
 async def warm(fetcher: Fetcher, targets: list[str], concurrency: int, head: int | None, display: Display,
-               errors: Console, base: str = "http://localhost", selection: Selection = ALL) -> Tally:
+               errors: Console, base: str, selection: Selection = ALL) -> Tally:
     """Warm every target, `concurrency` at a time; errors are reported one line each. `base`:
     the scheme and authority the fetcher's requests go to (a manifest's URIs on another
     server are not warmed)."""
@@ -242,7 +245,7 @@ async def warm_cache(settings: Settings, targets: list[str], concurrency: int, h
                      errors: Console, selection: Selection = ALL) -> Tally:
     """Warm the cache directory of `settings` from its origin, through the edge's own app in this process."""
     async with app_fetcher(settings) as fetcher:
-        return await warm(fetcher, targets, concurrency, head, display, errors, selection=selection)
+        return await warm(fetcher, targets, concurrency, head, display, errors, _APP_BASE, selection)
 
 
 def _checked(got: Fetched, tally: Tally, what: str = "") -> str | None:
