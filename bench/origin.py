@@ -18,8 +18,8 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.app import create_app  # noqa: E402
-from proxy.cli import uvicorn_options  # noqa: E402
 from proxy.config import Settings  # noqa: E402
+from proxy.server.run import uvicorn_options  # noqa: E402
 
 
 class Counting:

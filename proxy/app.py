@@ -2,6 +2,7 @@
 Starlette. Thin: request -> facts -> service -> response."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import __version__, signing
 from .auth import cross_site_reason, names_this_machine, origin_of, write_denial
 from .config import Settings, settings_for_worker
-from .forwarded import UNKEYED_FIELDS, base_url, client_address, forwarding_headers, is_trusted
+from .forwarded import UNKEYED_FIELDS, Client, base_url, forwarding_headers, identify, is_trusted
 from .http.cachestatus import chained
 from .middleware import EdgeHeaders
 from .ops import metrics
@@ -34,6 +35,8 @@ from .origins.s3 import S3Origin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
 from .peers import HOPS, PurgePeers
+from .server.limits import Refusal
+from .server.protocol import SHUT_DOWN, TIMED_OUT
 from .server.ready import OFFER, ReadyAnswers, Replay
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
@@ -122,6 +125,15 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> R
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
+def _gone(request: Request, when: str) -> Response:
+    """The answer to a request whose body stopped: 408 when the server timed it out (the
+    connection then closes), else 400 (the client went away: nobody reads it)."""
+    timed_out = request.scope.get(TIMED_OUT)
+    if isinstance(timed_out, Refusal):
+        return _text(408, f"Request Timeout: {timed_out.detail}")
+    return _text(400, f"Bad Request: the client went away {when}")
+
+
 def make_origin(settings: Settings) -> Origin:
     if settings.origin_is_s3:
         return S3Origin(
@@ -172,13 +184,15 @@ def create_app(settings: Settings) -> EdgeApp:
     public_url = urlsplit(settings.public_base_url)
     public_host, public_hostname = public_url.netloc or None, public_url.hostname
 
+    def who(request: Request) -> Client:
+        """Who sent this request (forwarded.identify: behind trusted proxies, the client they name)."""
+        peer = request.client.host if request.client else None
+        return identify(peer, request.scope.get("scheme", "http"), request.scope["headers"], settings.proxies,
+                        settings.forwarded_header)
+
     def public_base(request: Request, configured: str) -> str:
-        """The base URL of this request: `configured`, else its own scheme and host
-        (X-Forwarded-Proto / -Host from a trusted proxy)."""
-        return base_url(configured, request.url.scheme, request.headers.get("host"),
-                        request.client.host if request.client else None,
-                        request.headers.get("x-forwarded-proto"), request.headers.get("x-forwarded-host"),
-                        settings.proxies)
+        """The base URL of this request: `configured`, else the scheme and host its client used."""
+        return base_url(configured, who(request))
 
     def own_origins(request: Request) -> set[str]:
         """The origins a same-origin browser request to this edge names in `Origin`."""
@@ -190,8 +204,7 @@ def create_app(settings: Settings) -> EdgeApp:
     def write_refusal(request: Request) -> Response | None:
         """401/403 unless this request may write (uploads, purges, other methods)."""
         peer = request.client.host if request.client else None
-        forwarded_for = request.headers.get("x-forwarded-for")
-        client = client_address(peer, forwarded_for, settings.proxies)
+        client = who(request).address
         proxied = any(name in request.headers for name in _FORWARDED_FIELDS)
         via_untrusted_proxy = proxied and not is_trusted(peer, settings.proxies)
         cross_site = cross_site_reason(request.headers.get("sec-fetch-site"), request.headers.getlist("origin"),
@@ -249,7 +262,7 @@ def create_app(settings: Settings) -> EdgeApp:
         try:
             reply = await service.handle(ProxyRequest(method, target, headers, body))
         except ClientDisconnect:
-            return _text(400, "Bad Request: the client went away while sending the request body")
+            return _gone(request, "while sending the request body")
         reply.headers = chained(reply.headers, settings.cache_name)
         offer = request.scope.get(OFFER)
         # Kept for identical requests: not a signed one (its verdict depends on the time), nor one with a body.
@@ -266,9 +279,9 @@ def create_app(settings: Settings) -> EdgeApp:
         limit = settings.max_upload_size
         try:
             check_declared_length(request.headers.get("content-length"), limit)
-            # The whole request body is bounded in size and in idle time: a multipart body's
-            # preamble and other fields too, not only the file.
-            received = limited(request.stream(), limit, settings.upload_idle_timeout)
+            # The whole request body is bounded in size (and in time, by the server: client_body_timeout):
+            # a multipart body's preamble and other fields too, not only the file.
+            received = limited(request.stream(), limit)
             if request.method == "POST":
                 upload_folder(url_path)  # refused before the body is read
                 form = MultipartFile(received, request.headers["content-type"])
@@ -284,7 +297,7 @@ def create_app(settings: Settings) -> EdgeApp:
         except UploadError as e:
             return _text(e.status, f"{_REASONS.get(e.status, 'Bad Request')}: {e}")
         except ClientDisconnect:
-            return _text(400, "Bad Request: the client went away during the upload")
+            return _gone(request, "during the upload")
         except OriginError as e:
             return _text(e.status, f"{_REASONS[e.status]}: the origin failed during the upload ({e.kind})")
         if not 200 <= uploaded.status < 300:
@@ -385,13 +398,13 @@ def create_app(settings: Settings) -> EdgeApp:
     routes_app = Starlette(routes=routes, lifespan=lifespan)
     routes_app.state.service = service
     dispatch = Dispatch(content, routes_app, settings.compat_routes)
-    edge = EdgeHeaders(dispatch, max_count=settings.max_header_count, max_bytes=settings.max_header_bytes,
-                       server=settings.server_name)
+    edge = EdgeHeaders(dispatch, server=settings.server_name)
     reads, store = service.reads, service.store
     front = edge if reads is None or store is None else \
         Replay(edge, ReadyAnswers(store.changes_at, reads.hits.count), UNKEYED_FIELDS)
     observed = Observe(front, write=None if access_log is None else access_log.put,
-                       log_format=settings.access_log_format, proxies=settings.proxies)
+                       log_format=settings.access_log_format, proxies=settings.proxies,
+                       forwarded_header=settings.forwarded_header)
     return EdgeApp(observed, routes_app.state)
 
 
@@ -421,7 +434,13 @@ class EdgeApp:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not scope.get(SHUT_DOWN):
+                raise
+            # The server answered this request 503 at shutdown and cancelled what was left of it: its
+            # clean-up ran; the cancellation ends here, not as an error of the app.
 
 
 def content_path(scope: Scope, compat: bool) -> tuple[str, str | None] | None:

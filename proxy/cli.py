@@ -8,20 +8,18 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
-import uvicorn
 from rich.console import Console
-from uvicorn.logging import DefaultFormatter
 
 from . import __version__
-from .config import RESOLVED_ENV, ConfigError, Settings, dump_resolved, load_settings, parse_size
+from .config import ConfigError, Settings, load_settings, parse_size
+from .ops import simulate
 from .ops.fetchers import FetchError
-from .ops.metrics_dir import multiprocess_dir, remove_multiprocess_dir
 from .ops.renditions import ALL, parse_selection
-from .ops.startup import env_warnings, origin_problem, startup_line
+from .ops.startup import env_warnings, log_to_console, origin_problem, startup_line
 from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
 from .paths import key_prefix, origin_path
+from .server.run import serve
 from .signing import signed_query
 from .store.disk import Store, StoreErrors, is_cache_dir
 
@@ -78,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="renditions of an HLS master playlist or a DASH MPD to warm: all (default), best, lowest, "
                            "an index (0), a height (720p), a size (1280x720), a bandwidth bound ('<=3M', '>=800k'), "
                            "or several: 720p,1080p")
+    simulate.add_parser(commands)
     return parser
 
 
@@ -125,40 +124,6 @@ def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
         store.close()
     print(json.dumps({"purged": purged, "count": len(purged)}))
     return 0
-
-
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """The uvicorn options every edgecache server runs with (also used by the tests)."""
-    return dict(
-        loop="uvloop",
-        # httptools (llhttp: rejects CL+TE, duplicate lengths, obs-fold with 400), plus sendfile
-        http="proxy.server.zerocopy:ZeroCopyProtocol",
-        lifespan="on",
-        proxy_headers=False,  # X-Forwarded-* are trusted only where configured
-        server_header=False,  # the app sends one Server header itself
-        date_header=False,  # ... and one Date
-        timeout_keep_alive=settings.keepalive_timeout,
-        timeout_graceful_shutdown=10,  # then open streams are cut, so a stop never hangs
-        log_level=settings.log_level,
-        access_log=False,  # the edge logs each request itself (proxy/ops/observe.py), with its cache status
-    )
-
-
-def run_server(settings: Settings) -> None:
-    """Run uvicorn with the settings; N workers are N real processes."""
-    os.environ[RESOLVED_ENV] = dump_resolved(settings)
-    metrics_dir = multiprocess_dir()  # before any worker imports prometheus_client
-    try:
-        uvicorn.run(
-            "proxy.app:app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            **uvicorn_options(settings),
-        )
-    finally:
-        remove_multiprocess_dir(metrics_dir)
 
 
 def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: str | None, concurrency: int,
@@ -216,15 +181,6 @@ def _warm_problem(settings: Settings, targets: list[str], edge: str | None, head
     return _not_a_cache(settings.cache_dir)
 
 
-def _console_log(level: str) -> None:
-    """Messages of the command line on stderr, looking like uvicorn's ('INFO:     ...')."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = vars(parser.parse_args(argv))
@@ -232,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:  # a usage error, as argparse has it (exit 2), but with the whole help
         parser.print_help(sys.stderr)
         return 2
+    if command == "simulate":  # an offline tool: no settings to load
+        return simulate.run(**args)
     config_file = args.pop("config")
     options = {name: args.pop(name) for name in _COMMAND_OPTIONS if name in args}
     if command == "warm" and options["edge"] is not None and any(args.values()):
@@ -243,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"edgecache: {e}", file=sys.stderr)
         return 2
-    _console_log(settings.log_level)
+    log_to_console(log, settings.log_level)
     for warning in env_warnings(os.environ):
         log.warning(warning)
     if command == "purge":
@@ -255,6 +213,4 @@ def main(argv: list[str] | None = None) -> int:
     problem = origin_problem(settings)
     if problem is not None:
         log.warning(problem)
-    log.info(startup_line(settings))
-    run_server(settings)
-    return 0
+    return serve(settings, announce=lambda: log.info(startup_line(settings)))

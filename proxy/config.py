@@ -14,11 +14,14 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from typing import Any, get_type_hints
 
 from .paths import BadPath, clean_path
 
 ENV_PREFIX = "EDGECACHE_"
+# Settings that were renamed: the old name is refused with the new one.
+RENAMED = {"upload_idle_timeout": "client_body_timeout"}
 # The CLI hands the resolved settings to worker processes through this variable.
 RESOLVED_ENV = "EDGECACHE__RESOLVED"
 
@@ -38,6 +41,7 @@ class Settings:
     cache_size_limit: int = 20 * 1024**3
     block_size: int = 4 * 1024**2
     max_object_size: int = 10 * 1024**3
+    policy_memory: int = 64 * 1024**2  # the cache policy's state: queues, ghosts (see proxy/policy/)
     origin_connect_timeout: float = 5.0
     origin_read_timeout: float = 30.0
     origin_response_timeout: float = 15.0
@@ -52,7 +56,6 @@ class Settings:
     trusted_proxies: str = ""
     public_base_url: str = ""
     max_upload_size: int = 10 * 1024**3
-    upload_idle_timeout: float = 30.0
     upload_extensions: str = ""
     chunk_size: int = 512 * 1024
     cache_control: str = "public, max-age=3600"
@@ -62,6 +65,18 @@ class Settings:
     keepalive_timeout: int = 5
     max_header_count: int = 100
     max_header_bytes: int = 16 * 1024
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 20.0
+    client_body_min_rate: int = 256
+    send_timeout: float = 60.0
+    max_connections: int = 4096
+    max_connections_per_client: int = 0
+    max_pipelined_requests: int = 16
+    shutdown_grace: float = 10.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_port: int = 0
+    forwarded_header: str = "x-forwarded-for"
     server_name: str = "edgecache"
     cache_name: str = "edgecache"
     signing_key: str = ""
@@ -154,18 +169,18 @@ def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(rules)
 
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_FIELDS = {"chunk_size", "max_header_bytes", "cache_size_limit", "block_size", "max_object_size",
-                "max_upload_size", "s3_part_size"}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_SIZE_FIELDS = {"chunk_size", "max_header_bytes", "client_body_min_rate", "cache_size_limit", "block_size",
+                "max_object_size", "max_upload_size", "s3_part_size", "policy_memory"}
 _MULTIPLIERS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def parse_size(text: str) -> int:
-    """'512KiB', '4M', '1048576' -> bytes (binary multiples)."""
+    """'512KiB', '4M', '4.2GiB', '1048576' -> bytes (binary multiples; a fraction of a byte is dropped)."""
     m = _SIZE.fullmatch(text.strip())
     if not m:
         raise ValueError(text)
-    return int(m.group(1)) * _MULTIPLIERS[m.group(2).lower()]
+    return int(Fraction(m.group(1)) * _MULTIPLIERS[m.group(2).lower()])
 
 
 def format_size(n: int) -> str:
@@ -316,6 +331,15 @@ def _peers(s: Settings) -> None:
         raise ConfigError(f"invalid setting 'purge_peers': expected http(s)://host[:port], ... (got {bad[0]!r})")
 
 
+def _tls(s: Settings) -> None:
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ConfigError("invalid setting 'tls_cert': tls_cert and tls_key go together (PEM files)")
+    if s.tls_port and not s.tls_cert:
+        raise ConfigError("invalid setting 'tls_port': needs tls_cert and tls_key")
+    if not 0 <= s.tls_port <= 65535 or (s.tls_port and s.tls_port == s.port):
+        raise ConfigError(f"invalid setting 'tls_port': a port other than 'port', 1 to 65535 (got {s.tls_port})")
+
+
 def _positive(name: str, high: float) -> Check:
     def check(s: Settings) -> None:
         value = getattr(s, name)
@@ -333,6 +357,7 @@ _CHECKS: list[Check] = [
     _between("workers", 1, 64),
     _nonempty("cache_dir"),
     _between("cache_size_limit", 64 * 1024**2, 2**60),
+    _between("policy_memory", 1024**2, 2**40),
     _between("block_size", 64 * 1024, 256 * 1024**2),
     _between("max_object_size", 1, 2**60),
     _cache_sizes,
@@ -347,13 +372,22 @@ _CHECKS: list[Check] = [
     _networks,
     _base_url,
     _between("max_upload_size", 1, 2**60),
-    _positive("upload_idle_timeout", 3600),
     _between("chunk_size", 4096, 16 * 1024 * 1024),
     _header_value("cache_control"),
     _between("max_ranges", 1, 1000),
     _between("keepalive_timeout", 1, 3600),
     _between("max_header_count", 10, 1000),
     _between("max_header_bytes", 1024, 1024 * 1024),
+    _positive("client_header_timeout", 3600),
+    _positive("client_body_timeout", 3600),
+    _between("client_body_min_rate", 0, 2**40),
+    _positive("send_timeout", 3600),
+    _between("max_connections", 16, 1_000_000),
+    _between("max_connections_per_client", 0, 1_000_000),
+    _between("max_pipelined_requests", 1, 1024),
+    _between("shutdown_grace", 0, 3600),
+    _tls,
+    _one_of("forwarded_header", ("x-forwarded-for", "forwarded")),
     _header_value("server_name"),
     _cache_name,
     _signing,
@@ -413,6 +447,8 @@ def _from_mapping(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name in RENAMED:
+            raise ConfigError(f"setting '{key}' in {source} is now called '{RENAMED[name]}'")
         if name not in FIELD_TYPES:
             raise ConfigError(f"unknown setting '{key}' in {source}")
         values[name] = _coerce(name, value)
@@ -453,7 +489,8 @@ def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
     known = {ENV_PREFIX + name.upper() for name in names} | {RESOLVED_ENV}
     found = []
     for key in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known):
-        close = difflib.get_close_matches(key[len(ENV_PREFIX):].lower(), names, n=1)
+        name = key[len(ENV_PREFIX):].lower()
+        close = [RENAMED[name]] if name in RENAMED else difflib.get_close_matches(name, names, n=1)
         found.append((key, ENV_PREFIX + close[0].upper() if close else None))
     return found
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: request header limits, the Host field, and Date / Server / nosniff on every response."""
+"""ASGI middleware: the Host field, and Date / Server / nosniff on every response."""
 from __future__ import annotations
 
 import re
@@ -32,8 +32,8 @@ def host_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> str |
 
 
 class EdgeHeaders:
-    """Rejects requests with too many or too large headers (431, RFC 6585 section 5), and
-    requests without exactly one valid Host (400, RFC 9112 section 3.2).
+    """Rejects requests without exactly one valid Host (400, RFC 9112 section 3.2). (Heads
+    too large are refused by the server as they arrive: server/limits.py.)
 
     Adds exactly one Date (RFC 9110 section 6.6.1) and the configured Server to
     responses that lack them; uvicorn's own are switched off. Every response says
@@ -41,21 +41,15 @@ class EdgeHeaders:
     served with, never as HTML it guessed from the bytes.
     """
 
-    def __init__(self, app: ASGIApp, *, max_count: int, max_bytes: int, server: str) -> None:
+    def __init__(self, app: ASGIApp, *, server: str) -> None:
         self.app = app
-        self.max_count = max_count
-        self.max_bytes = max_bytes
         self.server = server.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = scope["headers"]
-        if len(headers) > self.max_count or sum(len(n) + len(v) + 4 for n, v in headers) > self.max_bytes:
-            await self._refuse(send, 431, "Request Header Fields Too Large")
-            return
-        problem = host_problem(scope.get("http_version", "1.1"), headers)
+        problem = host_problem(scope.get("http_version", "1.1"), scope["headers"])
         if problem is not None:
             await self._refuse(send, 400, f"Bad Request: {problem}")
             return

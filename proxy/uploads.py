@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .paths import MAX_SEGMENT_BYTES, BadPath, HiddenPath, clean_path
@@ -58,19 +57,11 @@ def file_name(name: str) -> str:
     return name
 
 
-async def limited(chunks: AsyncIterator[bytes], max_size: int, idle_timeout: float) -> AsyncIterator[bytes]:
-    """The chunks; UploadError(413) as soon as they exceed max_size bytes, or 408 when
-    none arrives for idle_timeout seconds (uvicorn has no body timeout of its own)."""
+async def limited(chunks: AsyncIterator[bytes], max_size: int) -> AsyncIterator[bytes]:
+    """The chunks; UploadError(413) as soon as they exceed max_size bytes. (A body that stops
+    coming is the server's to time out: client_body_timeout.)"""
     total = 0
-    iterator = aiter(chunks)
-    while True:
-        try:
-            with anyio.fail_after(idle_timeout):
-                chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UploadError(408, f"no upload data for {idle_timeout:g} seconds") from None
+    async for chunk in chunks:
         total += len(chunk)
         if total > max_size:
             raise UploadError(413, f"uploads are limited to {max_size} bytes")

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from proxy.app import create_app
-from proxy.cli import uvicorn_options
 from proxy.config import Settings
+from proxy.server.run import Listener, server_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SIZE = 3 * 1024 * 1024 + 12345  # several chunks, not a multiple of any
@@ -67,17 +66,16 @@ async def client(settings: Settings) -> Iterator[httpx.AsyncClient]:
 class RunningServer:
     """A real uvicorn server in a thread, on a loopback port (edgecache, or any ASGI app)."""
 
-    def __init__(self, settings: Settings, app=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings: Settings, app=None, tls: bool = False) -> None:  # type: ignore[no-untyped-def]
         self.settings = settings
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        options = {**uvicorn_options(settings), "timeout_graceful_shutdown": 1}
-        config = uvicorn.Config(app or create_app(settings), **options)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        quick = dataclasses.replace(settings, shutdown_grace=min(settings.shutdown_grace, 1))
+        self.server = server_for(quick, app or create_app(settings), [Listener(self.sock, tls=tls)])
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> RunningServer:
         self.thread.start()

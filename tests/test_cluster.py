@@ -29,7 +29,7 @@ KEY = "cluster-signing-key"
 def render(config: str, port: int, edges: dict[str, int], admin: Path) -> str:
     """deploy/haproxy.cfg for loopback: its listen port, the edges' ports, health checks every
     100 ms (so the test need not wait long for a stopped edge to be seen), and an admin socket."""
-    config = config.replace("bind :8080", f"bind 127.0.0.1:{port}", 1)
+    config = config.replace("bind :8080", f"bind :{port}", 1)  # every address: clients from elsewhere too
     config = config.replace("check inter 2s fall 2 rise 2", "check inter 100ms fall 2 rise 1", 1)
     config = config.replace("global\n", f"global\n    stats socket {admin} mode 600 level admin\n", 1)
     for name, edge_port in edges.items():
@@ -113,6 +113,36 @@ def cluster(settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
             haproxy.wait(timeout=10)
             for edge in edges.values():
                 edge.__exit__(None, None, None)
+
+
+def outside_address() -> str:
+    """An address of this machine that is not loopback (the source of a client from elsewhere)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.254", 9))  # a route out (no packet is sent)
+        except OSError:
+            pytest.skip("this machine has no address but loopback")
+        address: str = s.getsockname()[0]
+    if address.startswith("127."):
+        pytest.skip("this machine has no address but loopback")
+    return address
+
+
+def test_a_forged_client_address_does_not_pass_haproxy(cluster: Cluster) -> None:
+    """HAProxy's option forwardfor adds its own X-Forwarded-For line after the client's: a client
+    from elsewhere that sends `X-Forwarded-For: 127.0.0.2` is still from elsewhere, and may not write."""
+    port = cluster.url.rsplit(":", 1)[1]
+    stranger = f"http://{outside_address()}:{port}"
+    forged = {"X-Forwarded-For": "127.0.0.2", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}
+    refused = "Forbidden: writes are allowed from loopback only until write_tokens is configured\n"
+    with httpx.Client(timeout=10, headers=forged) as c:
+        for answer in (c.post(stranger + "/_edge/purge?prefix=/"), c.get(stranger + "/_edge/objects"),
+                       c.put(stranger + "/films/new.mp4", content=b"x")):
+            assert (answer.status_code, answer.text) == (403, refused)
+        assert [hit for hit in cluster.origin.hits if hit.method == "PUT"] == []
+        # From this machine, through the same HAProxy, the same writes pass.
+        assert c.post(cluster.url + "/_edge/purge?prefix=/").status_code == 200
+        assert c.get(cluster.url + "/_edge/objects").status_code == 200
 
 
 def _served(c: httpx.Client, path: str, body: bytes, expires: int = 2**33) -> tuple[str, bool]:

@@ -5,8 +5,10 @@ import ipaddress
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from proxy.forwarded import forwarding_headers
+from proxy.forwarded import Client, base_url, forwarded_elements, forwarding_headers, identify
 from tests.conftest import RunningServer
 from tests.upstream import Obj, Upstream
 
@@ -84,3 +86,82 @@ async def test_the_origin_hears_the_client_from_the_edge(upstream, http_settings
     assert hit.headers["x-forwarded-for"] == "127.0.0.1"
     assert hit.headers["forwarded"] == "for=127.0.0.1;proto=http"
     assert "x-forwarded-host" not in hit.headers
+
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+def _fields(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode(), v.encode()) for n, v in pairs]
+
+
+@pytest.mark.parametrize(
+    "peer, fields, header, expected",
+    [
+        # no trusted proxy: the peer, whatever the fields say
+        ("203.0.113.9", [("x-forwarded-for", "127.0.0.1"), ("host", "edge")], "x-forwarded-for",
+         Client("203.0.113.9", "http", "edge")),
+        # HAProxy's option forwardfor adds a line of its own after the client's forged one
+        ("127.0.0.1", [("x-forwarded-for", "127.0.0.2"), ("x-forwarded-for", "198.51.100.7")], "x-forwarded-for",
+         Client("198.51.100.7", "http", None)),
+        # the same in one line
+        ("127.0.0.1", [("x-forwarded-for", "127.0.0.2, 198.51.100.7")], "x-forwarded-for",
+         Client("198.51.100.7", "http", None)),
+        # a chain of trusted proxies is passed over, right to left
+        ("127.0.0.1", [("x-forwarded-for", "198.51.100.7, 127.0.0.5, 127.0.0.4")], "x-forwarded-for",
+         Client("198.51.100.7", "http", None)),
+        # every hop trusted: the first of them
+        ("127.0.0.1", [("x-forwarded-for", "127.0.0.3, 127.0.0.4")], "x-forwarded-for",
+         Client("127.0.0.3", "http", None)),
+        # a hop that is not an address: unknown, never the loopback after it
+        ("127.0.0.1", [("x-forwarded-for", "evil, 127.0.0.4")], "x-forwarded-for", Client(None, "http", None)),
+        # ports on hops
+        ("127.0.0.1", [("x-forwarded-for", "198.51.100.7:5555")], "x-forwarded-for",
+         Client("198.51.100.7", "http", None)),
+        # the scheme and host the nearest proxy names (its line comes last)
+        ("127.0.0.1", [("x-forwarded-for", "198.51.100.7"), ("x-forwarded-proto", "http"),
+                       ("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example, cdn.example"),
+                       ("host", "edge:8080")], "x-forwarded-for", Client("198.51.100.7", "https", "cdn.example")),
+        # the proxies write X-Forwarded-For: a Forwarded the client sent through them is not believed
+        ("127.0.0.1", [("forwarded", "for=127.0.0.1"), ("x-forwarded-for", "198.51.100.7")], "x-forwarded-for",
+         Client("198.51.100.7", "http", None)),
+        # ... and when they write Forwarded, X-Forwarded-For is the client's own
+        ("127.0.0.1", [("x-forwarded-for", "127.0.0.2"), ("forwarded", 'for=127.0.0.2;proto=http'),
+                       ("forwarded", 'for="[2001:db8::7]:4711";proto=https;host="cdn.example:443"')], "forwarded",
+         Client("2001:db8::7", "https", "cdn.example:443")),
+        ("127.0.0.1", [("forwarded", "for=198.51.100.7, for=127.0.0.9;proto=https")], "forwarded",
+         Client("198.51.100.7", "http", None)),
+        ("127.0.0.1", [("forwarded", "for=_hidden, for=127.0.0.9")], "forwarded", Client(None, "http", None)),
+        # trusted, but no forwarding field: the peer itself
+        ("127.0.0.1", [("host", "edge")], "x-forwarded-for", Client("127.0.0.1", "http", "edge")),
+    ],
+)
+def test_who_the_client_is(peer: str, fields: list[tuple[str, str]], header: str, expected: Client) -> None:
+    assert identify(peer, "http", _fields(*fields), LOOPBACK, header) == expected
+
+
+def test_forwarded_elements() -> None:
+    assert forwarded_elements('for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8:cafe::17]:4711"') == [
+        {"for": "192.0.2.60", "proto": "http", "by": "203.0.113.43"}, {"for": "[2001:db8:cafe::17]:4711"}]
+    assert forwarded_elements('for="a\\"b";host=x') == [{"for": 'a"b', "host": "x"}]
+    assert forwarded_elements("for=1.2.3.4, garbage here, for=5.6.7.8") == [{"for": "1.2.3.4"}]
+
+
+@given(st.text(max_size=200))
+def test_forwarding_fields_never_raise(text: str) -> None:
+    value = text.encode("utf-8", "surrogateescape")
+    for header in ("x-forwarded-for", "forwarded"):
+        client = identify("127.0.0.1", "http", [(b"x-forwarded-for", value), (b"forwarded", value),
+                                                (b"x-forwarded-proto", value)], LOOPBACK, header)
+        assert client.scheme in ("http", "https")
+        assert client.address is None or ipaddress.ip_address(client.address)
+
+
+@pytest.mark.parametrize("configured, client, expected", [
+    ("https://cdn.example/base/", Client(None, "http", "evil"), "https://cdn.example/base"),
+    ("", Client(None, "https", "cdn.example:8443"), "https://cdn.example:8443"),
+    ("", Client(None, "http", "evil.example/path"), "http://localhost"),
+    ("", Client(None, "http", None), "http://localhost"),
+])
+def test_base_url(configured: str, client: Client, expected: str) -> None:
+    assert base_url(configured, client) == expected

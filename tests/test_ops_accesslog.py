@@ -10,10 +10,10 @@ import re
 import httpx
 import pytest
 
-from proxy.cli import uvicorn_options
 from proxy.config import ConfigError, Settings, load_settings
 from proxy.ops.accesslog import QUEUE_LINES, Entry, LineWriter, as_json, combined
 from proxy.ops.observe import fwd_status
+from proxy.server.run import uvicorn_options
 from tests.conftest import RunningServer
 
 ENTRY = Entry(time=1796065200.25, client="192.0.2.7", method="GET", target='/video/a "b".mp4?x=1', protocol="1.1",

@@ -1,6 +1,7 @@
 """The browser page in a real, headless Chromium: upload with progress, play, seek, purge, stats."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -23,8 +24,9 @@ VIDEO = REPO_ROOT / "assets" / "video" / "sample.mp4"  # 5 s of H.264
 TIMEOUT = 10.0  # seconds a page change may take before the test fails
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+@contextlib.contextmanager
+def chromium(*flags: str) -> Iterator[Any]:
+    """Headless Chromium driven by selenium, with these flags besides the usual ones."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -32,13 +34,19 @@ def browser() -> Iterator[Any]:
     options.binary_location = CHROMIUM or ""
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000"):
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1000", *flags):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER or ""), options=options)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
 
 
 def wait_for(check: Callable[[], Any], what: str) -> Any:
@@ -50,6 +58,16 @@ def wait_for(check: Callable[[], Any], what: str) -> Any:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def play_and_seek(browser: Any, video: Any) -> None:
+    """The video plays, then seeks to 3.5 s (the player asks for that part with a Range request)."""
+    browser.execute_script("arguments[0].play()", video)
+    wait_for(lambda: browser.execute_script("return arguments[0].currentTime", video) > 0.2, "playback")
+    browser.execute_script("arguments[0].currentTime = 3.5", video)
+    wait_for(lambda: browser.execute_script("return !arguments[0].seeking && arguments[0].currentTime >= 3.5",
+                                            video), "the seek")
+    browser.execute_script("arguments[0].pause()", video)
 
 
 def test_the_page_uploads_plays_seeks_and_purges(browser: Any, settings: Settings, tmp_path: Path,
@@ -86,12 +104,7 @@ def test_the_page_uploads_plays_seeks_and_purges(browser: Any, settings: Setting
         row = wait_for(lambda: [r for r in browser.find_elements(By.CSS_SELECTOR, "#files tbody tr")
                                 if r.text.startswith("/films/sample.mp4")], "the upload in the origin's files")
         row[0].find_element(By.TAG_NAME, "button").click()
-        video = browser.find_element(By.ID, "player")
-        wait_for(lambda: browser.execute_script("return arguments[0].currentTime", video) > 0.2, "playback")
-        browser.execute_script("arguments[0].currentTime = 3.5", video)
-        wait_for(lambda: browser.execute_script("return !arguments[0].seeking && arguments[0].currentTime >= 3.5",
-                                                video), "the seek")
-        browser.execute_script("arguments[0].pause()", video)
+        play_and_seek(browser, browser.find_element(By.ID, "player"))
 
         # the stats moved; three hits, which the listing shows once they are flushed (every 2 s)
         wait_for(lambda: int(text("requests")) > requests_before, "the request count to move")

@@ -87,18 +87,21 @@ async def test_two_workers_report_one_coherent_set(movie_origin, tmp_path: Path)
     assert not [line for line in lines if "/movie.mp4" in line and not line.startswith("127.0.0.1 - - [")]
 
 
-def test_live_gauges_of_dead_workers_are_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_gauges_of_dead_workers_are_dropped(tmp_path: Path) -> None:
     """A worker that dies in a fill (no goodbye) leaves its gauge file; the next scrape drops it."""
     code = ("from proxy.ops import metrics; import os; metrics.FILLS.inc();"
-            " metrics.REQUESTS.labels('hit', '200').inc(); os._exit(0)")
+            " metrics.REQUESTS.labels('hit', '200').inc(); print(os.getpid(), flush=True); os._exit(0)")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
-    assert list(tmp_path.glob("gauge_livesum_*.db"))
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    found = samples(metrics.scrape(None).decode())
+    dead = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    assert list(tmp_path.glob(f"gauge_livesum_{dead}.db"))
+    # The scrape, in a worker of the same server (prometheus_client imported with the variable set).
+    scrape = "import sys; from proxy.ops import metrics; sys.stdout.write(metrics.scrape(None).decode())"
+    found = samples(subprocess.run([sys.executable, "-c", scrape], cwd=REPO, env=env, check=True,
+                                   capture_output=True, text=True).stdout)
     assert total(found, "edgecache_fills_in_flight") == 0
     assert total(found, "edgecache_requests_total", cache="hit") == 1  # counters of the dead stay counted
-    assert not list(tmp_path.glob("gauge_livesum_*.db"))
+    assert not list(tmp_path.glob(f"gauge_livesum_{dead}.db"))
 
 
 def test_evictions_are_counted(tmp_path: Path) -> None:

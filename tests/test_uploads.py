@@ -131,7 +131,7 @@ async def test_size_limit_up_front_and_while_streaming(settings, make_server, or
 
 
 async def test_stalled_upload_is_dropped(settings, make_server, origin_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(settings, upload_idle_timeout=0.5)
+    server = make_server(settings, client_body_timeout=0.5)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"PUT /small.txt HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
         answer = s.recv(65536)
@@ -146,7 +146,7 @@ async def test_extension_allow_list(settings, make_server) -> None:  # type: ign
 
 
 async def test_disconnect_mid_upload_leaves_old_file(settings, make_server, origin_dir: Path) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(settings, upload_idle_timeout=2.0)
+    server = make_server(settings, client_body_timeout=2.0)
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"PUT /small.txt HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 1_000_000)
     await asyncio.sleep(1.0)  # the server may not have started on the request when we closed

@@ -143,14 +143,16 @@ def test_upload_under_edge_still_needs_write_permission(settings, make_server) -
     ids=["no-body", "in-a-field", "in-file-headers"],
 )
 def test_a_stalled_multipart_preamble_is_dropped(settings, make_server, origin_dir: Path, preamble: bytes) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(settings, upload_idle_timeout=0.5)
-    # The answer names the idle timeout that ended the wait; without it recv would time out and raise.
+    server = make_server(settings, client_body_timeout=0.5)
+    # The answer names the timeout that ended the wait; without it recv would time out and raise.
     with socket.create_connection(("127.0.0.1", server.port), timeout=8) as s:
         s.sendall(b"POST /video HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=B\r\n"
                   b"Content-Length: 100000\r\n\r\n" + preamble)
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert answer.endswith(b"\r\n\r\nRequest Timeout: no upload data for 0.5 seconds\n")
+    assert answer.endswith(b"\r\n\r\nRequest Timeout: the request body stopped coming (client_body_timeout 0.5 s, "
+                           b"client_body_min_rate 256 B/s)\n")
+    assert b"\r\nconnection: close\r\n" in answer
     assert leftovers(origin_dir) == []
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -42,6 +42,10 @@ EVICTIONS = Counter("edgecache_evictions", "Store entries (metadata, blocks, hit
 PURGES = Counter("edgecache_purges", "Cache keys purged (purge API and command, not invalidations by writes)")
 UPLOADS = Counter("edgecache_uploads", "Uploads handled, by status code", ["status"])
 UPLOAD_BYTES = Counter("edgecache_upload_bytes", "Bytes stored at the origin by successful uploads")
+CONNECTIONS = Gauge("edgecache_client_connections", "Client connections open", multiprocess_mode="livesum")
+CLIENT_REFUSALS = Counter("edgecache_client_refusals", "Requests and connections refused or cut off at a limit, by "
+                          "reason (head_too_large, head_timeout, body_timeout, send_timeout, too_many_connections, "
+                          "...)", ["reason"])
 LOG_DROPPED = Counter("edgecache_access_log_dropped_lines", "Access log lines dropped because the log writer "
                       "fell behind")
 
@@ -91,7 +95,7 @@ def mark_dead_workers(directory: str) -> None:
 def scrape(store: StoreFigures | None) -> bytes:
     """The exposition text of every worker's metrics and the store's (blocking: run in a thread)."""
     registry = CollectorRegistry(auto_describe=False)
-    directory = os.environ.get(MULTIPROC_ENV)
+    directory = os.environ.get(MULTIPROC_ENV) if in_files() else None
     if directory:
         mark_dead_workers(directory)
         MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
@@ -102,9 +106,17 @@ def scrape(store: StoreFigures | None) -> bytes:
     return generate_latest(registry)
 
 
+def in_files() -> bool:
+    """Does this process keep its values in the multiprocess directory? prometheus_client chose
+    when it was first imported: where PROMETHEUS_MULTIPROC_DIR was set only later (a single
+    worker, in the process that read the settings), the values are in this process's memory,
+    and a scrape must read them there, not from the directory."""
+    return values.ValueClass is not values.MutexValue
+
+
 def worker_exit() -> None:
     """A worker's goodbye: its live gauges stop counting."""
-    directory = os.environ.get(MULTIPROC_ENV)
+    directory = os.environ.get(MULTIPROC_ENV) if in_files() else None
     if directory:
         mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 

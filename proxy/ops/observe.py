@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..forwarded import Network, client_address
+from ..forwarded import Network, identify
 from .accesslog import Entry, as_json, combined
 from .metrics import RequestMeter
 
@@ -22,13 +22,6 @@ def fwd_status(cache_status: bytes) -> int | None:
         return None
     digits = member[at + 11:at + 14]
     return int(digits) if digits.isdigit() else None
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
-    for n, v in headers:
-        if n == name:
-            return v.decode("latin-1")
-    return ""
 
 
 _LOGGED = (b"range", b"referer", b"user-agent")
@@ -49,12 +42,13 @@ class Observe:
     """
 
     def __init__(self, app: ASGIApp, *, write: Callable[[str], None] | None, log_format: str,
-                 proxies: tuple[Network, ...]) -> None:
+                 proxies: tuple[Network, ...], forwarded_header: str) -> None:
         self.app = app
         self.meter = RequestMeter()
         self.write = write
         self.format = as_json if log_format == "json" else combined
         self.proxies = proxies
+        self.forwarded_header = forwarded_header
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -108,7 +102,8 @@ class Observe:
         host = peer[0] if peer else None
         if not self.proxies:
             return host or ""
-        return client_address(host, _header(scope["headers"], b"x-forwarded-for") or None, self.proxies) or ""
+        client = identify(host, scope.get("scheme", "http"), scope["headers"], self.proxies, self.forwarded_header)
+        return client.address or ""
 
 
 def _target(scope: Scope) -> str:

@@ -1,8 +1,12 @@
 """What the operator is told when the server starts: what it serves from where, and what looks wrong."""
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Mapping
+
+from uvicorn.logging import DefaultFormatter
 
 from .. import __version__
 from ..config import Settings, format_size, unknown_env
@@ -17,12 +21,15 @@ def startup_line(settings: Settings) -> str:
         cache = "cache off"
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"
-    return f"edgecache {__version__}: origin {origin}, {cache}, {workers}, listening on http://{host}:{settings.port}"
+    urls = [f"{'https' if settings.tls_cert and not settings.tls_port else 'http'}://{host}:{settings.port}"]
+    if settings.tls_port:
+        urls.append(f"https://{host}:{settings.tls_port}")
+    return f"edgecache {__version__}: origin {origin}, {cache}, {workers}, listening on {' and '.join(urls)}"
 
 
 def origin_problem(settings: Settings) -> str | None:
     """Why a directory origin cannot serve (missing, not a directory, unreadable), or None."""
-    if settings.origin_is_http:
+    if settings.origin_is_http or settings.origin_is_s3:
         return None
     root = os.path.abspath(settings.origin)
     if not os.path.exists(root):
@@ -41,3 +48,13 @@ def env_warnings(environ: Mapping[str, str]) -> list[str]:
     """One line per EDGECACHE_* variable that names no setting (it is ignored)."""
     return [f"{key} is not a setting and is ignored" + (f" (did you mean {match}?)" if match else "")
             for key, match in unknown_env(environ)]
+
+
+def log_to_console(logger: logging.Logger, level: str) -> None:
+    """`logger`'s messages (and its children's) on stderr at `level`, looking like uvicorn's
+    ('INFO:     ...')."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False

@@ -134,12 +134,15 @@ class ZeroCopyProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not before and type(self.cycle) is RequestResponseCycle:
             # uvicorn builds its own cycle class; ours only adds one message type to `send`.
-            self.cycle.__class__ = ZeroCopyCycle
+            self.cycle.__class__ = self.cycle_class
+
+    cycle_class: type[RequestResponseCycle]  # ZeroCopyCycle, or a subclass (below)
 
 
 class ZeroCopyCycle(RequestResponseCycle):
     _head = b""  # the status line and headers, held until the first body bytes
     _waiting: asyncio.Future[None] | None = None  # a wait for the socket to take more bytes
+    rooms = 0  # waits for room that ended: progress, as a send timeout sees it
 
     async def send(self, message: Any) -> None:
         kind = message["type"]
@@ -288,6 +291,12 @@ class ZeroCopyCycle(RequestResponseCycle):
             await sock.writable(ready)
         finally:
             self._waiting = None
+            self.rooms += 1
+
+    @property
+    def waiting(self) -> bool:
+        """Is a zero-copy send waiting for the client to take bytes?"""
+        return self._waiting is not None
 
     def lost(self) -> None:
         """The connection is gone: a wait for room ends now."""
@@ -299,6 +308,9 @@ class ZeroCopyCycle(RequestResponseCycle):
         self.disconnected = True
         self.message_event.set()
         self.transport.close()
+
+
+ZeroCopyProtocol.cycle_class = ZeroCopyCycle
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:

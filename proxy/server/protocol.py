@@ -1,0 +1,318 @@
+"""The edge's HTTP/1.1 protocol: uvicorn's httptools protocol with zero-copy sends
+(server/zerocopy.py), and the limits that let it face the internet alone (server/limits.py).
+
+- A request head is counted as its bytes arrive and cut at `max_header_bytes` (414 while the
+  request line is still coming, 431 after), its fields at `max_header_count` (431): memory
+  stays flat whatever a client sends.
+- A sweep, once a second or so, closes what has had its time: a head not complete after
+  `client_header_timeout` (408, or closed without a word if nothing came), a body with no
+  bytes for `client_body_timeout` or slower than `client_body_min_rate` (the app answers
+  408: its upload sees the client gone, with the reason in the scope under TIMED_OUT), a
+  client that took no response bytes for `send_timeout` (aborted: every descriptor and fill
+  lease of its response is released as for a client gone).
+- At most `max_connections` per worker and `max_connections_per_client` per address (not for
+  `trusted_proxies`), and `max_pipelined_requests` requests read ahead of their answers: a
+  deeper pipeline is read no further, and the connection closes after the answers queued
+  (RFC 9112 section 9.3.2: the client sends the rest again).
+- At shutdown, after the grace period, a request not yet answered gets a 503 (`stop_now`).
+
+Each refusal is counted in the metrics (edgecache_client_refusals) and logged once.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import Counter
+from typing import Any
+
+import httptools
+
+from ..config import Settings
+from ..forwarded import Network, is_trusted
+from ..ops import metrics
+from .limits import (
+    BODY_TIMEOUT,
+    HEAD_TIMEOUT,
+    SEND_TIMEOUT,
+    TOO_DEEP_PIPELINE,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_FIELDS,
+    TOO_MANY_FROM_CLIENT,
+    BodyClock,
+    HeadMeter,
+    Limits,
+    Refusal,
+    refusal_bytes,
+)
+from .zerocopy import ZeroCopyCycle, ZeroCopyProtocol
+
+log = logging.getLogger("edgecache.server")
+TIMED_OUT = "edgecache.timed_out"  # scope key: the Refusal of a request whose body stopped coming
+SHUT_DOWN = "edgecache.shut_down"  # scope key: the server stopped this request at shutdown (503, or cut)
+LINGER = 0.25  # seconds a refused connection is read (and dropped) before it closes
+_SHUTDOWN = Refusal(503, "shutdown", "the server is shutting down; try again")
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing: the parser keeps nothing more."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+
+
+class Connections:
+    """The connections of one server (one worker's event loop): the set the sweep visits, and
+    the count per client address."""
+
+    def __init__(self, limits: Limits, trusted: tuple[Network, ...]) -> None:
+        self.limits = limits
+        self.trusted = trusted
+        self.open: set[EdgeProtocol] = set()
+        self.per_client: Counter[str] = Counter()
+        self.sweeping: asyncio.TimerHandle | None = None
+        self.interval = min(1.0, limits.head_timeout / 4, limits.body_timeout / 4, limits.send_timeout / 4)
+
+    def add(self, connection: EdgeProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        self.open.add(connection)
+        if self.sweeping is None:
+            self.sweeping = loop.call_later(self.interval, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for connection in list(self.open):
+            connection.check(now)
+        self.sweeping = loop.call_later(self.interval, self._sweep, loop) if self.open else None
+
+
+class EdgeCycle(ZeroCopyCycle):
+    """A request/response cycle whose body can time out: `receive` then says the client is
+    gone, and the app answers (408) on a connection that closes after it."""
+
+    timed_out = False
+
+    async def receive(self) -> Any:
+        if not self.timed_out:
+            message = await super().receive()
+            if not self.timed_out:
+                return message
+        return {"type": "http.disconnect"}
+
+
+class EdgeProtocol(ZeroCopyProtocol):
+    """ZeroCopyProtocol with the edge's limits (see the module's docstring)."""
+
+    cycle_class = EdgeCycle
+
+    def __init__(self, *args: Any, connections: Connections, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.book = connections
+        self.limits = connections.limits
+        self.meter = HeadMeter(self.limits.head_bytes)
+        self.fields = 0  # header fields of the head being parsed
+        self.head_since: float | None = None  # when the head being received began (loop time)
+        self.body: BodyClock | None = None  # the body being received, and its time
+        self.stall: tuple[tuple[int, int], float] | None = None  # (progress, since) of a response not taken
+        self.done = False  # read no more: refused, timed out, or the pipeline is full
+        self.address: str | None = None  # the peer, counted against max_connections_per_client
+
+    # Connections
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        book = self.book
+        book.add(self, self.loop)
+        self.head_since = self.loop.time()  # a connection that never sends is closed on time too
+        metrics.CONNECTIONS.inc()
+        if len(book.open) > self.limits.connections:
+            self.refuse(Refusal(503, TOO_MANY_CONNECTIONS,
+                                f"the edge has {self.limits.connections} connections open (max_connections)"),
+                        linger=True)
+            return
+        peer = self.client[0] if self.client else None
+        if self.limits.per_client and peer is not None and not is_trusted(peer, book.trusted):
+            self.address = peer
+            book.per_client[peer] += 1
+            if book.per_client[peer] > self.limits.per_client:
+                self.refuse(Refusal(503, TOO_MANY_FROM_CLIENT, f"{peer} has {self.limits.per_client} connections "
+                                    "open (max_connections_per_client)"), linger=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        book = self.book
+        if self in book.open:
+            book.open.discard(self)
+            metrics.CONNECTIONS.dec()
+        if self.address is not None:
+            book.per_client[self.address] -= 1
+            if not book.per_client[self.address]:
+                del book.per_client[self.address]
+            self.address = None
+
+    # Receiving
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return
+        self._unset_keepalive_if_required()
+        meter = self.meter
+        if meter.active:
+            refusal = meter.feed(data)
+            if refusal is not None:
+                self.refuse(refusal)
+                return
+            if self.head_since is None and (self.cycle is None or self.cycle.response_complete):
+                self.head_since = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if isinstance(e.__context__, _Stop):
+                self.refuse(e.__context__.refusal)
+                return
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # the edge speaks HTTP/1.1 only (no WebSocket)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.fields = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > self.limits.head_fields:
+            raise _Stop(Refusal(431, TOO_MANY_FIELDS,
+                                f"the request has over {self.limits.head_fields} header fields (max_header_count)"))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.meter.end()
+        self.head_since = None
+        if len(self.pipeline) >= self.limits.pipelined:
+            raise _Stop(Refusal(0, TOO_DEEP_PIPELINE, f"over {self.limits.pipelined} requests sent ahead of their "
+                                "answers (max_pipelined_requests): the rest is not read"))
+        super().on_headers_complete()
+        now = self.loop.time()
+        self.body = BodyClock(self.limits.body_timeout, self.limits.body_min_rate, now, now)
+
+    def on_body(self, body: bytes) -> None:
+        if self.body is not None:
+            self.body.arrived(self.loop.time(), len(body))
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.body = None
+        self.meter.begin()
+        super().on_message_complete()
+
+    # Limits
+
+    def check(self, now: float) -> None:
+        """The sweep's visit: close what has had its time."""
+        if not self.transport.is_closing():
+            self.check_receiving(now)
+        self.check_sending(now)
+
+    def check_receiving(self, now: float) -> None:
+        """A head or a body that has had its time."""
+        limits = self.limits
+        if self.head_since is not None and now - self.head_since > limits.head_timeout and not self.done:
+            if self.meter.count:
+                self.refuse(Refusal(408, HEAD_TIMEOUT, f"the request head did not come within "
+                                    f"{limits.head_timeout:g} seconds (client_header_timeout)"))
+            else:  # nothing came: an idle connection, closed without a word (nor a line in the log)
+                self.done = True
+                self.transport.close()
+        body = self.body
+        if body is not None and not self.done:
+            if self.flow.read_paused:
+                body.held(now)
+            elif body.expired(now):
+                self.timed_out(Refusal(408, BODY_TIMEOUT, f"the request body stopped coming (client_body_timeout "
+                                       f"{limits.body_timeout:g} s, client_body_min_rate {limits.body_min_rate} B/s)"))
+
+    def check_sending(self, now: float) -> None:
+        """A response the client takes no bytes of, for send_timeout seconds: the connection is
+        aborted (what the transport holds is dropped, as the client is not taking it)."""
+        cycle = self.cycle
+        waiting = isinstance(cycle, ZeroCopyCycle) and cycle.waiting
+        held = self.transport.get_write_buffer_size()
+        if not held and not waiting:
+            self.stall = None
+            return
+        progress = (held, cycle.rooms if isinstance(cycle, ZeroCopyCycle) else 0)
+        if self.stall is None or self.stall[0] != progress:
+            self.stall = (progress, now)
+        elif now - self.stall[1] > self.limits.send_timeout:
+            self.count(Refusal(0, SEND_TIMEOUT, f"the client took no response bytes for "
+                               f"{self.limits.send_timeout:g} seconds (send_timeout)"))
+            self.done = True
+            self.transport.abort()
+
+    def refuse(self, refusal: Refusal, linger: bool = False) -> None:
+        """Answer a refusal in place of the request being received, and close; behind an answer
+        still being written (a pipelined request), close after that answer instead. With `linger`,
+        what the client sends meanwhile is read and dropped for a moment before the close (closing
+        on unread bytes resets the connection, and the client may then never see the answer)."""
+        self.count(refusal)
+        self.done = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self.flow.pause_reading()
+            cycle.keep_alive = False
+            return
+        if refusal.status:
+            self.transport.write(refusal_bytes(refusal, self.limits.server))
+        if linger:
+            self.loop.call_later(LINGER, self.transport.close)
+        else:
+            self.flow.pause_reading()
+            self.transport.close()
+
+    def timed_out(self, refusal: Refusal) -> None:
+        """The body stopped coming: the app's `receive` says the client is gone, and its answer
+        (408, with the reason from the scope) closes the connection."""
+        self.count(refusal)
+        self.done = True
+        self.body = None
+        self.flow.pause_reading()
+        cycle = self.cycle
+        if isinstance(cycle, EdgeCycle) and not cycle.response_complete:
+            cycle.scope[TIMED_OUT] = refusal  # type: ignore[literal-required]
+            cycle.timed_out = True
+            cycle.keep_alive = False
+            cycle.message_event.set()
+        else:
+            self.transport.close()
+
+    def stop_now(self) -> None:
+        """Shutdown, after the grace period: a request not answered yet gets a 503, a response
+        under way is cut, an idle connection closed."""
+        self.done = True
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.close()
+            return
+        cycle.scope[SHUT_DOWN] = True  # type: ignore[literal-required]
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.abort()
+        else:
+            self.transport.write(refusal_bytes(_SHUTDOWN, self.limits.server))
+            self.transport.close()
+
+    def count(self, refusal: Refusal) -> None:
+        metrics.CLIENT_REFUSALS.labels(refusal.reason).inc()
+        peer = self.client[0] if self.client else "unknown"
+        answer = f"answered {refusal.status}" if refusal.status else "closed"
+        log.info("%s from %s: %s, %s", refusal.reason.replace("_", " "), peer, refusal.detail, answer)
+
+
+def protocol_for(settings: Settings) -> Any:
+    """The protocol class a server of these settings runs (uvicorn's `http=`): one book of
+    connections per server."""
+    return functools.partial(EdgeProtocol, connections=Connections(Limits.of(settings), settings.proxies))
+

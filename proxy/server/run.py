@@ -1,0 +1,298 @@
+"""Running the edge: the listening sockets, a server in each worker process, and signals.
+
+One worker runs in this process; N workers are N processes started fresh (`spawn`) that
+share the listening sockets, watched by this one: a worker that dies is started again.
+
+Signals: SIGINT or SIGTERM stop the edge gracefully: no new connections, requests in flight
+have `shutdown_grace` seconds to finish, then what is left is answered 503 (a response under
+way is cut); a second SIGINT stops at once. SIGHUP loads the TLS certificate and key again:
+the next handshakes use them, and no connection is dropped. With N workers the first process
+passes each signal on to every worker.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+
+from ..app import app_from_env
+from ..config import RESOLVED_ENV, Settings, dump_resolved, settings_for_worker
+from ..ops.metrics_dir import multiprocess_dir, remove_multiprocess_dir
+from ..ops.startup import log_to_console
+from . import tls
+from .protocol import EdgeProtocol, protocol_for
+
+log = logging.getLogger("edgecache.server")
+BACKLOG = 2048
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class Listener:
+    sock: socket.socket
+    tls: bool  # HTTPS on this socket
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options every edgecache server runs with (also used by the tests)."""
+    return dict(
+        loop="uvloop",
+        # httptools (llhttp: rejects CL+TE, duplicate lengths, obs-fold with 400), plus sendfile and limits
+        http=protocol_for(settings),
+        ws="none",  # HTTP/1.1 only: an Upgrade is not taken
+        lifespan="on",
+        proxy_headers=False,  # X-Forwarded-* are trusted only where configured
+        server_header=False,  # the app sends one Server header itself
+        date_header=False,  # ... and one Date
+        timeout_keep_alive=settings.keepalive_timeout,
+        log_level=settings.log_level,
+        access_log=False,  # the edge logs each request itself (proxy/ops/observe.py), with its cache status
+        backlog=BACKLOG,
+    )
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound socket for `host`:`port` (IPv4 or IPv6), shared by the workers."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(BACKLOG)  # connections wait in the backlog while the workers start
+    return sock
+
+
+def listeners_for(settings: Settings) -> list[Listener]:
+    """`port` (HTTPS when a certificate is set and no `tls_port`), and `tls_port` (HTTPS)."""
+    listeners = [Listener(listen(settings.host, settings.port), bool(settings.tls_cert) and not settings.tls_port)]
+    if settings.tls_port:
+        try:
+            listeners.append(Listener(listen(settings.host, settings.tls_port), True))
+        except OSError:
+            listeners[0].sock.close()
+            raise
+    return listeners
+
+
+class EdgeServer(uvicorn.Server):
+    """uvicorn's server with a TLS context for each listener that wants one, the shutdown
+    described in the module's docstring, and SIGHUP for a new certificate."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings, listeners: list[Listener]) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.listeners = listeners
+        self.tls = tls.server_context(settings.tls_cert, settings.tls_key) \
+            if any(listener.tls for listener in listeners) else None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            made: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state)
+            return made
+
+        self.servers = [await loop.create_server(protocol, sock=listener.sock, backlog=config.backlog,
+                                                 ssl=self.tls if listener.tls else None)
+                        for listener in self.listeners]
+        self.started = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        connections = self.server_state.connections
+        for connection in list(connections):
+            connection.shutdown()  # idle ones close now; busy ones after their answer
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        while (connections or self.server_state.tasks) and time.monotonic() < deadline and not self.force_exit:
+            await asyncio.sleep(0.05)
+        if connections:
+            log.warning("shutting down: %d connection(s) still busy after %g s (shutdown_grace): unanswered "
+                        "requests get 503, answers under way are cut", len(connections), self.settings.shutdown_grace)
+            for connection in list(connections):
+                if isinstance(connection, EdgeProtocol):
+                    connection.stop_now()
+                else:
+                    connection.transport.abort()
+        await _settle(self.server_state.tasks)
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    def reload_tls(self) -> None:
+        if self.tls is None:
+            log.warning("SIGHUP: no TLS certificate to load again (tls_cert is not set)")
+            return
+        try:
+            tls.reload(self.tls, self.settings.tls_cert, self.settings.tls_key)
+        except tls.TLSError as e:
+            log.error("SIGHUP: the TLS certificate was not replaced: %s", e)
+            return
+        log.info("SIGHUP: TLS certificate loaded again from %s", self.settings.tls_cert)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """SIGINT and SIGTERM stop the server (uvicorn's handler), SIGHUP loads the certificate
+        again; the process then ends normally (a stop is not re-raised as a signal, so what the
+        caller does after `run` returns, removing the metrics directory say, still happens)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        loop = asyncio.get_event_loop()
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _STOPPING}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(self.reload_tls))
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+async def _settle(tasks: set[asyncio.Task[None]]) -> None:
+    """Let requests told to stop finish their own clean-up (a second at most), then cancel the rest."""
+    deadline = time.monotonic() + 1.0
+    while tasks and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    for task in list(tasks):
+        task.cancel("the server is shutting down")
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=1.0)
+
+
+def server_for(settings: Settings, app: Any, listeners: list[Listener]) -> EdgeServer:
+    return EdgeServer(uvicorn.Config(app, **uvicorn_options(settings)), settings, listeners)
+
+
+def run_worker(listeners: list[Listener]) -> None:
+    """One worker: the app from the settings the first process resolved, on the shared sockets."""
+    settings = settings_for_worker()
+    log_to_console(logging.getLogger("edgecache"), settings.log_level)
+    server_for(settings, app_from_env(), listeners).run()
+
+
+def serve(settings: Settings, announce: Callable[[], None] = lambda: None) -> int:
+    """Run the edge until it is stopped (`announce` once it listens); the exit status (2: it
+    could not start)."""
+    _raise_open_files(settings)
+    try:
+        listeners = listeners_for(settings)
+        if settings.tls_cert:
+            tls.server_context(settings.tls_cert, settings.tls_key)  # refused now, not in each worker
+    except OSError as e:
+        log.error("cannot listen on %s: %s", settings.host, e.strerror or e)
+        return 2
+    except tls.TLSError as e:
+        log.error("TLS: %s", e)
+        return 2
+    os.environ[RESOLVED_ENV] = dump_resolved(settings)
+    announce()
+    try:
+        if settings.workers == 1:
+            run_worker(listeners)
+            return 0
+        metrics_dir = multiprocess_dir()  # before any worker imports prometheus_client
+        try:
+            return Supervisor(settings.workers, listeners, settings.shutdown_grace).run()
+        finally:
+            remove_multiprocess_dir(metrics_dir)
+    finally:
+        for listener in listeners:
+            listener.sock.close()
+
+
+def _raise_open_files(settings: Settings) -> None:
+    """Take the hard limit on open files, as nginx's worker_rlimit_nofile does: each connection
+    costs a socket, and a zero-copy send a duplicate and a block file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1024 * 1024)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < 3 * settings.max_connections + 256:
+        log.warning("the open-files limit (%d) is low for max_connections = %d: raise `ulimit -n` or lower "
+                    "max_connections", soft, settings.max_connections)
+
+
+class Supervisor:
+    """Starts N worker processes, starts again any that dies, passes signals on, and at a stop
+    waits for the workers' graceful shutdown (then kills what is left)."""
+
+    def __init__(self, workers: int, listeners: list[Listener], grace: float) -> None:
+        self.count = workers
+        self.listeners = listeners
+        self.grace = grace
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: list[multiprocessing.process.BaseProcess] = []
+        self.stopping = False
+        self.relay: list[int] = []  # signals to pass on to the workers
+
+    def run(self) -> int:
+        handlers = {sig: signal.signal(sig, self._signalled) for sig in (*_STOPPING, signal.SIGHUP)}
+        try:
+            self.workers = [self._start() for _ in range(self.count)]
+            while not self.stopping:
+                multiprocessing.connection.wait([w.sentinel for w in self.workers], timeout=0.5)
+                self._pass_on()
+                for i, worker in enumerate(self.workers):
+                    if not worker.is_alive() and not self.stopping:
+                        log.error("worker %s ended (exit code %s): starting another", worker.pid, worker.exitcode)
+                        self.workers[i] = self._start()
+            self._pass_on()
+            self._join()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _start(self) -> multiprocessing.process.BaseProcess:
+        worker = self.context.Process(target=run_worker, args=(self.listeners,), name="edgecache-worker")
+        worker.start()
+        return worker
+
+    def _signalled(self, sig: int, frame: FrameType | None) -> None:
+        self.relay.append(sig)
+        if sig in _STOPPING:
+            self.stopping = True
+
+    def _pass_on(self) -> None:
+        while self.relay:
+            sig = self.relay.pop(0)
+            for worker in self.workers:
+                if worker.pid is not None and worker.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGTERM if sig in _STOPPING else sig)
+
+    def _join(self) -> None:
+        deadline = time.monotonic() + self.grace + 5
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            if worker.is_alive():
+                log.error("worker %s did not stop in time: killed", worker.pid)
+                worker.kill()
+                worker.join(5)
+
