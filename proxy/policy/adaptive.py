@@ -1,0 +1,174 @@
+"""edgecache's policy: recency and frequency, their split adapted to the traffic, in bytes.
+
+The shape is ARC's (Megiddo and Modha, "ARC: A Self-Tuning, Low Overhead Replacement
+Cache", FAST 2003): objects requested once live in a recency list (T1), objects
+requested again in a frequency list (T2), and `target` bytes of the cache are the
+recency list's share. What differs, for large objects and byte miss ratio:
+
+- Ghosts are weighed in bytes, and the recency list's ghost (B1) remembers twice the
+  cache's bytes: an object requested again while still remembered goes straight to T2.
+  That is TinyLFU's lesson (Einziger, Friedman and Manes, "TinyLFU: A Highly Efficient
+  Cache Admission Policy", 2017): a first request says little, a second says much, and
+  it needs a memory longer than the cache.
+- A new object larger than the recency share is not stored at all (admission): it is
+  remembered in B1 as if it had passed through T1. With a small cache the share tends
+  to nothing, so only objects asked for twice are kept (S3-FIFO's quick demotion: Yang
+  et al., "FIFO queues are all you need for cache eviction", SOSP 2023).
+- The share adapts from the marginal gain of each list, measured as ARC does but on equal
+  footing: the most recent `WINDOW` of the capacity evicted from each list is watched,
+  and a request in one window moves the share towards that list (by the object's size
+  times capacity/window, the gain per byte of cache). With a large cache the share grows
+  until the policy behaves like LRU, which wins there; with a small one it shrinks until
+  only repeated objects are kept, which wins there.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from .blocks import BlockCache, Entry, Eviction, Reason
+
+WINDOW = 0.1  # each ghost window watches this share of the capacity
+GHOST = 2.0  # the recency ghost remembers this many capacities of bytes
+REFUSALS = 4096  # objects whose refused fill may still be going on (their later blocks are refused too)
+
+
+class AdaptivePolicy(BlockCache):
+    def __init__(self, capacity: int, block_size: int, max_entries: int) -> None:
+        super().__init__(capacity, block_size, max_entries)
+        self.target = 0.0  # bytes of the recency list's share
+        self.t1: OrderedDict[Hashable, Entry] = OrderedDict()  # requested once
+        self.t2: OrderedDict[Hashable, Entry] = OrderedDict()  # requested again
+        self.t1_bytes = 0
+        self.t2_bytes = 0
+        # Ghosts: object -> size. B1's most recent WINDOW, then the rest of its memory; B2's window.
+        self.b1_recent: OrderedDict[Hashable, int] = OrderedDict()
+        self.b1_older: OrderedDict[Hashable, int] = OrderedDict()
+        self.b2_recent: OrderedDict[Hashable, int] = OrderedDict()
+        self.b1_recent_bytes = 0
+        self.b1_older_bytes = 0
+        self.b2_recent_bytes = 0
+        self.window = max(1, int(capacity * WINDOW))
+        self.step = capacity / self.window
+        self._refusing: OrderedDict[Hashable, int] = OrderedDict()  # object -> last block refused
+
+    def find(self, key: Hashable) -> Entry | None:
+        entry = self.t2.get(key)
+        return entry if entry is not None else self.t1.get(key)
+
+    def touch(self, key: Hashable) -> None:
+        entry = self.t1.pop(key, None)
+        if entry is not None:
+            self.t1_bytes -= entry.bytes
+            self.t2_bytes += entry.bytes
+            self.t2[key] = entry
+        elif key in self.t2:
+            self.t2.move_to_end(key)
+
+    def _admit(self, key: Hashable, index: int, size: int, evicted: list[Eviction]) -> Entry | None:
+        refused_at = self._refusing.get(key)
+        if refused_at is not None:
+            if index > refused_at:  # the rest of a fill already refused
+                self._refusing[key] = index
+                return None
+            del self._refusing[key]
+        if key in self.b1_recent:
+            self.b1_recent_bytes -= self.b1_recent.pop(key)
+            self.target = min(float(self.capacity), self.target + size * self.step)
+            again = True
+        elif key in self.b1_older:
+            self.b1_older_bytes -= self.b1_older.pop(key)
+            again = True
+        else:
+            if key in self.b2_recent:
+                self.b2_recent_bytes -= self.b2_recent.pop(key)
+                self.target = max(0.0, self.target - size * self.step)
+            again = False
+        if not again and size > self.target:
+            self._remember_refusal(key, index)
+            self._ghost_b1(key, size)
+            return None
+        self._bound(evicted)
+        entry = Entry(size, self.block_size)
+        (self.t2 if again else self.t1)[key] = entry
+        return entry
+
+    def _remember_refusal(self, key: Hashable, index: int) -> None:
+        self._refusing[key] = index
+        if len(self._refusing) > REFUSALS:
+            self._refusing.popitem(last=False)
+
+    def _victim(self, exclude: Hashable) -> tuple[Hashable, Entry] | None:
+        """ARC's choice: the recency list's oldest while it holds more than its share."""
+        order = (self.t1, self.t2) if self.t1_bytes > self.target or not self.t2 else (self.t2, self.t1)
+        for queue in order:
+            for key, entry in queue.items():  # the head, or the one after it when the head is excluded
+                if key != exclude:
+                    return key, entry
+        return None
+
+    def _resized(self, key: Hashable, entry: Entry, delta: int) -> None:
+        if key in self.t2:
+            self.t2_bytes += delta
+        else:
+            self.t1_bytes += delta
+
+    def _emptied(self, key: Hashable, entry: Entry, reason: Reason) -> None:
+        size = entry.size
+        if self.t1.pop(key, None) is not None:
+            self._ghost_b1(key, size)
+        else:
+            del self.t2[key]
+            self.b2_recent[key] = size
+            self.b2_recent_bytes += size
+            while self.b2_recent_bytes > self.window:
+                self.b2_recent_bytes -= self.b2_recent.popitem(last=False)[1]
+
+    def _ghost_b1(self, key: Hashable, size: int) -> None:
+        self.b1_recent[key] = size
+        self.b1_recent_bytes += size
+        while self.b1_recent_bytes > self.window:
+            old, old_size = self.b1_recent.popitem(last=False)
+            self.b1_recent_bytes -= old_size
+            self.b1_older[old] = old_size
+            self.b1_older_bytes += old_size
+        limit = GHOST * self.capacity - self.window
+        while self.b1_older_bytes > limit:
+            self.b1_older_bytes -= self.b1_older.popitem(last=False)[1]
+
+    def _bound(self, evicted: list[Eviction]) -> None:
+        """Room for one more remembered object: the oldest ghosts go first, then cached objects."""
+        ghosts = ((self.b1_older, "b1_older_bytes"), (self.b2_recent, "b2_recent_bytes"),
+                  (self.b1_recent, "b1_recent_bytes"))
+        while len(self.t1) + len(self.t2) + len(self.b1_recent) + len(self.b1_older) + \
+                len(self.b2_recent) >= self.max_entries:
+            for ghost, total in ghosts:
+                if ghost:
+                    setattr(self, total, getattr(self, total) - ghost.popitem(last=False)[1])
+                    break
+            else:
+                queue = self.t1 if self.t1 else self.t2
+                key, entry = next(iter(queue.items()))
+                evicted += self._evict_whole(key, entry, Reason.ENTRIES)
+
+    def forget(self, key: Hashable) -> None:
+        for queue in (self.t1, self.t2):
+            entry = queue.get(key)
+            if entry is not None:
+                self.used -= entry.bytes
+                self._resized(key, entry, -entry.bytes)
+                del queue[key]
+        for ghost, total in ((self.b1_recent, "b1_recent_bytes"), (self.b1_older, "b1_older_bytes"),
+                             (self.b2_recent, "b2_recent_bytes")):
+            size = ghost.pop(key, None)
+            if size is not None:
+                setattr(self, total, getattr(self, total) - size)
+        self._refusing.pop(key, None)
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "recency_share": self.target / self.capacity,
+            "recency_bytes": float(self.t1_bytes),
+            "frequency_bytes": float(self.t2_bytes),
+            "ghosts": float(len(self.b1_recent) + len(self.b1_older) + len(self.b2_recent)),
+        }
