@@ -3,6 +3,8 @@ request belongs to, and how long manifests and segments stay fresh when the orig
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load_settings
 from proxy.http.hls import MasterPlaylist, MediaPlaylist, parse_playlist
@@ -13,6 +15,7 @@ from proxy.http.prefetch import plan_prefetch, rendition_of
 from proxy.http.streams import NotUnderstood, Ref, local_target
 from tests.streams import HLS_FMP4, Streams
 from tests.streams import streams_fixture as streams_fixture  # noqa: F401 (the fixture)
+from tests.test_hls import media_playlists
 
 HERE = "http://edge.test/v/"
 AST = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -51,6 +54,36 @@ def test_the_next_segments_of_a_vod_playlist(requested: str, count: int, have: t
                                              planned: tuple[str, ...] | None) -> None:
     expected = None if planned is None else refs(*planned)
     assert plan_prefetch(vod(), Ref(HERE + requested), count, frozenset(refs(*have))) == expected
+
+
+@given(media_playlists(), st.data())
+def test_a_plan_is_what_follows_in_order(written: tuple[str, MediaPlaylist], data: st.DataObject) -> None:
+    _, media = written
+    named = [s.ref for s in media.segments] + [s.init for s in media.segments if s.init is not None]
+    requested = data.draw(st.sampled_from(named) if named else st.just(Ref(HERE + "none.ts")))
+    have = frozenset(data.draw(st.sets(st.sampled_from(named)) if named else st.just(set())))
+    count = data.draw(st.integers(0, 6))
+    plan = plan_prefetch(media, requested, count, have)
+    located = media.locate(requested)
+    if located is None:
+        assert plan is None and not named
+        return
+    assert plan is not None and len(set(plan)) == len(plan) and not (set(plan) & (have | {requested}))
+    if located.init and media.live:
+        assert plan == ()  # a live player starts near the live edge, not at the top
+        return
+    start = located.index if located.init else located.index + 1
+    following = media.segments[start:start + count]
+    wanted = [s.ref for s in following]
+    # Every segment that follows and is not had, in order; each initialization section before the
+    # first of them that uses it (or first, for the requested segment's own).
+    assert [r for r in plan if r in wanted] == list(dict.fromkeys(r for r in wanted if r not in have | {requested}))
+    for n, s in enumerate(following):
+        first_time = s.ref not in wanted[:n]  # a playlist may name one resource twice
+        if first_time and s.init is not None and s.init in plan and s.ref in plan:
+            assert plan.index(s.init) < plan.index(s.ref)
+    inits = {s.init for s in following} | ({media.segments[located.index].init} if not located.init else set())
+    assert {r for r in plan if r not in wanted} == {i for i in inits if i} - have - {requested} - set(wanted)
 
 
 def test_a_new_map_comes_before_the_segments_that_use_it() -> None:

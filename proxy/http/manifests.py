@@ -44,11 +44,11 @@ def kind_of(path: str, content_type: str | None, head: bytes | None = None) -> K
             return sniffed
     media = (content_type or "").partition(";")[0].strip().lower()
     name = path.lower()
-    if media in _HLS_TYPES or media in _DASH_TYPES or name.endswith(_HLS_EXTENSIONS + _DASH_EXTENSIONS):
-        if head is not None:
-            return Kind.OTHER
-        return Kind.HLS if media in _HLS_TYPES or (media not in _DASH_TYPES and name.endswith(_HLS_EXTENSIONS)) \
-            else Kind.DASH
+    claimed = (Kind.HLS if media in _HLS_TYPES else Kind.DASH if media in _DASH_TYPES  # the type first
+               else Kind.HLS if name.endswith(_HLS_EXTENSIONS) else Kind.DASH if name.endswith(_DASH_EXTENSIONS)
+               else None)
+    if claimed is not None:
+        return claimed if head is None else Kind.OTHER  # a body that is not what it claims
     if media in _SEGMENT_TYPES or name.endswith(_SEGMENT_EXTENSIONS):
         return Kind.SEGMENT
     return Kind.OTHER
