@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .streams import MAX_SEGMENTS, Located, Ref, Segment, SegmentIndex, directory, resolve
+from .streams import MAX_SEGMENTS, Located, Ref, Segment, SegmentIndex, directories_of, directory, resolve
 
 
 class Malformed(ValueError):
@@ -195,8 +195,7 @@ class Listed:
         return self._index.locate(ref)
 
     def directories(self) -> frozenset[str]:
-        refs = [s.ref for s in self.segments] + [s.init for s in self.segments if s.init is not None]
-        return frozenset(directory(r.url) for r in refs)
+        return directories_of(self.segments)
 
     @functools.cached_property
     def _index(self) -> SegmentIndex:

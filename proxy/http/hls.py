@@ -19,7 +19,7 @@ from .streams import (
     Ref,
     Segment,
     SegmentIndex,
-    directory,
+    directories_of,
     resolve,
 )
 
@@ -84,8 +84,7 @@ class MediaPlaylist:
         return self.segments[index]
 
     def directories(self) -> frozenset[str]:
-        refs = [s.ref for s in self.segments] + [s.init for s in self.segments if s.init is not None]
-        return frozenset(directory(r.url) for r in refs)
+        return directories_of(self.segments)
 
     @functools.cached_property
     def _index(self) -> SegmentIndex:

@@ -97,6 +97,11 @@ def local_target(url: str, base: str) -> str | None:
     return (there.path or "/") + ("?" + there.query if there.query else "")
 
 
+def directories_of(segments: Iterable[Segment]) -> frozenset[str]:
+    """The directories of segments listed one by one and of their initialization sections."""
+    return frozenset(directory(r.url) for s in segments for r in (s.ref, s.init) if r is not None)
+
+
 def directory(url: str) -> str:
     """A URL up to and including the last '/' of its path (the query dropped)."""
     path = url.partition("?")[0]
