@@ -11,7 +11,7 @@ from proxy.http.hls import MasterPlaylist, MediaPlaylist, parse_playlist
 from proxy.http.lifetimes import StreamTtls, stream_lifetime
 from proxy.http.manifests import Kind, Manifest, parse_manifest
 from proxy.http.mpd import Mpd, parse_mpd
-from proxy.http.prefetch import plan_prefetch, rendition_of
+from proxy.http.prefetch import plan_prefetch, plan_start, rendition_of
 from proxy.http.streams import NotUnderstood, Ref, local_target
 from tests.streams import HLS_FMP4, Streams
 from tests.streams import streams_fixture as streams_fixture  # noqa: F401 (the fixture)
@@ -126,6 +126,22 @@ def test_a_dynamic_mpd_prefetches_up_to_the_live_edge() -> None:
     assert plan_prefetch(rep, Ref(HERE + "7.m4s"), 5, have, now + 4) == refs("8.m4s", "9.m4s", "10.m4s", "11.m4s",
                                                                             "12.m4s")
     assert plan_prefetch(rep, Ref(HERE + "init.mp4"), 5, frozenset(), now) == ()
+
+
+def test_where_a_player_starts() -> None:
+    assert plan_start(vod(), 2) == refs("init.mp4", "s0.m4s", "s1.m4s")
+    assert plan_start(vod(), 9, frozenset(refs("s1.m4s"))) == refs("init.mp4", "s0.m4s", "s2.m4s", "s3.m4s",
+                                                                    "s4.m4s", "s5.m4s")
+    live = playlist('#EXT-X-MAP:URI="init.mp4"\n' + "".join(f"#EXTINF:2,\ns{i}.m4s\n" for i in range(6)))
+    # Three target durations from the end (RFC 8216 section 6.3.3), and on to the live edge.
+    assert plan_start(live, 2) == refs("init.mp4", "s3.m4s", "s4.m4s")
+    assert plan_start(live, 9) == refs("init.mp4", "s3.m4s", "s4.m4s", "s5.m4s")
+    short = playlist("#EXTINF:2,\ns0.m4s\n")
+    assert plan_start(short, 4) == refs("s0.m4s")
+    mpd = parse_mpd(LIVE_MPD.encode(), HERE + "live.mpd")
+    assert isinstance(mpd, Mpd)
+    assert plan_start(mpd.representations()[0], 2, now=AST + 20.5) == refs("init.mp4", "8.m4s", "9.m4s")
+    assert plan_start(mpd.representations()[0], 2, now=AST + 1) == ()
 
 
 def test_the_rendition_of_a_request() -> None:

@@ -1,11 +1,16 @@
 """Which segments to fill before a player asks for them (pure): the next ones of the rendition
-a request belongs to, from where the request is, so a seek starts from its new position."""
+a request belongs to, from where the request is, so a seek starts from its new position; and,
+when a rendition's manifest is served, the ones its player will ask for first."""
 from __future__ import annotations
 
 from collections.abc import Set
 
 from .manifests import Manifest, tracks
 from .streams import Ref, Track
+
+# RFC 8216 section 6.3.3: a client starts a live playlist no less than three target durations
+# from its end; a DASH player likewise starts a little behind the live edge.
+LIVE_START_SEGMENTS = 3
 
 
 def rendition_of(manifest: Manifest, ref: Ref) -> Track | None:
@@ -28,20 +33,32 @@ def plan_prefetch(track: Track, requested: Ref, count: int, have: Set[Ref] = fro
         return None
     if located.init and track.live:
         return ()
-    window = track.available(now)
+    own_init = None if located.init else track.segment(located.index).init
     start = located.index if located.init else located.index + 1
-    seen = set(have) | {requested}
-    planned: list[Ref] = []
+    return _following(track, start, count, have | {requested}, own_init, now)
 
-    def add(ref: Ref | None) -> None:
+
+def plan_start(track: Track, count: int, have: Set[Ref] = frozenset(), now: float | None = None) -> tuple[Ref, ...]:
+    """What to fill when a rendition's manifest is served, before its player asks: `count`
+    segments from where a player starts (the first of a VOD track; the LIVE_START_SEGMENTS-th
+    from the end of a live one), each preceded by its initialization section, less what the
+    caller `have`s."""
+    window = track.available(now)
+    start = max(window.start, window.stop - LIVE_START_SEGMENTS) if track.live else window.start
+    return _following(track, start, count, have, None, now)
+
+
+def _following(track: Track, start: int, count: int, have: Set[Ref], init: Ref | None,
+               now: float | None) -> tuple[Ref, ...]:
+    """`init` (when given), then up to `count` available segments from `start`, each after its
+    initialization section the first time it is needed; nothing in `have`, nothing twice."""
+    window = track.available(now)
+    seen = set(have)
+    planned: list[Ref] = []
+    segments = (track.segment(i) for i in range(max(start, window.start), min(start + count, window.stop)))
+    refs = [init] + [r for s in segments for r in (s.init, s.ref)]
+    for ref in refs:
         if ref is not None and ref not in seen:
             seen.add(ref)
             planned.append(ref)
-
-    if not located.init:
-        add(track.segment(located.index).init)
-    for index in range(max(start, window.start), min(start + count, window.stop)):
-        segment = track.segment(index)
-        add(segment.init)
-        add(segment.ref)
     return tuple(planned)
