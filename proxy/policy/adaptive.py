@@ -84,11 +84,11 @@ class AdaptivePolicy(BlockCache):
                 self.b2_recent_bytes -= self.b2_recent.pop(key)
                 self.target = max(0.0, self.target - size * self.step)
             again = False
+        self._bound(evicted)
         if not again and size > self.target:
             self._remember_refusal(key, index)
             self._ghost_b1(key, size)
             return None
-        self._bound(evicted)
         entry = Entry(size, self.block_size)
         (self.t2 if again else self.t1)[key] = entry
         return entry
@@ -121,13 +121,14 @@ class AdaptivePolicy(BlockCache):
             del self.t2[key]
             self.b2_recent[key] = size
             self.b2_recent_bytes += size
-            while self.b2_recent_bytes > self.window:
+            while self.b2_recent_bytes > self.window and len(self.b2_recent) > 1:
                 self.b2_recent_bytes -= self.b2_recent.popitem(last=False)[1]
+            self._trim_ghosts()
 
     def _ghost_b1(self, key: Hashable, size: int) -> None:
         self.b1_recent[key] = size
         self.b1_recent_bytes += size
-        while self.b1_recent_bytes > self.window:
+        while self.b1_recent_bytes > self.window and len(self.b1_recent) > 1:  # the newest stays
             old, old_size = self.b1_recent.popitem(last=False)
             self.b1_recent_bytes -= old_size
             self.b1_older[old] = old_size
@@ -135,18 +136,31 @@ class AdaptivePolicy(BlockCache):
         limit = GHOST * self.capacity - self.window
         while self.b1_older_bytes > limit:
             self.b1_older_bytes -= self.b1_older.popitem(last=False)[1]
+        self._trim_ghosts()
+
+    def _remembered(self) -> int:
+        return len(self.t1) + len(self.t2) + len(self.b1_recent) + len(self.b1_older) + len(self.b2_recent)
+
+    def _drop_ghost(self) -> bool:
+        """Forget the oldest ghost (B1's older part first, B2's window, B1's window last)."""
+        if self.b1_older:
+            self.b1_older_bytes -= self.b1_older.popitem(last=False)[1]
+        elif self.b2_recent:
+            self.b2_recent_bytes -= self.b2_recent.popitem(last=False)[1]
+        elif self.b1_recent:
+            self.b1_recent_bytes -= self.b1_recent.popitem(last=False)[1]
+        else:
+            return False
+        return True
+
+    def _trim_ghosts(self) -> None:
+        while self._remembered() > self.max_entries and self._drop_ghost():
+            pass
 
     def _bound(self, evicted: list[Eviction]) -> None:
-        """Room for one more remembered object: the oldest ghosts go first, then cached objects."""
-        ghosts = ((self.b1_older, "b1_older_bytes"), (self.b2_recent, "b2_recent_bytes"),
-                  (self.b1_recent, "b1_recent_bytes"))
-        while len(self.t1) + len(self.t2) + len(self.b1_recent) + len(self.b1_older) + \
-                len(self.b2_recent) >= self.max_entries:
-            for ghost, total in ghosts:
-                if ghost:
-                    setattr(self, total, getattr(self, total) - ghost.popitem(last=False)[1])
-                    break
-            else:
+        """Room to remember one more object: ghosts go first, then cached objects, oldest first."""
+        while self._remembered() >= self.max_entries:
+            if not self._drop_ghost():
                 queue = self.t1 if self.t1 else self.t2
                 key, entry = next(iter(queue.items()))
                 evicted += self._evict_whole(key, entry, Reason.ENTRIES)
