@@ -3,7 +3,7 @@ playlist written from a model parses back to that model."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.http.hls import MasterPlaylist, Media, MediaPlaylist, Variant, parse_playlist
@@ -169,6 +169,7 @@ _line = st.builds(lambda tag, n, u: tag.replace("{n}", str(n)).replace("{u}", u)
                   st.sampled_from(_TAGS), st.integers(-3, 10**20), _words)
 
 
+@settings(deadline=None)  # hypothesis's deadline is a wall-clock limit: none in unit tests
 @given(st.lists(_line, max_size=40), st.booleans())
 def test_tag_soup_never_raises(lines: list[str], header: bool) -> None:
     outcome = parse("\n".join((["#EXTM3U"] if header else []) + lines))
@@ -178,6 +179,7 @@ def test_tag_soup_never_raises(lines: list[str], header: bool) -> None:
             assert outcome.locate(outcome.segment(i).ref) is not None
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=2000))
 def test_any_bytes_never_raise(body: bytes) -> None:
     assert isinstance(parse_playlist(body, URL), MasterPlaylist | MediaPlaylist | NotUnderstood)
@@ -224,6 +226,7 @@ def media_playlists(draw: st.DrawFn) -> tuple[str, MediaPlaylist]:
         URL, target, tuple(segments), sequence, ended)
 
 
+@settings(deadline=None)
 @given(media_playlists())
 def test_a_media_playlist_parses_back_to_its_model(written: tuple[str, MediaPlaylist]) -> None:
     text, model = written
@@ -253,6 +256,7 @@ def master_playlists(draw: st.DrawFn) -> tuple[str, MasterPlaylist]:
     return "\n".join(lines), MasterPlaylist(URL, tuple(variants), tuple(iframes), tuple(renditions))
 
 
+@settings(deadline=None)
 @given(master_playlists())
 def test_a_master_playlist_parses_back_to_its_model(written: tuple[str, MasterPlaylist]) -> None:
     text, model = written

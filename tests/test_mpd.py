@@ -3,7 +3,7 @@ and timelines and templates give back the segments they describe."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.http.dashsegments import Listed, Opaque, Template
@@ -312,6 +312,7 @@ def periods(draw: st.DrawFn) -> str:
     return _element(draw, "Period", 0)
 
 
+@settings(deadline=None)  # hypothesis's deadline is a wall-clock limit: none in unit tests
 @given(periods(), st.floats(0, 2e9) | st.none())
 def test_element_soup_never_raises(body: str, now: float | None) -> None:
     outcome = parse_mpd(f'<MPD type="static" mediaPresentationDuration="PT3S">{body}</MPD>'.encode(), URL)
@@ -323,6 +324,7 @@ def test_element_soup_never_raises(body: str, now: float | None) -> None:
             rep.directories()
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=2000))
 def test_any_bytes_never_raise(body: bytes) -> None:
     assert isinstance(parse_mpd(body, URL), Mpd | NotUnderstood)
@@ -333,6 +335,7 @@ _timeline = st.lists(st.tuples(st.none() | st.integers(0, 100), st.integers(1, 5
                      min_size=1, max_size=6)
 
 
+@settings(deadline=None)
 @given(_timeline, st.integers(0, 5), st.integers(1, 1000), st.sampled_from(["Number", "Time"]))
 def test_a_timeline_gives_its_segments(entries: list[tuple[int | None, int, int]], start_number: int,
                                        timescale: int, field: str) -> None:
@@ -360,6 +363,7 @@ def test_a_timeline_gives_its_segments(entries: list[tuple[int | None, int, int]
             assert located == Located(i)
 
 
+@settings(deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 9), st.integers(1, 10**5), st.integers(1, 10**4),
        st.integers(0, 10**4))
 def test_a_number_template_counts_the_period(start_number: int, width: int, duration: int, timescale: int,

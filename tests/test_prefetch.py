@@ -3,7 +3,7 @@ request belongs to, and how long manifests and segments stay fresh when the orig
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load_settings
@@ -56,6 +56,7 @@ def test_the_next_segments_of_a_vod_playlist(requested: str, count: int, have: t
     assert plan_prefetch(vod(), Ref(HERE + requested), count, frozenset(refs(*have))) == expected
 
 
+@settings(deadline=None)  # hypothesis's deadline is a wall-clock limit: none in unit tests
 @given(media_playlists(), st.data())
 def test_a_plan_is_what_follows_in_order(written: tuple[str, MediaPlaylist], data: st.DataObject) -> None:
     _, media = written
