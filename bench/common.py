@@ -342,13 +342,17 @@ def run_wrk(
 SLICE = 4 << 20  # bytes: the slice size of nginx and the block size of edgecache in the benchmarks
 
 
-def nginx_proxy(workdir: Path, origin_port: int, workers: int) -> tuple[subprocess.Popen, int] | None:
-    """nginx proxy_cache + slice (4 MiB, with a cache lock) in front of the origin; X-Cache says HIT or MISS."""
+def nginx_proxy(workdir: Path, origin_port: int, workers: int, http_extra: str = "",
+                tls: tuple[Path, Path] | None = None) -> tuple[subprocess.Popen, int] | None:
+    """nginx proxy_cache + slice (4 MiB, with a cache lock) in front of the origin; X-Cache says HIT or MISS.
+    `http_extra`: more directives for its http block; `tls`: (certificate, key) to serve HTTPS."""
     cache = workdir / "nginx-cache"
     http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size=20g inactive=1h "
-                  "use_temp_path=off;")
+                  f"use_temp_path=off; {http_extra}")
+    listen = f"listen 127.0.0.1:{{port}} ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls \
+        else "listen 127.0.0.1:{port};"
     server = f"""server {{
-    listen 127.0.0.1:{{port}};
+    {listen}
     location / {{
       slice {SLICE};
       proxy_cache edge;
