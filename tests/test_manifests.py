@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from urllib.parse import urldefrag, urljoin
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.http.hls import MasterPlaylist, MediaPlaylist
 from proxy.http.manifests import Kind, kind_of, parse_manifest, tracks
@@ -66,6 +69,15 @@ def test_kind_of(path: str, content_type: str | None, head: bytes | None, kind: 
 ])
 def test_references_resolve_as_rfc_3986_says(reference: str, resolved: str) -> None:
     assert resolve("http://a/b/c/d;p?q", reference) == resolved
+
+
+@settings(deadline=None)  # hypothesis's deadline is a wall-clock limit: none in unit tests
+@given(st.sampled_from(["http://a/b/c/d;p?q", "https://edge.test/v/x.m3u8", "http://e", "http://e/v/../w/x.m3u8",
+                        "http://E:8080/./v/", "/v/x.m3u8", "HTTP://e/%2E%2E/x", "http://e/a//b/x", "http://e/a;x/b"]),
+       st.text(st.characters(codec="utf-8") | st.sampled_from("ab./?#:;=%@ 2\t"), max_size=14))
+def test_resolve_is_what_urljoin_gives(base: str, reference: str) -> None:
+    """The shortcut for plain relative paths gives what the general resolution does."""
+    assert resolve(base, reference) == urldefrag(urljoin(base, reference.strip())).url
 
 
 @pytest.mark.parametrize("url, target", [

@@ -48,7 +48,7 @@ def played(edge_url: str, files: dict[str, bytes], origin: Upstream) -> None:
     with httpx.Client(base_url=edge_url) as client:
         for path, data in files.items():
             r = client.get(path)
-            assert (r.status_code, r.headers["x-cache"]) == (200, "HIT"), path
+            assert (r.status_code, r.headers["x-cache"]) == (200, "HIT"), (path, r.headers.get("cache-status"))
             assert r.content == data
     assert len(origin.hits) == before
 
