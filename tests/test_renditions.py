@@ -104,9 +104,9 @@ def test_a_tracks_files_put_each_initialization_section_first() -> None:
         Segment(Ref(HERE + "b.m4s"), 2, 2, Ref(HERE + "b-init.mp4")),
         Segment(Ref(HERE + "c.ts"), 2, 3)))
     assert expand(media, ALL) == Expansion(tracks=(media,))
-    assert files_of(media, None) == [Ref(HERE + "a.mp4", (0, 99)), Ref(HERE + "a.mp4", (100, 199)),
+    assert files_of(media, None) == (Ref(HERE + "a.mp4", (0, 99)), Ref(HERE + "a.mp4", (100, 199)),
                                      Ref(HERE + "a.mp4", (200, 299)), Ref(HERE + "b-init.mp4"), Ref(HERE + "b.m4s"),
-                                     Ref(HERE + "c.ts")]
+                                     Ref(HERE + "c.ts"))
     assert isinstance(MPD, Mpd)
-    assert files_of(MPD.representations()[0], None) == [Ref(HERE + "v1.mp4"), Ref(HERE + "v1-1.m4s"),
-                                                        Ref(HERE + "v1-2.m4s")]
+    assert files_of(MPD.representations()[0], None) == (Ref(HERE + "v1.mp4"), Ref(HERE + "v1-1.m4s"),
+                                                        Ref(HERE + "v1-2.m4s"))

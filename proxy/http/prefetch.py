@@ -35,7 +35,7 @@ def plan_prefetch(track: Track, requested: Ref, count: int, have: Set[Ref] = fro
         return ()
     own_init = None if located.init else track.segment(located.index).init
     start = located.index if located.init else located.index + 1
-    return _following(track, start, count, have | {requested}, own_init, now)
+    return following(track, start, count, have | {requested}, now, first=own_init)
 
 
 def plan_start(track: Track, count: int, have: Set[Ref] = frozenset(), now: float | None = None) -> tuple[Ref, ...]:
@@ -45,18 +45,19 @@ def plan_start(track: Track, count: int, have: Set[Ref] = frozenset(), now: floa
     caller `have`s."""
     window = track.available(now)
     start = max(window.start, window.stop - LIVE_START_SEGMENTS) if track.live else window.start
-    return _following(track, start, count, have, None, now)
+    return following(track, start, count, have, now)
 
 
-def _following(track: Track, start: int, count: int, have: Set[Ref], init: Ref | None,
-               now: float | None) -> tuple[Ref, ...]:
-    """`init` (when given), then up to `count` available segments from `start`, each after its
-    initialization section the first time it is needed; nothing in `have`, nothing twice."""
+def following(track: Track, start: int, count: int, have: Set[Ref] = frozenset(), now: float | None = None, *,
+              first: Ref | None = None) -> tuple[Ref, ...]:
+    """`first` (when given), then up to `count` segments available at `now` from index `start`,
+    each after its initialization section the first time one is needed; nothing in `have`,
+    nothing twice."""
     window = track.available(now)
     seen = set(have)
     planned: list[Ref] = []
     segments = (track.segment(i) for i in range(max(start, window.start), min(start + count, window.stop)))
-    refs = [init] + [r for s in segments for r in (s.init, s.ref)]
+    refs = [first] + [r for s in segments for r in (s.init, s.ref)]
     for ref in refs:
         if ref is not None and ref not in seen:
             seen.add(ref)

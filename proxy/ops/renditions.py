@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..http.hls import MasterPlaylist, MediaPlaylist, Variant
 from ..http.manifests import Manifest
 from ..http.mpd import Mpd, Representation
+from ..http.prefetch import following
 from ..http.streams import Ref, Track
 
 _RATE = re.compile(r"(<=|>=)(\d{1,12}(?:\.\d{1,6})?)([kmg]?)", re.IGNORECASE)
@@ -129,13 +130,8 @@ def _mpd(mpd: Mpd, selection: Selection) -> Expansion:
     return Expansion(tracks=tuple(tracks), matched=matched)
 
 
-def files_of(track: Track, now: float | None) -> list[Ref]:
+def files_of(track: Track, now: float | None) -> tuple[Ref, ...]:
     """A track's segments available at `now`, each initialization section before the first
     segment that uses it."""
-    refs: dict[Ref, None] = {}
-    for index in track.available(now):
-        segment = track.segment(index)
-        if segment.init is not None:
-            refs.setdefault(segment.init)
-        refs.setdefault(segment.ref)
-    return list(refs)
+    window = track.available(now)
+    return following(track, window.start, len(window), now=now)
