@@ -24,10 +24,11 @@ MiB = 1024 * 1024
     (5, [0, 4], 4),  # then the last (an MP4's index may be there)
     (5, [0], 0),
     (5, [2, 3], 3),
+    (2, [0, 3, 4], 4),  # blocks past the count it was told (another block size): the highest first
 ])
 def test_blocks_of_one_object_go_middle_first_then_last_then_first(count: int, cached: list[int],
                                                                    first_out: int) -> None:
-    entry = Entry(count * MiB, MiB)
+    entry = Entry(count * MiB, count)
     for index in cached:
         entry.blocks[index] = MiB
     assert entry.least_worth() == first_out

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from .metrics_dir import MULTIPROC_ENV
@@ -55,6 +55,8 @@ class StoreFigures(Protocol):
 
     def entry_count(self) -> int: ...
 
+    def policy_figures(self) -> dict[str, float]: ...
+
 
 class _StoreCollector:
     """The store's size and entry count, read at scrape time (one store, shared by all workers)."""
@@ -67,6 +69,35 @@ class _StoreCollector:
                                 value=self.store.volume())
         yield GaugeMetricFamily("edgecache_store_entries", "Entries in the cache store (metadata and blocks)",
                                 value=self.store.entry_count())
+        yield from policy_metrics(self.store.policy_figures())
+
+
+def policy_metrics(figures: dict[str, float]) -> Iterator[Metric]:
+    """The cache policy's figures, as its keeper last wrote them (proxy/store/keeper.py): the
+    same in every worker, and across restarts."""
+    if not figures:
+        return
+    admissions = CounterMetricFamily("edgecache_policy_admissions", "Blocks the cache policy kept or refused "
+                                     "when they were filled from the origin", labels=["outcome"])
+    admissions.add_metric(["kept"], figures.get("admitted", 0.0))
+    admissions.add_metric(["refused"], figures.get("refused", 0.0))
+    yield admissions
+    evictions = CounterMetricFamily("edgecache_policy_evictions", "Blocks the cache policy evicted, by reason: "
+                                    "space (room for another block), entries (policy_memory), refused (a block "
+                                    "not kept, once readers had their moment)", labels=["reason"])
+    for reason in ("space", "entries", "refused"):
+        evictions.add_metric([reason], figures.get("evicted_" + reason, 0.0))
+    yield evictions
+    yield GaugeMetricFamily("edgecache_policy_recency_share", "The share of the cache the policy gives to objects "
+                            "requested once (adapted to the traffic; the rest is for objects requested again)",
+                            value=figures.get("recency_share", 0.0))
+    cached = GaugeMetricFamily("edgecache_policy_bytes", "Bytes of blocks the policy keeps, by list: recency "
+                               "(requested once), frequency (requested again)", labels=["list"])
+    cached.add_metric(["recency"], figures.get("recency_bytes", 0.0))
+    cached.add_metric(["frequency"], figures.get("frequency_bytes", 0.0))
+    yield cached
+    yield GaugeMetricFamily("edgecache_policy_ghosts", "Objects the policy remembers without their blocks",
+                            value=figures.get("ghosts", 0.0))
 
 
 class _ThisProcess:

@@ -65,7 +65,7 @@ class AdaptivePolicy(BlockCache):
         elif key in self.t2:
             self.t2.move_to_end(key)
 
-    def _admit(self, key: Hashable, index: int, size: int, evicted: list[Eviction]) -> Entry | None:
+    def _admit(self, key: Hashable, index: int, size: int, count: int, evicted: list[Eviction]) -> Entry | None:
         refused_at = self._refusing.get(key)
         if refused_at is not None:
             if index > refused_at:  # the rest of a fill already refused
@@ -89,8 +89,12 @@ class AdaptivePolicy(BlockCache):
             self._remember_refusal(key, index)
             self._ghost_b1(key, size)
             return None
-        entry = Entry(size, self.block_size)
-        (self.t2 if again else self.t1)[key] = entry
+        entry = (self.t2 if again else self.t1)[key] = Entry(size, count)
+        return entry
+
+    def _adopt(self, key: Hashable, size: int, count: int, evicted: list[Eviction]) -> Entry:
+        self._bound(evicted)
+        entry = self.t1[key] = Entry(size, count)
         return entry
 
     def _remember_refusal(self, key: Hashable, index: int) -> None:

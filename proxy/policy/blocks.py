@@ -54,9 +54,9 @@ class Entry:
 
     __slots__ = ("blocks", "bytes", "count", "size")
 
-    def __init__(self, size: int, block_size: int) -> None:
+    def __init__(self, size: int, count: int) -> None:
         self.size = size
-        self.count = block_count(size, block_size)
+        self.count = count
         self.blocks: dict[int, int] = {}
         self.bytes = 0
 
@@ -67,7 +67,7 @@ class Entry:
             return next(iter(blocks))
         last = self.count - 1
         middle = max((i for i in blocks if 0 < i < last), default=0)
-        return middle or (last if last in blocks else 0)
+        return middle or (last if last in blocks else max(blocks))
 
 
 def block_count(size: int, block_size: int) -> int:
@@ -97,9 +97,9 @@ class BlockCache(ABC):
         """A request for a cached object (a hit, whole or partial)."""
 
     @abstractmethod
-    def _admit(self, key: Hashable, index: int, size: int, evicted: list[Eviction]) -> Entry | None:
-        """Block `index` of an object of `size` bytes with no cached block: its new entry, or
-        None to refuse it; what making room for one more entry evicted goes in `evicted`."""
+    def _admit(self, key: Hashable, index: int, size: int, count: int, evicted: list[Eviction]) -> Entry | None:
+        """Block `index` of an object of `size` bytes in `count` blocks, none cached: its new
+        entry, or None to refuse it; what making room for one more entry evicted goes in `evicted`."""
 
     @abstractmethod
     def _victim(self, exclude: Hashable) -> tuple[Hashable, Entry] | None:
@@ -118,14 +118,31 @@ class BlockCache(ABC):
         """The object is gone from the store (purged, replaced): drop everything about it."""
 
     # --- shared mechanics -----------------------------------------------------
-    def fill(self, key: Hashable, index: int, size: int, object_size: int) -> Fill:
-        """A block fetched from the origin: keep it, or not, and what to evict for it."""
+    @abstractmethod
+    def _adopt(self, key: Hashable, size: int, count: int, evicted: list[Eviction]) -> Entry:
+        """A new entry for an object found cached with no decision about it (see adopt)."""
+
+    def fill(self, key: Hashable, index: int, size: int, object_size: int, object_blocks: int = 0) -> Fill:
+        """Block `index` (`size` bytes) of an object of `object_size` bytes, fetched from the
+        origin: keep it, or not, and what to evict for it. `object_blocks`: the object's block
+        count, when its blocks are not of this cache's block size."""
+        return self._place(key, index, size, object_size, object_blocks, admit=True)
+
+    def adopt(self, key: Hashable, index: int, size: int, object_size: int, object_blocks: int = 0) -> Fill:
+        """A block the store holds that the policy knows nothing of (found at a start without
+        the policy's saved state): kept as a newcomer, without asking admission."""
+        return self._place(key, index, size, object_size, object_blocks, admit=False)
+
+    def _place(self, key: Hashable, index: int, size: int, object_size: int, object_blocks: int,
+               admit: bool) -> Fill:
         evicted: list[Eviction] = []
         entry = self.find(key)
         if entry is None:
             if size > self.capacity:
                 return REFUSED
-            entry = self._admit(key, index, object_size, evicted)
+            count = object_blocks or block_count(object_size, self.block_size)
+            entry = self._admit(key, index, object_size, count, evicted) if admit else \
+                self._adopt(key, object_size, count, evicted)
             if entry is None:
                 return Refused(tuple(evicted)) if evicted else REFUSED
         elif index in entry.blocks:

@@ -22,11 +22,14 @@ class LruPolicy(BlockCache):
         if key in self._order:
             self._order.move_to_end(key)
 
-    def _admit(self, key: Hashable, index: int, size: int, evicted: list[Eviction]) -> Entry:
+    def _admit(self, key: Hashable, index: int, size: int, count: int, evicted: list[Eviction]) -> Entry:
+        return self._adopt(key, size, count, evicted)
+
+    def _adopt(self, key: Hashable, size: int, count: int, evicted: list[Eviction]) -> Entry:
         while len(self._order) >= self.max_entries:
             oldest, entry = next(iter(self._order.items()))
             evicted += self._evict_whole(oldest, entry, Reason.ENTRIES)
-        entry = self._order[key] = Entry(size, self.block_size)
+        entry = self._order[key] = Entry(size, count)
         return entry
 
     def _victim(self, exclude: Hashable) -> tuple[Hashable, Entry] | None:

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -17,6 +17,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
 from .epochs import Epochs
+from .keeper import Keeper, split
 from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_key
 
 log = logging.getLogger("edgecache.store")
@@ -85,6 +86,8 @@ class Listed:
 META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
 _HITS = "h|"  # hit counts of the listing, by meta key
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
+_OBJECT = "d|"  # in the index: a block key prefix -> (meta key, size, block count) of the object it names
+OBJECTS_AT_HAND = 4096  # objects of recent fills remembered by block key prefix, per process
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
 
 
@@ -94,11 +97,13 @@ def is_cache_dir(directory: str) -> bool:
 
 
 class Store:
-    """Metadata and blocks in one LRU cache with a size limit; in caches that never evict: the
-    index (Vary fields and selections, purge generations) and the leases."""
+    """Metadata and blocks in one cache whose evictions the cache policy decides (keeper.py);
+    in caches that never evict: the index (Vary fields and selections, purge generations,
+    which object a block belongs to) and the leases."""
 
     def __init__(self, directory: str, size_limit: int, memo_seconds: float = 5.0,
-                 on_evict: Callable[[int], None] | None = None) -> None:
+                 on_evict: Callable[[int], None] | None = None, block_size: int = 4 * 1024**2,
+                 policy_memory: int = 64 * 1024**2) -> None:
         self.directory = directory
         self.memo_seconds = memo_seconds
         # key -> (change count when read, when read (monotonic), value, approximate bytes)
@@ -111,16 +116,18 @@ class Store:
             os.path.join(directory, "objects"),
             disk=BlockDisk,
             size_limit=size_limit,
-            eviction_policy="least-recently-used",
-            cull_limit=10,
+            eviction_policy="none",  # the cache policy evicts (keeper.py)
             timeout=5,
         )
         self.objects.on_evict = on_evict
+        self._objects_at_hand: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
         self.epochs = Epochs(os.path.join(directory, "epochs"))
+        self.keeper = Keeper(directory, size_limit, block_size, policy_memory, self)
 
     def close(self) -> None:
+        self.keeper.close()
         self.objects.close()
         self.index.close()
         self.leases.close()
@@ -233,8 +240,12 @@ class Store:
                 return False
             if vary is not None:
                 self._update_vary_index(primary, key, vary)
+            if isinstance(entry, CachedObject):
+                self.index.set(_OBJECT + _prefix(entry), (key, entry.size, entry.block_count))
             self.objects.set(key, (META_FORMAT, generation, entry))
         self._changed(key, vary_index_key(primary))
+        if isinstance(entry, CachedObject):
+            self.keeper.touched([_prefix(entry)])  # a request for it, when it is cached (a 304's freshening)
         return True
 
     def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
@@ -305,8 +316,61 @@ class Store:
         return fd, path
 
     def publish_block(self, key: str, path: str, size: int) -> None:
-        """Make a complete block visible (atomic: readers see it whole or not at all)."""
+        """Make a complete block visible (atomic: readers see it whole or not at all), and tell
+        the cache policy, which keeps it or removes it soon (keeper.py)."""
         self.objects.set(key, FinishedPart(path, size), read=True)
+        prefix, index = split(key)
+        found = self.object_of(prefix)
+        if found is None:  # a body stored whole before its metadata (one block)
+            found = (key, size * (index + 1), index + 1)
+        self.keeper.filled(prefix, index, size, found[1], found[2])
+
+    # --- what the cache policy's keeper asks (keeper.Blocks) -------------------
+    def object_of(self, prefix: str) -> tuple[str, int, int] | None:
+        found = self._objects_at_hand.get(prefix)
+        if found is None:
+            value = self.index.get(_OBJECT + prefix)
+            if not (isinstance(value, tuple) and len(value) == 3):
+                return None
+            found = value
+            with self._memo_lock:
+                self._objects_at_hand[prefix] = found
+                if len(self._objects_at_hand) > OBJECTS_AT_HAND:
+                    self._objects_at_hand.popitem(last=False)
+        return found
+
+    def remove_blocks(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.delete(key)
+        if keys and self.objects.on_evict is not None:
+            self.objects.on_evict(len(keys))
+
+    def remove_objects(self, prefixes: list[str]) -> None:
+        """Forget the metadata of objects whose last block went (unless a newer version took its key)."""
+        for prefix in prefixes:
+            found = self.object_of(prefix)
+            self.index.delete(_OBJECT + prefix)
+            self._objects_at_hand.pop(prefix, None)
+            if found is None:
+                continue
+            meta = found[0]
+            with self.objects.transact():
+                stored = self._stored(meta, fresh=True)
+                if stored is None or not isinstance(stored[1], CachedObject) or _prefix(stored[1]) != prefix:
+                    continue
+                self._delete(meta, _HITS + meta)
+            self._changed(meta)
+
+    def stored_blocks(self) -> Iterator[tuple[str, int]]:
+        """Page by page (the caller may remove blocks meanwhile); diskcache stores str keys with raw = 1."""
+        after = "b|"
+        while True:
+            rows = self.objects._sql("SELECT key, size FROM Cache WHERE key > ? AND key < 'b}' AND raw = 1 "
+                                     "ORDER BY key LIMIT 1000", (after,)).fetchall()
+            yield from rows
+            if len(rows) < 1000:
+                return
+            after = rows[-1][0]
 
     def sweep_parts(self, older_than: float) -> int:
         """Remove part files left by dead fills (kill -9): never visible, just clutter. A part
@@ -378,10 +442,16 @@ class Store:
 
     def add_hits(self, counts: dict[str, int]) -> None:
         """Add to the hit counts of stored responses (by meta key), in one transaction. They live
-        beside the responses, in the store that evicts (no files or connections of their own)."""
+        beside the responses, in the store that evicts (no files or connections of their own).
+        The cache policy hears of them here, in a batch: a hit itself costs it nothing."""
         with self.objects.transact():
             for key, hits in counts.items():
                 self.objects.incr(_HITS + key, hits)
+        self.keeper.touched([_prefix(obj) for obj in map(self.get_object, counts) if obj is not None])
+
+    def policy_figures(self) -> dict[str, float]:
+        """The cache policy's figures (its keeper's, whichever worker keeps it)."""
+        return self.keeper.figures()
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:
@@ -414,6 +484,15 @@ class Store:
 
     def drop_blocks(self, obj: CachedObject) -> None:
         self.delete(*(obj.block_key(i) for i in range(obj.block_count)))
+        prefix = _prefix(obj)
+        self.keeper.forgotten(prefix)
+        self.index.delete(_OBJECT + prefix)
+        self._objects_at_hand.pop(prefix, None)
+
+
+def _prefix(obj: CachedObject) -> str:
+    """The prefix of an object's block keys: the policy's name for the object (one version of it)."""
+    return obj.block_key(0)[:-1]
 
 
 def _generation_key(primary: str) -> str:

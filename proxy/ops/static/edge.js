@@ -39,6 +39,37 @@ function single(text, name) {
   return m ? Number(m[1]) : null;
 }
 
+// Hit ratios over time: the counters' growth between two refreshes, the last HISTORY points.
+const HISTORY = 150;
+const history = { last: null, bytes: [], requests: [] };
+
+function ratio(hit, all) {
+  return all > 0 ? hit / all : null;
+}
+
+function track(totals) {
+  const last = history.last;
+  history.last = totals;
+  if (last === null || totals.looked < last.looked) return;  // first sample, or the edge restarted
+  history.bytes.push(ratio(totals.cacheBytes - last.cacheBytes,
+    totals.cacheBytes + totals.originBytes - last.cacheBytes - last.originBytes));
+  history.requests.push(ratio(totals.hits - last.hits, totals.looked - last.looked));
+  for (const series of [history.bytes, history.requests]) {
+    if (series.length > HISTORY) series.shift();
+  }
+  drawSeries("hit-bytes", history.bytes);
+  drawSeries("hit-requests", history.requests);
+}
+
+// A polyline in the chart's 300 x 100 box; intervals without traffic leave gaps at the bottom.
+function drawSeries(id, series) {
+  const step = 300 / (HISTORY - 1);
+  const offset = HISTORY - series.length;
+  const points = series.map((value, i) =>
+    ((offset + i) * step).toFixed(1) + "," + (100 - 100 * (value === null ? 0 : value)).toFixed(1));
+  $(id).setAttribute("points", points.join(" "));
+}
+
 async function refreshStats() {
   const response = await fetch("/_edge/metrics", { cache: "no-store" });
   if (!response.ok) return;
@@ -51,6 +82,9 @@ async function refreshStats() {
   const served = sums(text, "edgecache_response_bytes_total", "source");
   $("bytes-cache").textContent = bytes(served.cache || 0);
   $("bytes-origin").textContent = bytes(served.origin || 0);
+  track({ hits, looked, cacheBytes: served.cache || 0, originBytes: served.origin || 0 });
+  const share = single(text, "edgecache_policy_recency_share");
+  $("policy-share").textContent = share === null ? "" : "(recency share " + (100 * share).toFixed(0) + " %)";
   const size = single(text, "edgecache_store_size_bytes");
   const entries = single(text, "edgecache_store_entries");
   $("store-size").textContent = size === null ? "off" : bytes(size) + " / " + entries + " entries";
