@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import IO
 
 import anyio
@@ -35,6 +36,15 @@ IN_MEMORY = 64 * 1024  # blocks up to this size are kept at hand as bytes (OpenB
 
 
 _FILL_OR_STORE: tuple[type[Exception], ...] = (FillFailed, *StoreErrors)
+
+
+@dataclass(frozen=True)
+class Coming:
+    """A block on its way from the origin: the origin's status for its fill, and whether that
+    fill was another request's (RFC 9211 section 2.6: this one was collapsed into it)."""
+
+    status: int
+    collapsed: bool
 
 
 class _Abandoned(Exception):
@@ -125,6 +135,43 @@ class BlockSource:
         except StoreErrors as e:
             log.warning("prefetch skipped: %s", e)
         return None
+
+    async def ready(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> Coming | None:
+        """Make sure a block of a sliceable object is coming: None once it is stored, else how,
+        once the origin has answered its fill: a fill started now, or one under way (here, or in
+        another worker whose part file has bytes). FillFailed when it cannot be filled (`origin`:
+        what the origin did)."""
+        key = obj.block_key(index)
+        lease = "f|" + key
+        give_up = time.monotonic() + 3 * LEASE_TTL
+        while True:
+            progress = self.filler.active.get(key)
+            if progress is not None:
+                return Coming(await progress.origin_answer(), collapsed=True)
+            if version_id(obj) in self.filler.whole:
+                return Coming(200, collapsed=True)  # our whole-body fill, answered, is on its way to it
+            elsewhere = await self.threads.run(self._filled_elsewhere, obj, lease)
+            if elsewhere is None:
+                progress = await self.filler.start(obj, target, headers, index)
+                if progress is not None:
+                    return Coming(await progress.origin_answer(), collapsed=False)
+                if await self.threads.run(self.store.has_block, key):
+                    return None
+            elif await anyio.to_thread.run_sync(_grown, elsewhere[0]):
+                return Coming(elsewhere[1], collapsed=True)
+            elif time.monotonic() > give_up:
+                raise FillFailed(f"block {index} of {obj.key}: another worker's fill is stuck")
+            else:
+                await anyio.sleep(REMOTE_POLL * 4)
+
+    def _filled_elsewhere(self, obj: CachedObject, lease: str) -> tuple[str, int] | None:
+        """On a store thread: the part file of another worker's fill of the block (its own fill by
+        range, 206, or a whole-body fill, 200), or None."""
+        path = self.store.lease_holder(lease)
+        if path is not None:
+            return path, 206
+        path = self.store.lease_holder(whole_lease(obj))
+        return (path, 200) if path is not None else None
 
     async def block(
         self, obj: CachedObject, target: Target, headers: Headers, index: int, lo: int, hi: int
@@ -289,3 +336,11 @@ def _open_read(path: str) -> int:
 
 def _size(fd: int) -> int:
     return os.fstat(fd).st_size
+
+
+def _grown(path: str) -> bool:
+    """Has a part file bytes yet (the origin answered its fill)?"""
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False

@@ -34,10 +34,12 @@ WRITE_SIZE = 64 * 1024  # bytes gathered per write to a part file: readers see d
 class FillFailed(BodyAborted):
     """The block could not be filled; `changed` when the origin now has another version."""
 
-    def __init__(self, message: str, *, changed: bool = False, local: bool = False) -> None:
+    def __init__(self, message: str, *, changed: bool = False, local: bool = False,
+                 origin: OriginError | None = None) -> None:
         super().__init__(message)
         self.changed = changed
         self.local = local  # our disk failed, not the origin: serve from the origin instead
+        self.origin = origin  # the origin failed (unreachable, timeout, invalid): what it did
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Progress:
     fd: int
     length: int
     written: int = 0
+    status: int | None = None  # the origin's status, once it answered the fill's request well
     done: bool = False
     error: FillFailed | None = None
     _event: anyio.Event = field(default_factory=anyio.Event)
@@ -70,9 +73,21 @@ class Progress:
         self.error = error
         self._wake()
 
+    def answered(self, status: int) -> None:
+        self.status = status
+        self._wake()
+
     async def wait(self) -> None:
         with anyio.move_on_after(1.0):
             await self._event.wait()
+
+    async def origin_answer(self) -> int:
+        """The origin's status for this fill, once it answered (FillFailed if it could not)."""
+        while self.status is None and not self.done and self.error is None:
+            await self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.status or 200
 
 
 def if_range(obj: CachedObject) -> Headers:
@@ -198,6 +213,7 @@ class Filler:
                 if answer is BlockAnswer.BAD:
                     raise FillFailed(f"origin answered {response.status} {get(response.headers, 'content-range')}"
                                      f" for bytes {start}-{end - 1}")
+            progress.answered(response.status)
             whole = response.status == 200
             if whole:
                 self.whole[version_id(obj)] = 0
@@ -214,7 +230,7 @@ class Filler:
             await self._fail(owned, e)
         except OriginError as e:
             await self._forget_unfinished(obj)
-            await self._fail(owned, FillFailed(f"origin: {e}"))
+            await self._fail(owned, FillFailed(f"origin: {e}", origin=e))
         except StoreErrors as e:
             await self._forget_unfinished(obj)
             await self._fail(owned, FillFailed(f"store: {e}", local=True))

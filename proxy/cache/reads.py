@@ -17,14 +17,14 @@ from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
 from ..http.freshness import Policy, selection, stored_headers, vary_fields
 from ..http.headers import format_http_date
-from ..http.model import Span
+from ..http.model import ResponsePlan, Span
 from ..http.plan import plan_response
 from ..http.ranges import parse_range
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from ..streaming import Chunk, FileSpan, Given, multipart_boundary, plan_chunks, size_of
-from .blocks import BlockSource
+from .blocks import BlockSource, Coming
 from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
@@ -39,6 +39,7 @@ UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight
 COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
 PART_SWEEP_INTERVAL = 60.0  # seconds between sweeps of part files left by dead fills (kill -9 of a worker)
 SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored before asking the origin
+EAGER_BLOCKS = 16  # missing blocks of one answer filled, and their origin's answer awaited, before its status line
 _FRAMING = frozenset({"content-length", "content-range"})
 
 
@@ -122,11 +123,11 @@ class ReadPath:
                     if flight is not None:
                         flight.end()
                         flight = None
-                    reply = await self._without_flight(ex, stored, action)
                     if not isinstance(action, hc.Serve):
-                        return reply
+                        return await self._without_flight(ex, stored, action)
+                    assert stored is not None
                     try:
-                        return await _primed(reply)
+                        return await _primed(await self._serve_stored(ex, stored, action))
                     except StoreErrors as e:  # our disk, not the origin: serve from the origin
                         log.warning("stored body unreadable, relaying %s: %s", primary, e)
                         return relay_forwarded(await self._forward(req), req.method, Fwd.MISS, "store error")
@@ -154,13 +155,9 @@ class ReadPath:
                 flight.end()
         raise AssertionError("unreachable")
 
-    async def _without_flight(
-        self, ex: _Exchange, stored: CachedObject | None, action: hc.Serve | hc.Answer | hc.Relay | hc.Fetch
-    ) -> Reply:
-        """Actions that need no single flight: serve, answer, relay, or fetch as the client asked."""
-        if isinstance(action, hc.Serve):
-            assert stored is not None
-            return self._serve_hit(ex, stored, action)
+    async def _without_flight(self, ex: _Exchange, stored: CachedObject | None,
+                              action: hc.Answer | hc.Relay | hc.Fetch) -> Reply:
+        """Actions that need no single flight: answer, relay, or fetch as the client asked."""
         if isinstance(action, hc.Answer):
             return text_reply(action.status, f"Gateway Timeout: {action.detail}",
                               [("Cache-Status", cache_status(fwd=action.fwd.value, detail=action.detail))])
@@ -168,17 +165,56 @@ class ReadPath:
             return relay_forwarded(await self._forward(ex.req), ex.method, action.fwd, action.detail)
         return await self._exchange(ex, None, action, None)
 
-    def _serve_hit(self, ex: _Exchange, obj: CachedObject, action: hc.Serve) -> Reply:
-        self.hits.count(obj.key)
+    async def _serve_stored(self, ex: _Exchange, obj: CachedObject, action: hc.Serve) -> Reply:
+        """Answer from the stored response: a hit when every block the answer needs is stored, else a
+        miss (`fwd=partial`) once the fills of the missing blocks have the origin's answer."""
         if action.refresh:
             self.filler.spawn(self._refresh(ex, obj))
+        plan = self._plan(ex.req, obj, ex.now)
+        partial = await self._fill_missing(ex, obj, needed_blocks(obj, plan, ex.method))
+        if partial is not None:
+            status = cache_status(fwd=Fwd.PARTIAL.value, fwd_status=partial.status, collapsed=partial.collapsed)
+            return self._serve(ex, obj, action.age, status, x_cache(hit=False), now=ex.now, plan=plan)
+        self.hits.count(obj.key)
         detail = "stale" if action.stale else None
         status = cache_status(hit=True, ttl=action.ttl, detail=detail)
-        reply = self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale), now=ex.now)
+        reply = self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale), now=ex.now, plan=plan)
         until = hc.steady_until(action, ex.now)
         if reply.whole is not None and until > ex.now:
             reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on)
         return reply
+
+    async def _fill_missing(self, ex: _Exchange, obj: CachedObject, needed: list[int]) -> Coming | None:
+        """None when the blocks `needed` are all stored; else how the first missing one comes,
+        once the fills of the first EAGER_BLOCKS missing ones have the origin's answer (RFC 9211
+        section 2.2: the answer is then a miss, collapsed if no fill was its own). An origin that cannot give them
+        raises its OriginError, before any status line; a missing block of an object that cannot
+        be patched (no strong validator) means the object is gone (FillFailed, changed)."""
+        held = self.blocks.open_blocks
+        unknown = [index for index in needed if not held.holds(obj.block_key(index))]
+        if not unknown:
+            return None
+        stored = self.store.has_block
+        missing = await self.threads.run(lambda: [i for i in unknown if not stored(obj.block_key(i))])
+        if not missing:
+            return None
+        if not obj.sliceable:
+            await self.filler.on_changed(obj)
+            raise FillFailed(f"{len(missing)} block(s) of {obj.key} are gone", changed=True)
+        req = ex.req
+        answers = await asyncio.gather(*(self.blocks.ready(obj, req.target, req.headers, index)
+                                         for index in missing[:EAGER_BLOCKS]), return_exceptions=True)
+        coming: list[Coming] = []
+        for answer in answers:
+            if isinstance(answer, FillFailed) and answer.origin is not None:
+                raise answer.origin
+            if isinstance(answer, BaseException):
+                raise answer
+            if answer is not None:
+                coming.append(answer)
+        if not coming:
+            return None  # stored meanwhile
+        return Coming(coming[0].status, collapsed=all(c.collapsed for c in coming))
 
     async def _refresh(self, ex: _Exchange, obj: CachedObject) -> None:
         """stale-while-revalidate: revalidate in the background, once per key at a time."""
@@ -388,12 +424,21 @@ class ReadPath:
     def _age(self, obj: CachedObject) -> float:
         return obj.age(time.time())
 
+    def _plan(self, req: ProxyRequest, obj: CachedObject, now: float) -> ResponsePlan | None:
+        """What the response rules make of a stored 200 for this request (None: another status)."""
+        if obj.status != 200:
+            return None
+        return plan_response(
+            req.method, conditions_from(req.headers), get(req.headers, "range"), obj.representation(req.target.path),
+            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary, now=now,
+        )
+
     def _serve(
         self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None,
-        now: float | None = None,
+        now: float | None = None, plan: ResponsePlan | None = None,
     ) -> Reply:
-        """Answer from a stored response at `now` (default: now); `own`: fields for this client
-        only, not stored."""
+        """Answer from a stored response at `now` (default: now), with its `plan` if already made;
+        `own`: fields for this client only, not stored."""
         req = ex.req
         now = time.time() if now is None else now
         extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
@@ -409,11 +454,8 @@ class ReadPath:
                 return Reply(obj.status, headers, None, nothing_to_close, whole=b"")
             return Reply(obj.status, headers, self.blocks.read(obj, req.target, req.headers, 0, obj.size),
                          nothing_to_close)
-        rep = obj.representation(req.target.path)
-        plan = plan_response(
-            req.method, conditions_from(req.headers), get(req.headers, "range"), rep,
-            max_ranges=self.settings.max_ranges, new_boundary=multipart_boundary, now=now,
-        )
+        plan = plan or self._plan(req, obj, now)
+        assert plan is not None
         headers = [*plan.headers, *extra]
         if req.method == "HEAD" or not plan.body:
             return Reply(plan.status, headers, None, nothing_to_close, whole=b"")
@@ -444,6 +486,20 @@ class ReadPath:
         firsts = [first for first, _ in specs or [] if first is not None]
         index = min(firsts) // size if firsts and len(firsts) == len(specs or []) else 0
         return index * size, (index + 1) * size - 1
+
+
+def needed_blocks(obj: CachedObject, plan: ResponsePlan | None, method: str) -> list[int]:
+    """The blocks an answer from the stored object reads, in order (none for a HEAD, a 304, ...)."""
+    if method != "GET":
+        return []
+    if plan is None:  # a stored status other than 200: its whole body, one block
+        return [0] if obj.status not in (204, 304) and obj.size > 0 else []
+    indexes: dict[int, None] = {}
+    size = obj.block_size
+    for segment in plan.body:
+        if isinstance(segment, Span) and segment.end > segment.start:
+            indexes.update(dict.fromkeys(range(segment.start // size, (segment.end - 1) // size + 1)))
+    return list(indexes)
 
 
 def _nothing() -> None:

@@ -34,6 +34,7 @@ class Fwd(Enum):
     STALE = "stale"
     BYPASS = "bypass"
     METHOD = "method"
+    PARTIAL = "partial"  # a stored response lacked blocks the answer needs: they came from the origin
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ def cache_status(
     fwd_status: int | None = None,
     stored: bool = False,
     ttl: float | None = None,
+    collapsed: bool = False,
     detail: str | None = None,
 ) -> str:
-    """e.g. 'edgecache; hit; ttl=42' or 'edgecache; fwd=uri-miss; fwd-status=200; stored'."""
+    """e.g. 'edgecache; hit; ttl=42' or 'edgecache; fwd=uri-miss; fwd-status=200; stored'
+    (RFC 9211 section 2: the parameters in its order)."""
     params = []
     if hit:
         params.append("hit")
@@ -27,6 +29,8 @@ def cache_status(
         params.append(f"ttl={int(ttl)}")
     if stored:
         params.append("stored")
+    if collapsed:
+        params.append("collapsed")
     if detail:
         params.append(f'detail="{detail}"')
     return "; ".join([CACHE_NAME, *params])
