@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -33,7 +33,7 @@ from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.s3 import S3Origin
 from .origins.upstream import UpstreamOrigin
-from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value
+from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value, typed_key, url_path
 from .peers import HOPS, PurgePeers
 from .server.limits import Refusal
 from .server.protocol import SHUT_DOWN, TIMED_OUT
@@ -59,7 +59,6 @@ _FORWARDED_FIELDS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forw
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
             415: "Unsupported Media Type", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
             507: "Insufficient Storage"}
-_PATH_SAFE = "/!$&'()*+,;=:@~"
 # A content request: scope, receive, send, the path decoded, the path as received.
 Content = Callable[[Scope, Receive, Send, str, str | None], Awaitable[None]]
 
@@ -95,7 +94,7 @@ class AnyMethod:
 def _target(path: str, query: str, received: str | None = None) -> Target:
     """A cleaned path and a query as the origin is asked for them (and cached under): the
     path as received when given (see paths.origin_path), else the cleaned path quoted."""
-    raw = origin_path(received) if received is not None else "/" + quote(path, safe=_PATH_SAFE)
+    raw = origin_path(received) if received is not None else url_path(path)
     return Target(path=path, raw=raw + (f"?{query}" if query else ""))
 
 
@@ -104,7 +103,7 @@ def _received_path(scope: Scope) -> str:
     no root_path); the decoded path quoted again if the server gave no raw_path."""
     raw = scope.get("raw_path")
     if not isinstance(raw, bytes):
-        return quote(scope["path"], safe=_PATH_SAFE)
+        return url_path(scope["path"].lstrip("/"))
     text = raw.decode("latin-1").partition("?")[0]
     root = scope.get("root_path", "")
     return text[len(root):] if root and text.startswith(root) else text
@@ -224,20 +223,20 @@ def create_app(settings: Settings) -> EdgeApp:
         query = request.scope.get("query_string", b"").decode("latin-1")
         return _target(path, query, wire_path if settings.origin_is_http else None)
 
-    async def serve(request: Request, url_path: str, wire_path: str | None) -> Response:
-        """`url_path` decoded (checked, and the directory origin's path), `wire_path` as it came
+    async def serve(request: Request, decoded: str, wire_path: str | None) -> Response:
+        """`decoded`: the path decoded (checked, and the directory origin's path), `wire_path` as it came
         (the HTTP origin's path and cache key; None: the cleaned path quoted)."""
         method = request.method
         # The edge takes uploads for a directory origin, and turns a browser's multipart form into a PUT
         # for an HTTP origin; any other write to an HTTP origin is proxied as it is.
         if (method == "PUT" and not settings.origin_is_http) or (method == "POST" and _is_multipart(request)):
-            return await upload(request, url_path)
+            return await upload(request, decoded)
         if method == "POST" and not settings.origin_is_http:
             return _text(415, "Unsupported Media Type: uploads are multipart/form-data with a field 'file'")
         if method not in READ_METHODS and not settings.origin_is_http:
             return _text(405, "Method Not Allowed", {"Allow": ", ".join(DIRECTORY_METHODS)})
         try:
-            path = clean_path(url_path, allow_dotfiles=settings.serve_dotfiles)
+            path = clean_path(decoded, allow_dotfiles=settings.serve_dotfiles)
         except BadPath as e:
             return _text(400, f"Bad Request: {e}")
         except HiddenPath:
@@ -271,7 +270,7 @@ def create_app(settings: Settings) -> EdgeApp:
             offer.steady, offer.body = reply.steady, b"" if method == "HEAD" else reply.whole
         return ReplyResponse(reply, head=method == "HEAD")
 
-    async def upload(request: Request, url_path: str) -> Response:
+    async def upload(request: Request, decoded: str) -> Response:
         """PUT /<path> with the raw body, or POST /<folder> multipart with the field `file`."""
         refusal = write_refusal(request)
         if refusal is not None:
@@ -283,13 +282,13 @@ def create_app(settings: Settings) -> EdgeApp:
             # a multipart body's preamble and other fields too, not only the file.
             received = limited(request.stream(), limit)
             if request.method == "POST":
-                upload_folder(url_path)  # refused before the body is read
+                upload_folder(decoded)  # refused before the body is read
                 form = MultipartFile(received, request.headers["content-type"])
                 name = file_name(await form.open())
-                path = upload_path(url_path.rstrip("/") + "/" + name, settings.extensions)
+                path = upload_path(decoded.rstrip("/") + "/" + name, settings.extensions)
                 body, media, length = form.chunks(), form.content_type, None
             else:
-                path = upload_path(url_path, settings.extensions)
+                path = upload_path(decoded, settings.extensions)
                 declared = request.headers.get("content-length", "")
                 body, media = received, request.headers.get("content-type")
                 length = int(declared) if declared.isdigit() else None
@@ -303,12 +302,12 @@ def create_app(settings: Settings) -> EdgeApp:
         if not 200 <= uploaded.status < 300:
             return _text(uploaded.status, f"The origin refused the upload ({uploaded.status}): {uploaded.detail}")
         base = public_base(request, settings.public_base_url)
-        url = base + "/" + quote(path, safe=_PATH_SAFE)
+        url = base + url_path(path)
         answer = {"url": url, "path": "/" + path, "size": uploaded.size, "etag": uploaded.etag,
                   "content_type": uploaded.content_type}
         folder, _, name = path.rpartition("/")
         if settings.compat_routes and folder == "video":
-            answer = {"video_url": f"{base}/get_video_by_name/{quote(name, safe=_PATH_SAFE)}", **answer}
+            answer = {"video_url": f"{base}/get_video_by_name{url_path(name)}", **answer}
         return JSONResponse(answer, status_code=uploaded.status, headers={"Location": url})
 
     async def purge(request: Request) -> Response:
@@ -325,13 +324,10 @@ def create_app(settings: Settings) -> EdgeApp:
             # A directory origin's keys are decoded paths; an HTTP origin's are paths as
             # requested, so ?path= names one as it was requested ('/x%FF.mp4'; other
             # characters stand for their UTF-8 bytes, so '/a b' is '/a%20b').
-            raw_path, _, query = path.partition("?")
-            wire_path = raw_path.encode("utf-8", "surrogateescape").decode("latin-1")
             try:
-                clean = clean_path(unquote(raw_path) if settings.origin_is_http else raw_path, allow_dotfiles=True)
+                key = typed_key(path, settings.origin_is_http)
             except (BadPath, HiddenPath) as e:
                 return _text(400, f"Bad Request: {e}")
-            key = service.origin.cache_key(_target(clean, query, wire_path if settings.origin_is_http else None))
         # The next tier first (purge_peers): this edge could otherwise fill again from its old copy.
         failed = await peers.purge(forwarded_query, request.headers.get(HOPS)) if peers is not None else []
         try:
@@ -341,9 +337,9 @@ def create_app(settings: Settings) -> EdgeApp:
         answer = {"purged": purged, "count": len(purged), **({"peers_failed": failed} if failed else {})}
         return JSONResponse(answer, status_code=502 if failed else 200, headers={"Cache-Control": "no-store"})
 
-    async def content(scope: Scope, receive: Receive, send: Send, url_path: str, wire_path: str | None) -> None:
+    async def content(scope: Scope, receive: Receive, send: Send, decoded: str, wire_path: str | None) -> None:
         request = Request(scope, receive)
-        response = await serve(request, url_path, wire_path)
+        response = await serve(request, decoded, wire_path)
         await response(scope, receive, send)
 
     async def welcome(request: Request) -> Response:

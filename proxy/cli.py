@@ -18,7 +18,7 @@ from .ops.fetchers import FetchError
 from .ops.renditions import ALL, parse_selection
 from .ops.startup import env_warnings, log_to_console, origin_problem, startup_line
 from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
-from .paths import key_prefix, origin_path
+from .paths import BadPath, HiddenPath, key_prefix, origin_path, typed_key, wire
 from .server.run import serve
 from .signing import signed_query
 from .store.disk import Store, StoreErrors, is_cache_dir
@@ -89,7 +89,7 @@ def run_sign(settings: Settings, path: str, ttl: int, base: str | None) -> int:
     if problem:
         print(f"edgecache sign: {problem}", file=sys.stderr)
         return 2
-    key_path = origin_path(path.lstrip("/"))
+    key_path = origin_path(wire(path.partition("?")[0]))  # as a client's request names it, UTF-8
     expires = int(time.time()) + ttl
     print(f"{base}{key_path}?{signed_query(settings.signing_key, key_path, expires)}")
     return 0
@@ -118,8 +118,11 @@ def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
         if prefix is not None:
             purged = store.purge_prefix(key_prefix(prefix, settings.origin_is_http))
         else:
-            key = key_prefix(path, settings.origin_is_http) if path else None  # a whole path: its key
-            purged = [key] if key and store.purge(key) else []
+            key = typed_key(path or "", settings.origin_is_http)
+            purged = [key] if store.purge(key) else []
+    except (BadPath, HiddenPath) as e:
+        print(f"edgecache purge: not a path a file can have: {e}", file=sys.stderr)
+        return 2
     finally:
         store.close()
     print(json.dumps({"purged": purged, "count": len(purged)}))

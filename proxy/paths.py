@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import string
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 MAX_PATH_BYTES = 4096
 MAX_SEGMENT_BYTES = 255
@@ -84,13 +84,40 @@ def _percent(char: str) -> str:
     return "".join(f"%{b:02X}" for b in data)
 
 
+PATH_SAFE = "/!$&'()*+,;=:@~"  # RFC 3986 section 3.3: characters a path keeps as they are
+
+
+def url_path(path: str) -> str:
+    """The URL path of a decoded relative path ('films/é.mp4' -> '/films/%C3%A9.mp4'): every
+    character a path may not hold percent-encoded, as UTF-8."""
+    return "/" + quote(path, safe=PATH_SAFE)
+
+
+def wire(text: str) -> str:
+    """A path typed as text (an operator's ?path=, a command's argument) as the edge receives it
+    from a client: each character as its UTF-8 bytes (latin-1 text, as origin_path takes it),
+    percent-escapes kept as they are."""
+    return text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def typed_key(text: str, http_origin: bool) -> str:
+    """The cache key an operator names with a path typed as text (purge, sign). An HTTP
+    origin's keys are paths as requested, normalised (origin_path), with their query; a
+    directory's or a bucket's are decoded file paths, where a '?' is part of the name. BadPath
+    (or HiddenPath) for a path that cannot name a file."""
+    if not http_origin:
+        return "/" + clean_path(text, allow_dotfiles=True)
+    path, mark, query = text.partition("?")
+    clean_path(unquote(path), allow_dotfiles=True)  # its checks; the key keeps the path's spelling
+    return origin_path(wire(path)) + mark + query
+
+
 def key_prefix(prefix: str, http_origin: bool) -> str:
-    """A purge prefix in the form of the keys it is compared with: an HTTP origin's keys are
-    normalised paths (origin_path), a directory origin's are decoded paths."""
+    """A purge prefix in the form of the keys it is compared with (see typed_key)."""
     if not http_origin:
         return prefix
     path, mark, query = prefix.partition("?")
-    return origin_path(path.lstrip("/")) + mark + query
+    return origin_path(wire(path)) + mark + query
 
 
 def query_value(query: str, name: str) -> str | None:

@@ -88,3 +88,18 @@ async def test_an_http_origin_has_no_files_to_list(http_settings: Settings) -> N
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(http_settings)),
                                  base_url="http://edge.test") as c:
         assert (await c.get("/_edge/files")).json() == {"items": [], "next": None}
+
+
+def test_the_files_listing_pages_in_the_order_of_its_cursor(tmp_path: Path) -> None:
+    root = tmp_path / "o"
+    for name in ("a/z.txt", "a-b.txt", "a/b/c.txt", "b.txt", "a0.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    seen, after = [], ""
+    while True:
+        page, after = origin_files(str(root), after, 1)
+        seen += [item["path"] for item in page]
+        if after is None:
+            break
+    assert seen == sorted(seen) == ["/a-b.txt", "/a/b/c.txt", "/a/z.txt", "/a0.txt", "/b.txt"]
+

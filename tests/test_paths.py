@@ -70,3 +70,37 @@ def test_purge_keys_and_query_values_are_spelled_as_the_keys() -> None:
     assert query_value("path=/a+b.mp4&x=1", "path") == "/a+b.mp4"
     assert query_value("prefix=/caf%25c3%25a9/", "prefix") == "/caf%c3%a9/"
     assert query_value("x=1", "path") is None
+
+
+@pytest.mark.parametrize(
+    "typed, http, key",
+    [
+        ("/premium/é.mp4", True, "/premium/%C3%A9.mp4"),  # a character is its UTF-8 bytes, as a browser sends it
+        ("/premium/%c3%a9.mp4", True, "/premium/%C3%A9.mp4"),  # spelled encoded: the same key
+        ("/x%FF.mp4", True, "/x%FF.mp4"),  # the bytes as requested, even when not UTF-8
+        ("/a b.mp4?q=1", True, "/a%20b.mp4?q=1"),  # an HTTP origin's key has the query
+        ("/a?b.mp4", False, "/a?b.mp4"),  # a directory's keys are file names: '?' is part of one
+        ("/premium/é.mp4", False, "/premium/é.mp4"),
+        ("//v//a.mp4", False, "/v/a.mp4"),
+    ],
+)
+def test_the_key_of_a_typed_path(typed: str, http: bool, key: str) -> None:
+    from proxy.paths import typed_key
+
+    assert typed_key(typed, http) == key
+
+
+@pytest.mark.parametrize("typed, http", [("/a/../b.mp4", True), ("/a/../b.mp4", False), ("/a/%2e%2e/b.mp4", True),
+                                          ("/a\x00.mp4", True), ("/a\x00.mp4", False)])
+def test_a_typed_path_that_names_no_file_is_refused(typed: str, http: bool) -> None:
+    from proxy.paths import typed_key
+
+    with pytest.raises(BadPath):
+        typed_key(typed, http)
+
+
+def test_a_typed_prefix_is_utf8_as_the_keys() -> None:
+    from proxy.paths import key_prefix
+
+    assert key_prefix("/vid/é", True) == "/vid/%C3%A9"
+    assert key_prefix("/vid/é", False) == "/vid/é"

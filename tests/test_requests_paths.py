@@ -173,3 +173,25 @@ def test_the_directory_origin_still_decodes(server: RunningServer) -> None:
 )
 def test_origin_path(raw: str, expected: str) -> None:
     assert origin_path(raw) == expected
+
+
+def test_a_file_named_with_a_question_mark_is_purged_by_its_path(settings, make_server, origin_dir) -> None:  # type: ignore[no-untyped-def]
+    (origin_dir / "what?.mp4").write_bytes(b"q")
+    edge = make_server(settings)
+    assert httpx.get(edge.url + "/what%3F.mp4").content == b"q"
+    listed = [item["key"] for item in httpx.get(edge.url + "/_edge/objects").json()["items"]]
+    assert listed == ["/what?.mp4"]
+    # The page's purge button sends the listed key as ?path=, encoded as a query value.
+    purged = httpx.post(edge.url + "/_edge/purge", params={"path": "/what?.mp4"})
+    assert purged.json() == {"purged": ["/what?.mp4"], "count": 1}
+
+
+def test_a_prefix_with_other_characters_is_their_utf8(http_settings, upstream, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    origin.objects["/vid/é/a.mp4"] = Obj(b"accent", {"cache-control": "max-age=600"})
+    edge = make_server(http_settings)
+    assert httpx.get(edge.url + "/vid/%C3%A9/a.mp4").content == b"accent"
+    for prefix in ("/vid/é/", "/vid/%C3%A9/"):  # typed, or spelled as requested
+        httpx.get(edge.url + "/vid/%C3%A9/a.mp4")
+        purged = httpx.post(edge.url + "/_edge/purge", params={"prefix": prefix})
+        assert purged.json() == {"purged": ["/vid/%C3%A9/a.mp4"], "count": 1}, prefix

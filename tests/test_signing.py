@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -162,3 +163,15 @@ def test_sign_prints_a_url_the_edge_accepts(settings, make_server, monkeypatch, 
     monkeypatch.delenv("EDGECACHE_SIGNING_KEY")
     assert main(["sign", "/x.mp4", "--base", edge.url]) == 2
     assert capsys.readouterr().err == "edgecache sign: no signing_key is set\n"
+
+
+def test_sign_encodes_a_path_as_a_browser_asks_for_it(settings, make_server, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    (Path(settings.origin) / "premium").mkdir()
+    (Path(settings.origin) / "premium" / "é.mp4").write_bytes(b"accent")
+    edge = make_server(settings, signing_key=KEY)
+    monkeypatch.setenv("EDGECACHE_SIGNING_KEY", KEY)
+    assert main(["sign", "/premium/é.mp4", "--ttl", "60", "--base", edge.url]) == 0
+    url = capsys.readouterr().out.strip()
+    assert re.fullmatch(re.escape(edge.url) + r"/premium/%C3%A9\.mp4\?expires=\d+&signature=[0-9a-f]{64}", url)
+    assert httpx.get(url).content == b"accent"
+

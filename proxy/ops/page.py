@@ -6,14 +6,13 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..paths import query_value
+from ..paths import query_value, url_path
 from ..service import EdgeService
 from . import metrics
 
@@ -22,7 +21,6 @@ _STATIC = {"edge.js": "text/javascript; charset=utf-8", "edge.css": "text/css; c
 # The page loads only its own script and style, plays media from this edge, and is never framed.
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
         "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
-_PATH_SAFE = "/!$&'()*+,;=:@~"
 T = TypeVar("T")
 
 Guard = Callable[[Request], Response | None]
@@ -33,29 +31,32 @@ def _asset(name: str) -> bytes:
 
 
 def origin_files(root: str, after: str, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to `limit` regular files under `root` whose relative paths sort after `after` (depth
-    first, names in order, dot names and links skipped); and the cursor of the next page."""
+    """Up to `limit` regular files under `root` whose relative paths sort after `after` (in the
+    order of those paths as strings; dot names and links skipped); and the cursor of the next
+    page. Folders wholly before the cursor are not walked."""
     found: list[dict[str, Any]] = []
-    for rel, size in _walk(root, ""):
-        if rel <= after:
-            continue
+    for rel, size in _walk(root, "", after):
         if len(found) == limit:
             return found, found[-1]["path"][1:]
-        found.append({"path": "/" + rel, "url": "/" + quote(rel, safe=_PATH_SAFE), "size": size})
+        found.append({"path": "/" + rel, "url": url_path(rel), "size": size})
     return found, None
 
 
-def _walk(root: str, rel: str) -> Iterator[tuple[str, int]]:
+def _walk(root: str, rel: str, after: str) -> Iterator[tuple[str, int]]:
+    """Files below `rel` whose paths sort after `after`, in that order: a folder's entries by
+    their paths' order (a folder `a` as `a/`, so `a-b.txt` comes before `a/z.txt`)."""
     try:
         with os.scandir(os.path.join(root, rel)) as it:
-            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+            entries = [(f"{rel}/{e.name}" if rel else e.name, e) for e in it if not e.name.startswith(".")]
     except OSError:
         return
-    for entry in entries:
-        path = f"{rel}/{entry.name}" if rel else entry.name
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(root, path)
-        elif entry.is_file(follow_symlinks=False):
+    folders = {path for path, entry in entries if entry.is_dir(follow_symlinks=False)}
+    for path, entry in sorted(entries, key=lambda pair: pair[0] + "/" if pair[0] in folders else pair[0]):
+        if path in folders:
+            inside = path + "/"
+            if after.startswith(inside) or inside > after:  # else every path in it sorts before `after`
+                yield from _walk(root, path, after)
+        elif path > after and entry.is_file(follow_symlinks=False):
             yield path, entry.stat(follow_symlinks=False).st_size
 
 
@@ -103,7 +104,7 @@ def page_routes(service: EdgeService, guard: Guard) -> list[Route]:
             return _listing([], None)
         listed = await in_thread(service.store.list_objects, after, limit)
         now, http = time.time(), service.settings.origin_is_http
-        rows = [{"key": o.key, "url": o.key if http else quote(o.key, safe=_PATH_SAFE), "size": o.size,
+        rows = [{"key": o.key, "url": o.key if http else url_path(o.key.lstrip("/")), "size": o.size,
                  "blocks": o.blocks, "blocks_cached": o.blocks_cached, "hits": o.hits,
                  "age": max(0, int(now - o.stored_at))}
                 for o in listed]

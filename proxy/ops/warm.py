@@ -29,12 +29,12 @@ from rich.progress import (
 from ..config import Settings, format_size
 from ..http.manifests import Kind, kind_of, parse_manifest
 from ..http.streams import MAX_MANIFEST_BYTES, ByteRange, NotUnderstood, Ref, local_target
+from ..paths import PATH_SAFE, origin_path, wire
 from .fetchers import EdgeFetcher, Fetched, Fetcher, FetchError, app_fetcher
 from .mp4 import MoovSearch, index_span, is_mp4_name
 from .renditions import ALL, Selection, expand, files_of
 
-_PATH_SAFE = "/%!$&'()*+,;=:@~"  # a path's characters that stay as they are (RFC 3986 section 3.3)
-_QUERY_SAFE = _PATH_SAFE + "?"
+_QUERY_SAFE = PATH_SAFE + "%?"  # a query's characters that stay as they are (RFC 3986 section 3.4)
 _APP_BASE = "http://localhost"  # where the edge's app in this process is asked (fetchers.AppFetcher's Host)
 
 
@@ -53,8 +53,7 @@ def target_of(item: str) -> str:
         raise BadItem(f"not a path or an http(s) URL: {text!r}")
     else:
         path, _, query = text.partition("?")
-    path = quote("/" + path.lstrip("/"), safe=_PATH_SAFE)
-    return path + ("?" + quote(query, safe=_QUERY_SAFE) if query else "")
+    return origin_path(wire(path)) + ("?" + quote(query, safe=_QUERY_SAFE) if query else "")
 
 
 def read_items(lines: Iterable[str]) -> list[str]:
