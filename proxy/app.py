@@ -249,7 +249,8 @@ def create_app(settings: Settings) -> EdgeApp:
         has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
         body = request.stream() if has_body else None
         target = target_for(path, request, wire_path)
-        if settings.signing_key and method in READ_METHODS:
+        # Every read needs the signature: OPTIONS too (it reaches an HTTP origin); writes have their own rule.
+        if settings.signing_key and method in SAFE_METHODS:
             required = signing.needs_signature("/" + path, settings.signed_paths)
             verdict = signing.check(settings.signing_key, target.raw, required, time.time())
             if isinstance(verdict, signing.Refused):
@@ -414,12 +415,23 @@ class Dispatch:
         self.compat = compat
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "*":
+            await _asterisk(scope["method"])(scope, receive, send)
+            return
         if scope["type"] == "http":
             found = content_path(scope, self.compat)
             if found is not None:
                 await self.content(scope, receive, send, *found)
                 return
         await self.routes(scope, receive, send)
+
+
+def _asterisk(method: str) -> Response:
+    """The answer to a request for `*` (RFC 9112 section 3.2.4): the edge's own, never the origin's.
+    `OPTIONS *` asks what the server supports; any other method may not ask for `*`."""
+    if method != "OPTIONS":
+        return _text(400, "Bad Request: the request target '*' is for OPTIONS only (RFC 9112 section 3.2.4)")
+    return Response(status_code=200, headers={"Allow": ", ".join(("OPTIONS", *DIRECTORY_METHODS))})
 
 
 class EdgeApp:

@@ -14,6 +14,7 @@ from proxy import signing
 from proxy.cli import main
 from proxy.config import ConfigError, Settings
 from tests.conftest import SAMPLE_SIZE, pattern
+from tests.test_server import exchange
 from tests.upstream import Obj
 
 KEY = "k" * 16 + "-test-signing"
@@ -175,3 +176,25 @@ def test_sign_encodes_a_path_as_a_browser_asks_for_it(settings, make_server, mon
     assert re.fullmatch(re.escape(edge.url) + r"/premium/%C3%A9\.mp4\?expires=\d+&signature=[0-9a-f]{64}", url)
     assert httpx.get(url).content == b"accent"
 
+
+
+def test_every_read_of_a_signed_path_needs_its_signature(http_settings, upstream, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    origin.objects["/paid/a.mp4"] = Obj(b"paid", {"cache-control": "max-age=600"})
+    edge = make_server(http_settings, signing_key=KEY, signed_prefixes="/paid/")
+    unsigned = httpx.options(edge.url + "/paid/a.mp4")
+    assert (unsigned.status_code, unsigned.text) == (
+        403, "Forbidden: this URL needs a signature (?expires=<unix time>&signature=<hex>)\n")
+    assert httpx.options(edge.url + _url("", "/paid/a.mp4")).status_code != 403  # signed: it goes on
+    assert [hit.method for hit in origin.hits] == ["OPTIONS"]
+
+
+def test_the_asterisk_target_is_answered_by_the_edge(http_settings, upstream, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    edge = make_server(http_settings)
+    answer = exchange(edge, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nallow: OPTIONS, GET, HEAD, PUT, POST\r\n" in answer
+    other = exchange(edge, b"GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert other.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert other.endswith(b"Bad Request: the request target '*' is for OPTIONS only (RFC 9112 section 3.2.4)\n")
+    assert origin.hits == []
