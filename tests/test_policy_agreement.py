@@ -4,36 +4,36 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
+import http.client
 import io
 import itertools
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
-import httpx
-import pytest
-
-from proxy import cli, service
+from proxy import cli
 from proxy.config import Settings
-from tests.conftest import RunningServer
-from tests.upstream import Obj, Upstream
+from tests.catalogue_origin import body_of
+from tests.conftest import REPO_ROOT
 
 MiB = 1024 * 1024
 CACHE = 64 * MiB  # the smallest cache the settings allow
 BLOCK = 256 * 1024
 
 
-def scaled_trace(requests: int = 12_000, popular: int = 3000, once: float = 0.4,
+def scaled_trace(requests: int = 6000, popular: int = 1500, once: float = 0.35, median: int = 50,
                  seed: int = 20) -> list[tuple[int, int]]:
     """(object, size in KiB): a CDN's video traffic in miniature. A catalogue whose popularity
-    follows Zipf's law (0.8), sizes log-normal around 40 KiB (the shared trace's median, 531 KiB,
-    scaled down) up to 1.9 MiB; and a share of requests for objects asked for once only."""
+    follows Zipf's law (0.8), sizes log-normal around `median` KiB (the shared trace's median,
+    531 KiB, scaled down) up to 48 times that; and a share of requests for objects asked for
+    once only. About 550 MiB in all, for a cache of 64 MiB (the smallest the settings allow)."""
     rng = random.Random(seed)
     cumulative = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(popular)))
 
     def size() -> int:
-        return max(1, min(int(rng.lognormvariate(0, 1.2) * 40), 48 * 40))
+        return max(1, min(int(rng.lognormvariate(0, 1.2) * median), 48 * median))
 
     sizes = [size() for _ in range(popular)]
     trace, new = [], popular
@@ -47,53 +47,48 @@ def scaled_trace(requests: int = 12_000, popular: int = 3000, once: float = 0.4,
     return trace
 
 
-class Catalogue(dict[str, Obj]):
-    """The origin's objects, made when first asked for (bytes differ from object to object)."""
-
-    def __init__(self, sizes: dict[int, int]) -> None:
-        super().__init__()
-        self.sizes = sizes
-        self.noise = random.Random(7).randbytes(2 * MiB + 4096)
-
-    def get(self, path: str, default: Obj | None = None) -> Obj | None:  # type: ignore[override]
-        if path not in self and path.startswith("/o/") and int(path[3:]) in self.sizes:
-            number = int(path[3:])
-            start = number % 4096
-            self[path] = Obj(self.noise[start: start + self.sizes[number] * 1024],
-                             {"cache-control": "public, max-age=86400"})
-        return super().get(path, default)
-
-
-def simulated(trace_file: Path, policy: str) -> dict[str, int]:
+def simulated(trace_file: Path) -> dict[str, dict[str, int]]:
+    """`edgecache simulate --json` at the cache's size and block size: its lines by policy."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert cli.main(["simulate", str(trace_file), "--size", f"{CACHE}", "--block-size", f"{BLOCK}", "--json"]) == 0
-    return next(r for r in map(json.loads, out.getvalue().splitlines()) if r["policy"] == policy)
+    return {r["policy"]: r for r in map(json.loads, out.getvalue().splitlines())}
 
 
-def test_the_origin_pays_what_the_simulation_says(tmp_path: Path, settings: Settings, make_server,  # type: ignore[no-untyped-def]
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_origin_pays_what_the_simulation_says(tmp_path: Path, settings: Settings, make_server) -> None:  # type: ignore[no-untyped-def]
     trace = scaled_trace()
     trace_file = tmp_path / "trace.csv"
     trace_file.write_text("# time,object,size_kib\n" + "".join(f"{t},{o},{k}\n" for t, (o, k) in enumerate(trace)))
-    ours, lru = simulated(trace_file, "edgecache"), simulated(trace_file, "lru")
+    figures = simulated(trace_file)
+    ours, lru = figures["edgecache"], figures["lru"]
     predicted, predicted_lru = ours["bytes"] - ours["hit_bytes"], lru["bytes"] - lru["hit_bytes"]
-    assert predicted_lru > 1.08 * predicted  # the policies differ enough for the test to tell them apart
+    assert predicted_lru > 1.07 * predicted  # the policies differ enough for the test to tell them apart
 
-    # The read path hands hits to the policy in batches every FLUSH_INTERVAL (2 s); requests
-    # come a few hundred a second here, so a batch every 10 ms keeps the order as it was.
-    monkeypatch.setattr(service, "FLUSH_INTERVAL", 0.01)
-    origin = Upstream()
-    origin.objects = Catalogue(dict(trace))
-    with RunningServer(dataclasses.replace(settings, server_name=""), app=origin) as upstream:
-        edge = make_server(settings, origin=upstream.url, cache_size_limit=CACHE, block_size=BLOCK,
+    # The edge as it runs (hits reach the policy in batches every 2 s), its origin in a process of
+    # its own; one request at a time, in the trace's order.
+    origin = subprocess.Popen([sys.executable, "-m", "tests.catalogue_origin"], cwd=REPO_ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert origin.stdout is not None and origin.stdin is not None
+        port = int(origin.stdout.readline())
+        edge = make_server(settings, origin=f"http://127.0.0.1:{port}", cache_size_limit=CACHE, block_size=BLOCK,
                            max_object_size=16 * MiB, chunk_size=64 * 1024)
+        client = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=30)
         served = 0
-        with httpx.Client(base_url=edge.url, timeout=30) as client:
-            for number, kib in trace:
-                r = client.get(f"/o/{number}")
-                assert r.status_code == 200 and len(r.content) == kib * 1024
-                served += len(r.content)
+        for number, kib in trace:
+            client.request("GET", f"/o/{number}-{kib}")
+            response = client.getresponse()
+            body = response.read()
+            assert response.status == 200 and body == body_of(number, kib)
+            served += len(body)
+        client.close()
+        count = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        count.request("GET", "/_count")
+        fetched = json.loads(count.getresponse().read())["bytes"]
+        count.close()
+    finally:
+        if origin.stdin is not None:
+            origin.stdin.close()
+        origin.wait(timeout=10)
     assert served == ours["bytes"]
-    fetched = origin.bytes_sent
     assert abs(fetched - predicted) <= 0.03 * predicted, (fetched, predicted, predicted_lru)

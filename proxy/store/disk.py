@@ -340,26 +340,33 @@ class Store:
         return found
 
     def remove_blocks(self, keys: list[str]) -> None:
-        for key in keys:
-            self.objects.delete(key)
-        if keys and self.objects.on_evict is not None:
+        """In one transaction (diskcache removes the files once it is committed)."""
+        if not keys:
+            return
+        with self.objects.transact():
+            for key in keys:
+                self.objects.delete(key)
+        if self.objects.on_evict is not None:
             self.objects.on_evict(len(keys))
 
     def remove_objects(self, prefixes: list[str]) -> None:
         """Forget the metadata of objects whose last block went (unless a newer version took its key)."""
-        for prefix in prefixes:
-            found = self.object_of(prefix)
-            self.index.delete(_OBJECT + prefix)
-            self._objects_at_hand.pop(prefix, None)
-            if found is None:
-                continue
-            meta = found[0]
-            with self.objects.transact():
-                stored = self._stored(meta, fresh=True)
-                if stored is None or not isinstance(stored[1], CachedObject) or _prefix(stored[1]) != prefix:
+        found = [(prefix, self.object_of(prefix)) for prefix in prefixes]
+        with self.index.transact():
+            for prefix in prefixes:
+                self.index.delete(_OBJECT + prefix)
+                self._objects_at_hand.pop(prefix, None)
+        gone = []
+        with self.objects.transact():
+            for prefix, known in found:
+                if known is None:
                     continue
-                self._delete(meta, _HITS + meta)
-            self._changed(meta)
+                stored = self._stored(known[0], fresh=True)
+                if stored is not None and isinstance(stored[1], CachedObject) and _prefix(stored[1]) == prefix:
+                    self._delete(known[0], _HITS + known[0])
+                    gone.append(known[0])
+        if gone:
+            self._changed(*gone)
 
     def stored_blocks(self) -> Iterator[tuple[str, int]]:
         """Page by page (the caller may remove blocks meanwhile); diskcache stores str keys with raw = 1."""
