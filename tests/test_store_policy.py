@@ -153,3 +153,23 @@ def test_a_restart_keeps_the_policy_and_reconciles_it_with_the_blocks_on_disk(tm
     policy = store.keeper.policy
     assert policy is not None and list(policy.t1) == [b.block_key(0)[:-1]] and not policy.t2
     store.close()
+
+
+def test_metadata_without_kept_blocks_goes_oldest_first_when_it_outgrows_the_slack(tmp_path: Path) -> None:
+    from proxy.http.cache import PassMarker, PassReason
+
+    store, clock = open_store(tmp_path, limit=2 * MiB)
+    a = obj("a")
+    for o in (a, a):
+        fill(store, o)  # kept: asked for twice
+        clock.now += 10
+        store.keeper.tick()
+    marker = PassMarker(PassReason.TOO_LARGE, float("inf"))
+    for n in range(8000):  # the origin's answers not to store bodies of: remembered as small entries
+        assert store.put_meta(f"/pass{n}", meta_key(f"/pass{n}", ""), marker, (), 0)
+    store.keeper.tick()  # (the keeper's own rounds may have begun already)
+    assert store.volume() <= 2 * MiB * 1.02 and store.policy_figures()["evicted_metadata"] > 0
+    assert store.get_meta(meta_key("/pass0", ""), 0, fresh=True) is None  # the oldest went
+    assert store.get_meta(meta_key("/pass7999", ""), 0, fresh=True) == marker
+    assert store.get_object(a.key, fresh=True) is not None and blocks(store, a) == [True]  # kept blocks stay
+    store.close()

@@ -120,6 +120,8 @@ class Store:
             timeout=5,
         )
         self.objects.on_evict = on_evict
+        # oldest metadata first, when it outgrows the room the policy leaves (cull_metadata)
+        self.objects._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
         self._objects_at_hand: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
@@ -367,6 +369,31 @@ class Store:
                     gone.append(known[0])
         if gone:
             self._changed(*gone)
+
+    def cull_metadata(self, kept: Callable[[str], bool], limit: int = 100) -> int:
+        """Remove up to `limit` of the oldest metadata entries whose object has no block the policy
+        keeps (`kept(prefix)` false): pass markers, empty bodies, objects whose blocks went but
+        were served again meanwhile. What keeps them within the store's size; how many went.
+        At most ten pages of `limit` entries are looked at."""
+        gone: list[str] = []
+        for page in range(10):
+            rows = self.objects._sql("SELECT key FROM Cache WHERE key > 'm|' AND key < 'm}' AND raw = 1 "
+                                     "ORDER BY store_time LIMIT ? OFFSET ?", (limit, page * limit)).fetchall()
+            for (key,) in rows:
+                stored = self._stored(key, fresh=True)
+                entry = stored[1] if stored is not None else None
+                if not (isinstance(entry, CachedObject) and entry.size and kept(_prefix(entry))):
+                    gone.append(key)
+            if len(gone) >= limit or len(rows) < limit:
+                break
+        with self.objects.transact():
+            for key in gone[:limit]:
+                self._delete(key, _HITS + key)
+        if gone:
+            self._changed(*gone[:limit])
+            if self.objects.on_evict is not None:
+                self.objects.on_evict(len(gone[:limit]))
+        return len(gone[:limit])
 
     def stored_blocks(self) -> Iterator[tuple[str, int]]:
         """Page by page (the caller may remove blocks meanwhile); diskcache stores str keys with raw = 1."""

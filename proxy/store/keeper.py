@@ -29,7 +29,7 @@ import pickle
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ..policy.adaptive import AdaptivePolicy
@@ -44,6 +44,7 @@ SAVE_EVERY = 60.0  # seconds between saves of the policy's state
 STATE_FORMAT = 2
 BATCH = 50_000  # journal events applied per round, at most
 LINGERING = 100_000  # refused blocks awaiting removal, at most (beyond it they go at once)
+METADATA_SLACK = 0.02  # share of the capacity metadata may take beyond it
 
 
 class Blocks(Protocol):
@@ -59,6 +60,12 @@ class Blocks(Protocol):
 
     def stored_blocks(self) -> Iterator[tuple[str, int]]:
         """(key, size) of every stored block."""
+
+    def volume(self) -> int:
+        """Bytes the store takes on disk (blocks and metadata)."""
+
+    def cull_metadata(self, kept: Callable[[str], bool], limit: int = 100) -> int:
+        """Remove old metadata of objects without kept blocks; how many went."""
 
 
 Lingering = tuple[float, list[tuple[int, int]], tuple[int, int]]
@@ -80,7 +87,7 @@ class Keeper:
         self.journal = Journal(os.path.join(self.directory, "journal.db"))
         self.policy: AdaptivePolicy | None = None  # while this process keeps it
         self.counts: dict[str, int] = {"admitted": 0, "refused": 0, "evicted_space": 0, "evicted_entries": 0,
-                                       "evicted_refused": 0}
+                                       "evicted_refused": 0, "evicted_metadata": 0}
         self._lock = threading.RLock()
         self._pending: list[Event] = []  # this process's events, for the journal (when another keeps)
         # refused blocks still readable, by object: (when they go, [(block, size)], (object size, blocks))
@@ -193,9 +200,21 @@ class Keeper:
             now = self.clock()
             while self._lingering and next(iter(self._lingering.values()))[0] <= now:
                 self._remove_lingering(*self._lingering.popitem(last=False))
+            self._bound_metadata()
             self._write_figures()
             if time.monotonic() - self._saved >= SAVE_EVERY:
                 self._save()
+
+    def _bound_metadata(self) -> None:
+        """Metadata is small, but not nothing: beyond METADATA_SLACK of the capacity on top of
+        the blocks, the oldest entries whose objects keep no block go (pass markers, say)."""
+        policy = self.policy
+        assert policy is not None
+        while self.blocks.volume() - self._lingering_bytes > policy.capacity * (1 + METADATA_SLACK):
+            gone = self.blocks.cull_metadata(lambda prefix: policy.find(prefix) is not None)
+            self.counts["evicted_metadata"] += gone
+            if not gone:
+                return
 
     def _run(self) -> None:
         while not self._stop.wait(TICK):
