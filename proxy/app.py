@@ -287,13 +287,12 @@ def create_app(settings: Settings) -> EdgeApp:
                 form = MultipartFile(received, request.headers["content-type"])
                 name = file_name(await form.open())
                 path = upload_path(decoded.rstrip("/") + "/" + name, settings.extensions)
-                body, media, length = form.chunks(), form.content_type, None
+                body, length = form.chunks(), None
             else:
                 path = upload_path(decoded, settings.extensions)
                 declared = request.headers.get("content-length", "")
-                body, media = received, request.headers.get("content-type")
-                length = int(declared) if declared.isdigit() else None
-            uploaded = await service.upload(target_for(path, request), body, media, length)
+                body, length = received, int(declared) if declared.isdigit() else None
+            uploaded = await service.upload(target_for(path, request), body, length)
         except UploadError as e:
             return _text(e.status, f"{_REASONS.get(e.status, 'Bad Request')}: {e}")
         except ClientDisconnect:

@@ -159,10 +159,10 @@ class EdgeService:
         return purged
 
     async def upload(
-        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None = None
+        self, target: Target, chunks: AsyncIterator[bytes], length: int | None = None
     ) -> Uploaded:
         """Store a file at the origin (streamed), then forget what the edge cached for it."""
-        uploaded = await self.origin.upload(target, chunks, content_type, length)
+        uploaded = await self.origin.upload(target, chunks, length)
         if 200 <= uploaded.status < 300:
             await self._invalidate_after_write(self.origin.cache_key(target))
         return uploaded

@@ -89,7 +89,6 @@ class MultipartFile:
         self.body = aiter(body)
         self.field = field.encode()
         self.filename: str | None = None
-        self.content_type: str | None = None
         self._pending: list[bytes] = []
         self._headers: dict[bytes, bytes] = {}
         self._name = self._value = b""
@@ -123,7 +122,6 @@ class MultipartFile:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         if params.get(b"name") == self.field and b"filename" in params and self.filename is None:
             self.filename = params[b"filename"].decode("utf-8", "replace")
-            self.content_type = self._headers.get(b"content-type", b"").decode("latin-1") or None
             self._in_file = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

@@ -427,3 +427,13 @@ async def test_what_the_store_is_sent(s3_settings: Settings, make_server: Any, c
         assert headers["x-amz-content-sha256"] == hashlib.sha256(b"").hexdigest()
     else:
         assert "authorization" not in headers and "x-amz-security-token" not in headers
+
+
+async def test_the_type_of_an_upload_comes_from_its_name(s3_server: S3Server, s3_edge: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=s3_edge.url) as edge:
+        put = await edge.put("/films/clip.mp4", content=b"not html", headers={"Content-Type": "text/html"})
+        form = await edge.post("/films", files={"file": ("other.mp4", b"<script>", "text/html")})
+        assert (put.status_code, form.status_code) == (201, 201)
+        for key in ("edge/films/clip.mp4", "edge/films/other.mp4"):
+            assert s3_server.s3.head_object(Bucket=BUCKET, Key=key)["ContentType"] == "video/mp4", key
+        assert (await edge.get("/films/other.mp4")).headers["content-type"] == "video/mp4"

@@ -142,3 +142,11 @@ def test_environment_proxies_are_ignored(monkeypatch) -> None:  # type: ignore[n
 def test_location_keys(base: str, location: str, key: str | None) -> None:
     origin = UpstreamOrigin(base, connect_timeout=1, read_timeout=1, response_timeout=1)
     assert origin.location_key(location) == key
+
+
+def test_the_type_of_an_upload_comes_from_its_name(upstream, http_settings, make_server) -> None:  # type: ignore[no-untyped-def]
+    origin, _ = upstream
+    edge = make_server(http_settings)
+    form = httpx.post(edge.url + "/films", files={"file": ("clip.mp4", b"<script>", "text/html")})
+    assert form.status_code == 201
+    assert [h.headers["content-type"] for h in origin.hits if h.method == "PUT"] == ["video/mp4"]

@@ -213,3 +213,14 @@ async def test_temp_files_are_created_and_removed_off_the_event_loop(  # type: i
     assert [name for name, _ in calls] == ["open", "open", "unlink"]
     assert all(thread is not loop_thread for _, thread in calls)
     assert leftovers(origin_dir) == []
+
+
+def test_an_upload_to_a_missing_origin_directory_is_refused(settings, make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A network mount not up yet: a file written into an empty mount point would be hidden by the mount."""
+    missing = tmp_path / "mount"
+    edge = make_server(settings, origin=str(missing))
+    answer = httpx.put(edge.url + "/films/a.mp4", content=b"x")
+    assert (answer.status_code, answer.text) == (503, "Service Unavailable: origin directory missing\n")
+    answer = httpx.post(edge.url + "/video", files={"file": ("a.mp4", b"x")})
+    assert answer.status_code == 503
+    assert not missing.exists()

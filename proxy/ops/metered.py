@@ -36,9 +36,9 @@ class MeteredOrigin:
         return OriginResponse(response.status, response.headers, _counted(response.body), response.close)
 
     async def upload(
-        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+        self, target: Target, chunks: AsyncIterator[bytes], length: int | None
     ) -> Uploaded:
-        uploaded = await self.inner.upload(target, chunks, content_type, length)
+        uploaded = await self.inner.upload(target, chunks, length)
         metrics.UPLOADS.labels(str(uploaded.status)).inc()
         if 200 <= uploaded.status < 300:
             metrics.UPLOAD_BYTES.inc(uploaded.size)

@@ -84,9 +84,11 @@ class Origin(Protocol):
     ) -> OriginResponse: ...
 
     async def upload(
-        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+        self, target: Target, chunks: AsyncIterator[bytes], length: int | None
     ) -> Uploaded:
-        """Store a file at the origin, streamed; UploadError for a refusal the client can act on."""
+        """Store a file at the origin, streamed, its content type the one its name says (never the
+        uploader's: a `clip.mp4` is served as a video, whatever was claimed); UploadError for a
+        refusal the client can act on."""
         ...
 
     async def healthy(self) -> bool: ...

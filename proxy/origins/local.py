@@ -141,7 +141,7 @@ class LocalOrigin:
         return OriginResponse(plan.status, plan.headers, chunks, close)
 
     async def upload(
-        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+        self, target: Target, chunks: AsyncIterator[bytes], length: int | None
     ) -> Uploaded:
         """Store an upload (the directory decides its content type from the name)."""
         created, rep = await self.write(target.path, chunks)
@@ -186,7 +186,11 @@ class LocalOrigin:
         return created, opened.rep
 
     def _prepare_folder(self, folder: str, full: str) -> None:
-        """Create the folder below the root, never through a link that leads outside it."""
+        """Create the folder below the root, never through a link that leads outside it, and never
+        the root itself: a root that is missing (a mount not up yet) would hide what is written
+        now once the mount comes (503 until it is there)."""
+        if not os.path.isdir(self.root):
+            raise UploadError(503, "origin directory missing")
         if not self._inside_or_root(os.path.realpath(folder)):
             raise UploadError(400, "the folder is outside the origin")
         try:

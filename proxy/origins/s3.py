@@ -149,7 +149,7 @@ class S3Origin:
         return OriginResponse(status, fields, body_of(response), response.aclose)
 
     async def upload(
-        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+        self, target: Target, chunks: AsyncIterator[bytes], length: int | None
     ) -> Uploaded:
         """Stream the body into the bucket: one PUT when it is smaller than a part, else a
         multipart upload sending each part as it fills, so at most one part is held in memory.
@@ -158,7 +158,7 @@ class S3Origin:
         key = object_key(self.prefix, target.path)
         if key is None:
             raise UploadError(400, "the name is too long for the object store")
-        media = content_type or content_type_for(target.path)
+        media = content_type_for(target.path)
         try:
             existed = await self._exists(key)
             upload_id: str | None = None

@@ -90,7 +90,7 @@ class UpstreamOrigin:
         return OriginResponse(response.status_code, response_headers, body_of(response), response.aclose)
 
     async def upload(
-        self, target: Target, chunks: AsyncIterator[bytes], content_type: str | None, length: int | None
+        self, target: Target, chunks: AsyncIterator[bytes], length: int | None
     ) -> Uploaded:
         """PUT the body to the origin, streamed; its answer (status, first KiB of the body) comes back."""
         size = 0
@@ -101,7 +101,7 @@ class UpstreamOrigin:
                 size += len(chunk)
                 yield chunk
 
-        media = content_type or content_type_for(target.path)
+        media = content_type_for(target.path)
         headers = [("Content-Type", media)] + ([("Content-Length", str(length))] if length is not None else [])
         response = await self.request("PUT", target, headers, counted())
         detail = b""
