@@ -82,10 +82,11 @@ def policy_metrics(figures: dict[str, float]) -> Iterator[Metric]:
     admissions.add_metric(["kept"], figures.get("admitted", 0.0))
     admissions.add_metric(["refused"], figures.get("refused", 0.0))
     yield admissions
-    evictions = CounterMetricFamily("edgecache_policy_evictions", "Blocks the cache policy evicted, by reason: "
-                                    "space (room for another block), entries (policy_memory), refused (a block "
-                                    "not kept, once readers had their moment)", labels=["reason"])
-    for reason in ("space", "entries", "refused"):
+    evictions = CounterMetricFamily("edgecache_policy_evictions", "Store entries the cache policy evicted, by "
+                                    "reason: space (a block, for room), entries (a block, for policy_memory), "
+                                    "refused (a block not kept, once readers had their moment), metadata (an "
+                                    "entry without kept blocks, for room)", labels=["reason"])
+    for reason in ("space", "entries", "refused", "metadata"):
         evictions.add_metric([reason], figures.get("evicted_" + reason, 0.0))
     yield evictions
     yield GaugeMetricFamily("edgecache_policy_recency_share", "The share of the cache the policy gives to objects "
