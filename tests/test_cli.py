@@ -141,3 +141,8 @@ def test_warm_through_an_edge_that_is_not_there() -> None:
                                                 for name in ("a.mp4", "b.mp4")]
     assert done.stdout.startswith("warmed 0 of 2 files, 0 B in ")
     assert done.stdout.endswith(": 0 hits, 0 misses, 2 errors\n")
+
+
+def test_an_s3_or_http_origin_is_not_a_directory_to_check() -> None:
+    assert origin_problem(Settings(origin="s3://videos/edge")) is None
+    assert origin_problem(Settings(origin="http://127.0.0.1:9/media")) is None

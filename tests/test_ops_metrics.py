@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.ops import metrics
 from proxy.ops.metrics_dir import multiprocess_dir, remove_multiprocess_dir
 from proxy.store.disk import Store
+from tests.edge_process import free_port
 from tests.test_cache_processes import MOVIE, REPO, movie_origin, start_edgecache, stop  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -162,3 +163,49 @@ def test_metric_directories_of_killed_servers_are_removed_at_start(tmp_path: Pat
     finally:
         remove_multiprocess_dir(fresh)
     assert not Path(fresh).exists() and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def _serving(tmp_path: Path, how: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that start an edge `how` the README and the image do."""
+    port = free_port()
+    env = {**os.environ, "EDGECACHE_ORIGIN": str(tmp_path / "assets"), "EDGECACHE_CACHE_DIR": str(tmp_path / "cache"),
+           "EDGECACHE_PORT": str(port), "EDGECACHE_ACCESS_LOG": "false", "EDGECACHE_LOG_LEVEL": "warning"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    script = str(Path(sys.executable).parent / "edgecache")
+    commands = {
+        "edgecache serve": [script, "serve"],
+        "--workers 2": [script, "serve", "--workers", "2"],
+        "python -m proxy": [sys.executable, "-m", "proxy", "serve"],
+        "the app factory": [sys.executable, "-m", "uvicorn", "--factory", "proxy.app:app_from_env", "--port", str(port),
+                            "--log-level", "warning"],
+    }
+    return commands[how], {**env, "EDGECACHE__PORT_SEEN": str(port)}
+
+
+@pytest.mark.parametrize("how", ["edgecache serve", "--workers 2", "python -m proxy", "the app factory"])
+def test_every_way_of_starting_the_edge_counts_its_requests(tmp_path: Path, how: str) -> None:
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "a.txt").write_bytes(b"counted")
+    command, env = _serving(tmp_path, how)
+    url = f"http://127.0.0.1:{env.pop('EDGECACHE__PORT_SEEN')}"
+    proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/_edge/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, f"{how}: the edge did not start"
+                time.sleep(0.1)
+        with httpx.Client(base_url=url) as c:  # new connections: any worker may answer any of them
+            statuses = [httpx.get(url + "/a.txt").headers["x-cache"] for _ in range(30)]
+            found = samples(c.get("/_edge/metrics").text)
+    finally:
+        stop(proc)
+    assert statuses.count("MISS") >= 1 and statuses.count("HIT") >= 25
+    assert total(found, "edgecache_requests_total", status="200", cache="hit") == statuses.count("HIT")
+    assert total(found, "edgecache_requests_total", status="200", cache="miss") == statuses.count("MISS")
+    assert total(found, "edgecache_response_bytes_total", source="cache") + \
+        total(found, "edgecache_response_bytes_total", source="origin") == 30 * len(b"counted")
+    assert total(found, "edgecache_origin_requests_total") >= 1
