@@ -61,46 +61,55 @@ def test_lru_refuses_a_block_larger_than_the_cache_and_never_evicts_the_object_i
 
 
 def test_adaptive_keeps_only_what_is_asked_for_twice_while_its_recency_share_is_nothing() -> None:
-    policy = AdaptivePolicy(10 * MiB, MiB, 1000)
-    assert policy.target == 0
+    policy = AdaptivePolicy(64 * MiB, MiB, 1000)
+    assert policy.target == 0 and policy.linger == MiB and policy.capacity == 63 * MiB
+    for n in range(63):
+        assert policy.request(n, MiB) == 0
+    assert list(policy.t1) == list(range(63))  # while the cache has room, everything is kept
     assert policy.request("a", MiB) == 0
-    assert policy.find("a") is None  # refused: remembered as a ghost only
-    assert policy.request("a", MiB) == 0  # asked again while remembered: kept, as frequent
-    assert policy.find("a") is not None and "a" in policy.t2
-    assert policy.request("a", MiB) == MiB
+    assert policy.find("a") is None and policy.held("a") == {0: MiB}  # refused, for a while still on disk
+    assert policy.request("a", MiB) == MiB  # asked again meanwhile: a hit, and kept, as frequent
+    assert list(policy.t2) == ["a"] and list(policy.t1) == list(range(1, 63))
     # a ghost hit in the recency ghost's recent window grows the recency share
-    assert policy.target == MiB * (1 / WINDOW)
+    assert policy.target == MiB * policy.step and policy.step == pytest.approx(1 / WINDOW)
+    policy.target = 0.0
+    for key in "bc":
+        assert policy.request(key, MiB) == 0
+    assert policy.held("b") is None and policy.held("c") == {0: MiB}  # refused blocks go first in, first out
+    assert policy.request("b", MiB) == 0 and list(policy.t2) == ["a", "b"]  # remembered: kept
 
 
 def test_adaptive_share_moves_by_the_gain_each_ghost_window_shows() -> None:
-    policy = AdaptivePolicy(20 * MiB, MiB, 1000)
+    policy = AdaptivePolicy(64 * MiB, MiB, 1000)  # 63 MiB kept at most, each ghost window a tenth of it
     policy.target = 2.0 * MiB  # new objects up to 2 MiB go to the recency list
     for key in "abcd":
         policy.request(key, MiB)  # into T1
     policy.request("a", MiB)
     policy.request("b", MiB)  # a and b move to T2
     assert list(policy.t1) == ["c", "d"] and list(policy.t2) == ["a", "b"]
-    for n in range(17):
+    for n in range(60):
         policy.request(n, MiB)
     # T1 held more than its share: its oldest went first, into the recency ghost's window
     assert list(policy.t2) == ["a", "b"] and list(policy.b1_recent) == ["c"] and policy.find("c") is None
     policy.request("c", MiB)  # the recency list would have kept it: share up by size x capacity/window
-    assert policy.target == 2 * MiB + MiB / WINDOW
+    assert policy.target == 2 * MiB + MiB * policy.step
     assert "c" in policy.t2
-    policy.target = 19.0 * MiB  # T1 (17 MiB) now holds less than its share
-    policy.request(17, MiB)  # so T2's oldest goes, into its ghost window
+    policy.target = 62.0 * MiB  # T1 (59 MiB) now holds less than its share
+    policy.request(60, MiB)  # so T2's oldest goes, into its ghost window
     assert policy.find("a") is None and list(policy.b2_recent) == ["a"]
     policy.request("a", MiB)  # T2 would have kept it: share down
-    assert policy.target == 19 * MiB - MiB / WINDOW
+    assert policy.target == 62 * MiB - MiB * policy.step
 
 
 def test_adaptive_ghost_memory_is_twice_the_cache_in_bytes() -> None:
-    policy = AdaptivePolicy(4 * MiB, MiB, 10_000)
-    for n in range(100):
-        policy.request(n, MiB)  # all refused (share 0): ghosts
-    assert policy.b1_recent_bytes + policy.b1_older_bytes == GHOST * 4 * MiB
-    assert policy.request(99 - 7, MiB) == 0 and 92 in policy.t2  # remembered
-    assert policy.request(0, MiB) == 0 and policy.find(0) is None  # forgotten long ago
+    policy = AdaptivePolicy(64 * MiB, MiB, 10_000)  # 63 MiB kept at most
+    for n in range(300):
+        policy.request(n, MiB)  # the first 63 fill the cache; the others are refused (share 0): ghosts
+    assert list(policy.t1) == list(range(63))
+    remembered = policy.b1_recent_bytes + policy.b1_older_bytes
+    assert GHOST * 63 * MiB - MiB <= remembered <= GHOST * 63 * MiB  # to a block
+    assert policy.request(250, MiB) == 0 and 250 in policy.t2  # remembered
+    assert policy.request(100, MiB) == 0 and policy.find(100) is None  # forgotten long ago
 
 
 def test_forget_drops_cached_blocks_and_ghosts() -> None:
@@ -134,10 +143,12 @@ operations = st.lists(st.tuples(st.sampled_from(["fill", "touch", "request", "fo
 def _check(policy: BlockCache, disk: dict[tuple[object, int], int]) -> None:
     """The store's view (blocks kept minus blocks evicted) is exactly the policy's."""
     view = {(key, index): size for key in {k for k, _ in disk} | set(range(12))
-            if (entry := policy.find(key)) is not None for index, size in entry.blocks.items()}
+            if (held := policy.held(key)) is not None for index, size in held.items()}
     assert view == disk
-    assert policy.used == sum(disk.values()) <= policy.capacity
+    kept = sum(size for (key, _), size in disk.items() if policy.find(key) is not None)
+    assert policy.used == kept <= policy.capacity
     if isinstance(policy, AdaptivePolicy):
+        assert policy.refused_bytes == sum(disk.values()) - kept <= policy.linger
         assert policy.t1_bytes + policy.t2_bytes == policy.used
         assert not policy.t1.keys() & policy.t2.keys()
         assert 0 <= policy.target <= policy.capacity
@@ -163,20 +174,24 @@ def test_what_the_store_would_hold_is_what_the_policy_says(kind: type[BlockCache
         size = sizes.setdefault(key, blocks * block - key)  # an object keeps its size; the last block is short
         count = -(-size // block)
         index %= count
-        if op == "fill":
+        if op == "fill":  # the store publishes the block, then asks
             length = min(block, size - index * block)
+            had = (key, index) in disk
+            disk[(key, index)] = length
             outcome = policy.fill(key, index, length, size)
             for e in outcome.evicted:
                 assert disk.pop((e.key, e.block)) == e.size
-            if isinstance(outcome, Stored):
-                disk[(key, index)] = length
+            if index not in (policy.held(key) or {}):
+                assert isinstance(outcome, Refused) or had  # neither kept nor lingering: removed at once
+                disk.pop((key, index), None)
         elif op == "touch":
-            policy.touch(key)
+            for e in policy.touch(key):
+                assert disk.pop((e.key, e.block)) == e.size
         elif op == "request":
             before = sum(s for (k, _), s in disk.items() if k == key)
-            assert policy.request(key, size) == (size if before == size else before)
+            assert policy.request(key, size) == before
             disk = {(k, i): s for k in {k for k, _ in disk} | {key}
-                    if (entry := policy.find(k)) is not None for i, s in entry.blocks.items()}
+                    if (held := policy.held(k)) is not None for i, s in held.items()}
         elif op == "forget":
             policy.forget(key)
             disk = {(k, i): s for (k, i), s in disk.items() if k != key}

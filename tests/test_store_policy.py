@@ -21,14 +21,6 @@ def obj(name: str, size: int = BLOCK) -> CachedObject:
                         sliceable=True)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def fill(store: Store, o: CachedObject, *, meta: bool = True) -> None:
     """What the read path does for a miss: the metadata, then each block, published."""
     if meta:
@@ -45,125 +37,130 @@ def blocks(store: Store, o: CachedObject) -> list[bool]:
     return [store.has_block(o.block_key(i)) for i in range(o.block_count)]
 
 
-def open_store(path: Path, limit: int = 8 * MiB) -> tuple[Store, Clock]:
-    store = Store(str(path), limit, block_size=BLOCK)
-    clock = store.keeper.clock = Clock()
-    return store, clock
+def open_store(path: Path, limit: int = 64 * MiB) -> Store:
+    """A store whose policy keeps 63 blocks, and a refused one a while (1/64 of its size)."""
+    return Store(str(path), limit, block_size=BLOCK)
 
 
-def test_a_refused_object_stays_readable_a_moment_then_goes_with_its_metadata(tmp_path: Path) -> None:
-    store, clock = open_store(tmp_path)
-    a = obj("a", 2 * BLOCK)
-    fill(store, a)  # asked once, with nothing asked twice yet: not kept...
-    assert store.keeper.policy is not None and store.keeper.policy.find(a.block_key(0)[:-1]) is None
-    assert blocks(store, a) == [True, True]  # ...but readable for a moment (a reader may be opening it)
+def crowd(store: Store, count: int = 63) -> list[CachedObject]:
+    """Fill the cache with objects asked for once (kept while there is room)."""
+    filler = [obj(f"f{n}") for n in range(count)]
+    for o in filler:
+        fill(store, o)
+    return filler
+
+
+def name(o: CachedObject) -> str:
+    return o.block_key(0)[:-1]
+
+
+def test_a_refused_block_stays_a_while_then_goes_with_its_metadata(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    crowd(store)
+    a, b = obj("a"), obj("b")
+    fill(store, a)  # asked once, in a full cache, with nothing asked twice yet: not kept...
+    policy = store.keeper.policy
+    assert policy is not None and policy.find(name(a)) is None
+    assert blocks(store, a) == [True]  # ...but still on disk a while (a reader may be opening it)
+    fill(store, b)  # refused blocks go first in, first out, beyond 1/64 of the cache
+    assert blocks(store, a) == [False] and store.get_object(a.key, fresh=True) is None
+    assert blocks(store, b) == [True] and store.get_object(b.key, fresh=True) is not None
     store.keeper.tick()
-    assert blocks(store, a) == [True, True]
-    clock.now += 10
-    store.keeper.tick()
-    assert blocks(store, a) == [False, False] and store.get_object(a.key, fresh=True) is None
-    assert store.policy_figures()["refused"] == 2
+    figures = store.policy_figures()
+    assert (figures["admitted"], figures["refused"], figures["evicted_refused"]) == (63, 2, 1)
     scraped = metrics.scrape(store).decode()
     assert 'edgecache_policy_admissions_total{outcome="refused"} 2.0' in scraped
-    assert 'edgecache_policy_evictions_total{reason="refused"} 2.0' in scraped
+    assert 'edgecache_policy_evictions_total{reason="refused"} 1.0' in scraped
     assert "edgecache_policy_recency_share 0.0" in scraped
     store.close()
 
 
-def test_the_second_request_admits_whether_it_fills_again_or_hits_what_lingers(tmp_path: Path) -> None:
-    store, clock = open_store(tmp_path)
+def test_the_second_request_keeps_it_whether_it_fills_again_or_hits_what_stayed(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    crowd(store)
     a, b = obj("a"), obj("b")
-    fill(store, a)
-    clock.now += 10
-    store.keeper.tick()
-    fill(store, a)  # asked again after its blocks went: fetched again, and kept
-    fill(store, b)
+    for o in (a, b):
+        fill(store, o)  # refused; a's block went
+    fill(store, a)  # asked again after its block went: fetched again, and kept
     store.add_hits({b.key: 1})  # asked again while its refused block was still there: a hit, and kept
-    clock.now += 10
-    store.keeper.tick()
     assert blocks(store, a) == [True] and blocks(store, b) == [True]
     policy = store.keeper.policy
-    assert policy is not None and list(policy.t2) == [a.block_key(0)[:-1], b.block_key(0)[:-1]]
+    assert policy is not None and list(policy.t2) == [name(a), name(b)]
     store.add_hits({a.key: 3})  # hits reach the policy in batches: a is now the most recent
-    assert list(policy.t2) == [b.block_key(0)[:-1], a.block_key(0)[:-1]]
+    assert list(policy.t2) == [name(b), name(a)]
     store.close()
 
 
 def test_evictions_remove_blocks_from_the_end_and_an_object_without_blocks_loses_its_metadata(
         tmp_path: Path) -> None:
-    store, clock = open_store(tmp_path, limit=4 * BLOCK)
-    big, small = obj("big", 3 * BLOCK), obj("small", 2 * BLOCK)
-    for o in (big, small):
-        fill(store, o)
-        clock.now += 10
-        store.keeper.tick()
-        fill(store, o)  # kept the second time
-    # small's two blocks needed room for one: big gave up its middle block (its first and last stay)
-    assert blocks(store, big) == [True, False, True] and blocks(store, small) == [True, True]
+    store = open_store(tmp_path)
+    big, small, last = obj("big", 3 * BLOCK), obj("small", 2 * BLOCK), obj("last")
+    fill(store, big)  # kept while there is room, the oldest
+    crowd(store, 60)
+    fill(store, small)  # refused: it would take another's room
+    fill(store, small)  # asked again: kept; its two blocks need room
+    # big gave up its middle block, then its last; its first (where a player starts) stays
+    assert blocks(store, big) == [True, False, False] and blocks(store, small) == [True, True]
     assert store.get_object(big.key, fresh=True) is not None
-    other = obj("other", 4 * BLOCK)
-    fill(store, other)
-    clock.now += 10
-    store.keeper.tick()
-    fill(store, other)
+    fill(store, last)
+    fill(store, last)
     assert blocks(store, big) == [False, False, False] and store.get_object(big.key, fresh=True) is None
-    assert store.policy_figures()["evicted_space"] == 5
+    store.keeper.tick()
+    assert store.policy_figures()["evicted_space"] == 3
     store.close()
 
 
 def test_workers_share_one_policy_through_the_keeper(tmp_path: Path) -> None:
-    first, clock = open_store(tmp_path)
-    second = Store(str(tmp_path), 8 * MiB, block_size=BLOCK)
+    first = open_store(tmp_path)
+    second = open_store(tmp_path)
     assert first.keeper.policy is not None and second.keeper.policy is None  # one keeper
-    a = obj("a")
-    fill(second, a)  # another worker's fill: kept on disk until the keeper has heard of it
-    second.keeper.tick()  # its events go to the journal
-    first.keeper.tick()  # the keeper applies them: refused
-    clock.now += 10
-    first.keeper.tick()
-    assert blocks(first, a) == [False]
+    crowd(first)
+    a, b = obj("a"), obj("b")
+    for o in (a, b):
+        fill(second, o)  # another worker's fills: on disk until the keeper has heard of them
+        assert blocks(first, o) == [True]
+        second.keeper.tick()  # its events go to the journal
+        first.keeper.tick()  # the keeper applies them: refused, b's pushes a's out
+    assert blocks(first, a) == [False] and blocks(first, b) == [True]
     fill(second, a)
     second.keeper.tick()
     first.keeper.tick()
-    assert first.keeper.policy.find(a.block_key(0)[:-1]) is not None  # the second request admits
-    assert second.policy_figures()["admitted"] == 1  # every worker reads the keeper's figures
+    policy = first.keeper.policy
+    assert policy is not None and policy.find(name(a)) is not None  # the second request keeps it
+    assert second.policy_figures()["admitted"] == 64  # every worker reads the keeper's figures
     first.close()  # the keeper goes: the other worker takes over, with the policy as it was saved
     second.keeper.tick()
-    assert second.keeper.policy is not None and second.keeper.policy.find(a.block_key(0)[:-1]) is not None
+    assert second.keeper.policy is not None and second.keeper.policy.find(name(a)) is not None
     second.close()
 
 
 def test_a_restart_keeps_the_policy_and_reconciles_it_with_the_blocks_on_disk(tmp_path: Path) -> None:
-    store, clock = open_store(tmp_path)
+    store = open_store(tmp_path)
     a, b = obj("a"), obj("b")
     for o in (a, b):
         fill(store, o)
-        clock.now += 10
-        store.keeper.tick()
-        fill(store, o)
+        store.add_hits({o.key: 1})
+    assert store.keeper.policy is not None and list(store.keeper.policy.t2) == [name(a), name(b)]
     store.close()
     with diskcache.Cache(str(tmp_path / "objects")) as objects:
         objects.delete(a.block_key(0))  # a block removed while no edge ran
-    store = Store(str(tmp_path), 8 * MiB, block_size=BLOCK)
+    store = open_store(tmp_path)
     policy = store.keeper.policy
-    assert policy is not None and list(policy.t2) == [b.block_key(0)[:-1]] and not policy.t1  # a dropped
+    assert policy is not None and list(policy.t2) == [name(b)] and not policy.t1  # a dropped
     store.close()
     os.unlink(tmp_path / "policy" / "state")  # no saved state: the blocks on disk are adopted as newcomers
-    store = Store(str(tmp_path), 8 * MiB, block_size=BLOCK)
+    store = open_store(tmp_path)
     policy = store.keeper.policy
-    assert policy is not None and list(policy.t1) == [b.block_key(0)[:-1]] and not policy.t2
+    assert policy is not None and list(policy.t1) == [name(b)] and not policy.t2
     store.close()
 
 
 def test_metadata_without_kept_blocks_goes_oldest_first_when_it_outgrows_the_slack(tmp_path: Path) -> None:
     from proxy.http.cache import PassMarker, PassReason
 
-    store, clock = open_store(tmp_path, limit=2 * MiB)
+    store = open_store(tmp_path, limit=2 * MiB)
     a = obj("a")
-    for o in (a, a):
-        fill(store, o)  # kept: asked for twice
-        clock.now += 10
-        store.keeper.tick()
+    fill(store, a)  # kept: there is room
     marker = PassMarker(PassReason.TOO_LARGE, float("inf"))
     for n in range(8000):  # the origin's answers not to store bodies of: remembered as small entries
         assert store.put_meta(f"/pass{n}", meta_key(f"/pass{n}", ""), marker, (), 0)

@@ -10,10 +10,14 @@ recency list's share. What differs, for large objects and byte miss ratio:
   That is TinyLFU's lesson (Einziger, Friedman and Manes, "TinyLFU: A Highly Efficient
   Cache Admission Policy", 2017): a first request says little, a second says much, and
   it needs a memory longer than the cache.
-- A new object larger than the recency share is not stored at all (admission): it is
-  remembered in B1 as if it had passed through T1. With a small cache the share tends
-  to nothing, so only objects asked for twice are kept (S3-FIFO's quick demotion: Yang
-  et al., "FIFO queues are all you need for cache eviction", SOSP 2023).
+- A new object larger than the recency share is not kept when it would take the room of
+  others (admission): it is remembered in B1 as if it had passed through T1. With a
+  small cache the share tends to nothing, so only objects asked for twice are kept
+  (S3-FIFO's quick demotion: Yang et al., "FIFO queues are all you need for cache
+  eviction", SOSP 2023). While the cache has room, everything is kept (a cache being
+  filled, or warmed, keeps what it is given). A refused block stays on disk a little
+  while, in a FIFO that takes LINGER of the capacity (a reader may be about to open it;
+  S3-FIFO's small queue): a request for it then is the second one, which keeps it.
 - The share adapts from the marginal gain of each list, measured as ARC does but on equal
   footing: the most recent `WINDOW` of the capacity evicted from each list is watched,
   and a request in one window moves the share towards that list (by the object's size
@@ -26,16 +30,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from .blocks import BlockCache, Entry, Eviction, Reason
+from .blocks import BlockCache, Entry, Eviction, Fill, Reason, Refused, Stored
 
 WINDOW = 0.1  # each ghost window watches this share of the capacity
 GHOST = 2.0  # the recency ghost remembers this many capacities of bytes
 REFUSALS = 4096  # objects whose refused fill may still be going on (their later blocks are refused too)
+LINGER = 1 / 64  # share of the capacity where refused blocks stay a while, first in first out (a block at least)
 
 
 class AdaptivePolicy(BlockCache):
     def __init__(self, capacity: int, block_size: int, max_entries: int) -> None:
-        super().__init__(capacity, block_size, max_entries)
+        linger = int(capacity * LINGER)
+        super().__init__(capacity - linger, block_size, max_entries)
+        self.linger = linger  # room for refused blocks: what is kept and what lingers stay within `capacity`
         self.target = 0.0  # bytes of the recency list's share
         self.t1: OrderedDict[Hashable, Entry] = OrderedDict()  # requested once
         self.t2: OrderedDict[Hashable, Entry] = OrderedDict()  # requested again
@@ -48,15 +55,18 @@ class AdaptivePolicy(BlockCache):
         self.b1_recent_bytes = 0
         self.b1_older_bytes = 0
         self.b2_recent_bytes = 0
-        self.window = max(1, int(capacity * WINDOW))
-        self.step = capacity / self.window
+        self.window = max(1, int(self.capacity * WINDOW))
+        self.step = self.capacity / self.window
         self._refusing: OrderedDict[Hashable, int] = OrderedDict()  # object -> last block refused
+        # refused blocks still on disk: object -> (object size, block count, {block: size}), oldest first
+        self.refused: OrderedDict[Hashable, tuple[int, int, dict[int, int]]] = OrderedDict()
+        self.refused_bytes = 0
 
     def find(self, key: Hashable) -> Entry | None:
         entry = self.t2.get(key)
         return entry if entry is not None else self.t1.get(key)
 
-    def touch(self, key: Hashable) -> None:
+    def touch(self, key: Hashable) -> tuple[Eviction, ...]:
         entry = self.t1.pop(key, None)
         if entry is not None:
             self.t1_bytes -= entry.bytes
@@ -64,6 +74,56 @@ class AdaptivePolicy(BlockCache):
             self.t2[key] = entry
         elif key in self.t2:
             self.t2.move_to_end(key)
+        elif key in self.refused:  # a request for refused blocks still on disk: the one that may keep them
+            size, count, blocks = self.refused.pop(key)
+            self.refused_bytes -= sum(blocks.values())
+            return tuple(e for index in sorted(blocks)
+                         for e in self.fill(key, index, blocks[index], size, count).evicted)
+        return ()
+
+    def held(self, key: Hashable) -> dict[int, int] | None:
+        entry = self.find(key)
+        if entry is not None:
+            return entry.blocks
+        refused = self.refused.get(key)
+        return refused[2] if refused is not None else None
+
+    def fill(self, key: Hashable, index: int, size: int, object_size: int, object_blocks: int = 0) -> Fill:
+        outcome = super().fill(key, index, size, object_size, object_blocks)
+        if isinstance(outcome, Stored):
+            refused = self.refused.pop(key, None)
+            if refused is None:
+                return outcome
+            # kept now: its blocks still on disk are kept with it
+            self.refused_bytes -= sum(refused[2].values())
+            evicted = list(outcome.evicted)
+            for block, block_size in refused[2].items():
+                if block != index:
+                    evicted += self.adopt(key, block, block_size, object_size, refused[1]).evicted
+            return Stored(tuple(evicted))
+        if size > self.linger:
+            return outcome
+        evicted = list(outcome.evicted)
+        _, count, blocks = self.refused.pop(key, (object_size, object_blocks, {}))
+        blocks[index] = size
+        self.refused[key] = (object_size, count, blocks)
+        self.refused_bytes += size
+        while self.refused_bytes > self.linger or len(self.refused) > REFUSALS:
+            oldest, (_, _, older) = next(iter(self.refused.items()))
+            block = max(older)
+            self.refused_bytes -= older[block]
+            evicted.append(Eviction(oldest, block, older.pop(block), Reason.REFUSED))
+            if not older:
+                del self.refused[oldest]
+        return Refused(tuple(evicted))
+
+    def drop(self, key: Hashable, index: int) -> None:
+        super().drop(key, index)
+        refused = self.refused.get(key)
+        if refused is not None and index in refused[2]:
+            self.refused_bytes -= refused[2].pop(index)
+            if not refused[2]:
+                del self.refused[key]
 
     def _admit(self, key: Hashable, index: int, size: int, count: int, evicted: list[Eviction]) -> Entry | None:
         refused_at = self._refusing.get(key)
@@ -85,7 +145,7 @@ class AdaptivePolicy(BlockCache):
                 self.target = max(0.0, self.target - size * self.step)
             again = False
         self._bound(evicted)
-        if not again and size > self.target:
+        if not again and size > self.target and self.used + size > self.capacity:
             self._remember_refusal(key, index)
             self._ghost_b1(key, size)
             return None
@@ -182,6 +242,9 @@ class AdaptivePolicy(BlockCache):
             if size is not None:
                 setattr(self, total, getattr(self, total) - size)
         self._refusing.pop(key, None)
+        refused = self.refused.pop(key, None)
+        if refused is not None:
+            self.refused_bytes -= sum(refused[2].values())
 
     def figures(self) -> dict[str, float]:
         return {
@@ -189,4 +252,5 @@ class AdaptivePolicy(BlockCache):
             "recency_bytes": float(self.t1_bytes),
             "frequency_bytes": float(self.t2_bytes),
             "ghosts": float(len(self.b1_recent) + len(self.b1_older) + len(self.b2_recent)),
+            "refused_bytes": float(self.refused_bytes),
         }

@@ -19,6 +19,7 @@ class Reason(enum.Enum):
 
     SPACE = "space"  # room for another block
     ENTRIES = "entries"  # the policy's memory bound: too many objects remembered
+    REFUSED = "refused"  # a block not kept, once newer refused blocks need its place
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +94,14 @@ class BlockCache(ABC):
         """The object's entry when some of its blocks are cached."""
 
     @abstractmethod
-    def touch(self, key: Hashable) -> None:
-        """A request for a cached object (a hit, whole or partial)."""
+    def touch(self, key: Hashable) -> tuple[Eviction, ...]:
+        """A request for an object with blocks at hand (a hit, whole or partial); what that
+        evicted (a refused object's blocks may be kept now)."""
+
+    def held(self, key: Hashable) -> dict[int, int] | None:
+        """The object's blocks the store has (by index: their sizes), kept or not."""
+        entry = self.find(key)
+        return entry.blocks if entry is not None else None
 
     @abstractmethod
     def _admit(self, key: Hashable, index: int, size: int, count: int, evicted: list[Eviction]) -> Entry | None:
@@ -193,25 +200,26 @@ class BlockCache(ABC):
             return 0
         block_size = self.block_size
         first, last = start // block_size, (end - 1) // block_size
-        entry = self.find(key)
+        blocks = self.held(key)
         cached = 0
-        if entry is not None:
-            self.touch(key)
+        if blocks is not None:
             if start == 0 and end == size:
-                cached = entry.bytes
-                if cached >= size:
-                    return size
+                cached = sum(blocks.values())
             else:
-                for index in entry.blocks.keys() & range(first, last + 1):
+                for index in blocks.keys() & range(first, last + 1):
                     low = index * block_size
                     cached += min(end, low + block_size) - max(start, low)
+            self.touch(key)
+            if cached == end - start:
+                return cached
+            blocks = self.held(key)
         fill = self.fill
         for index in range(first, last + 1):
-            if entry is None or index not in entry.blocks:
+            if blocks is None or index not in blocks:
                 low = index * block_size
                 fill(key, index, min(block_size, size - low), size)
-                if entry is None:
-                    entry = self.find(key)
+                if blocks is None:
+                    blocks = self.held(key)
         return cached
 
     @abstractmethod

@@ -18,9 +18,10 @@ class LruPolicy(BlockCache):
     def find(self, key: Hashable) -> Entry | None:
         return self._order.get(key)
 
-    def touch(self, key: Hashable) -> None:
+    def touch(self, key: Hashable) -> tuple[Eviction, ...]:
         if key in self._order:
             self._order.move_to_end(key)
+        return ()
 
     def _admit(self, key: Hashable, index: int, size: int, count: int, evicted: list[Eviction]) -> Entry:
         return self._adopt(key, size, count, evicted)

@@ -7,14 +7,14 @@ did (fills, hits, objects forgotten) to a journal in batches, which it applies e
 tick. A hit costs no store transaction: the read path tallies hits in memory and hands
 them over in batches (Store.add_hits), which the keeper applies as touches.
 
-A refused block stays readable for GRACE seconds (a reader may be about to open it), and
-only while the cache has room for it beside what the policy keeps; then it goes. A hit on
-it meanwhile is the second request that admits it, as in the simulator. When an object's
-last block goes, its metadata goes with it.
+Every published block stays while the policy holds it: kept, or refused but still in the
+policy's small FIFO of refused blocks (a reader may be about to open it; a request for it
+meanwhile is the second one, which keeps it, as in the simulator). A block the policy
+holds neither way goes at once, with the evictions it asked for. When an object's last
+block goes, its metadata goes with it.
 
 The keeper saves the policy's state every SAVE_EVERY seconds and when it closes
-(`policy/state`, with the refused blocks still to remove). A new keeper loads it, removes
-those, then reconciles the policy with the blocks the store holds (blocks it does not know
+(`policy/state`). A new keeper loads it, then reconciles it with the blocks the store holds (blocks it does not know
 are adopted as newcomers, blocks gone are dropped), so a restart loses at most the last
 minute's ordering. Its figures go to `policy/figures.json` when they change, for the
 metrics of every worker.
@@ -28,22 +28,19 @@ import os
 import pickle
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ..policy.adaptive import AdaptivePolicy
-from ..policy.blocks import Fill, Refused, entries_within
+from ..policy.blocks import Eviction, Fill, Refused, entries_within
 from .journal import FILL, FORGET, TOUCH, Event, Journal
 
 log = logging.getLogger("edgecache.policy")
 
-TICK = 0.5  # seconds between the keeper's rounds (journal, refused blocks, figures)
-GRACE = 5.0  # seconds a refused block stays readable
+TICK = 0.5  # seconds between the keeper's rounds (journal, figures, metadata)
 SAVE_EVERY = 60.0  # seconds between saves of the policy's state
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 BATCH = 50_000  # journal events applied per round, at most
-LINGERING = 100_000  # refused blocks awaiting removal, at most (beyond it they go at once)
 METADATA_SLACK = 0.02  # share of the capacity metadata may take beyond it
 
 
@@ -68,9 +65,6 @@ class Blocks(Protocol):
         """Remove old metadata of objects without kept blocks; how many went."""
 
 
-Lingering = tuple[float, list[tuple[int, int]], tuple[int, int]]
-
-
 def split(key: str) -> tuple[str, int]:
     """A block key 'b|<digest>|<index>' as (prefix 'b|<digest>|', index)."""
     prefix, _, index = key.rpartition("|")
@@ -83,16 +77,12 @@ class Keeper:
         os.makedirs(self.directory, exist_ok=True)
         self.capacity, self.block_size, self.max_entries = capacity, block_size, entries_within(memory)
         self.blocks = blocks
-        self.clock = time.monotonic  # when refused blocks are due (tests set their own)
         self.journal = Journal(os.path.join(self.directory, "journal.db"))
         self.policy: AdaptivePolicy | None = None  # while this process keeps it
         self.counts: dict[str, int] = {"admitted": 0, "refused": 0, "evicted_space": 0, "evicted_entries": 0,
                                        "evicted_refused": 0, "evicted_metadata": 0}
         self._lock = threading.RLock()
         self._pending: list[Event] = []  # this process's events, for the journal (when another keeps)
-        # refused blocks still readable, by object: (when they go, [(block, size)], (object size, blocks))
-        self._lingering: OrderedDict[str, Lingering] = OrderedDict()
-        self._lingering_bytes = 0
         self._saved = time.monotonic()
         self._written: dict[str, float] = {}  # the figures last written
         self._lock_fd = os.open(os.path.join(self.directory, "keeper.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
@@ -116,66 +106,40 @@ class Keeper:
     def _event(self, event: Event) -> None:
         with self._lock:
             if self.policy is not None:
-                self._apply(event, self.clock())
+                self._apply(event)
             else:
                 self._pending.append(event)
 
     # --- the keeper's work -------------------------------------------------------
-    def _apply(self, event: Event, now: float) -> None:
+    def _apply(self, event: Event) -> None:
         kind, prefix, index, size, object_size, object_blocks = event
         policy = self.policy
         assert policy is not None
         if kind == FILL:
             outcome = policy.fill(prefix, index, size, object_size, object_blocks)
-            self._decided(prefix, index, size, (object_size, object_blocks), outcome, now)
+            self.counts["refused" if isinstance(outcome, Refused) else "admitted"] += 1
+            held = policy.held(prefix)
+            gone = [] if held is not None and index in held else [f"{prefix}{index}"]
+            self._execute(outcome.evicted, gone, prefix)
         elif kind == TOUCH:
-            if policy.find(prefix) is not None:
-                policy.touch(prefix)
-            elif prefix in self._lingering:  # a request for an object refused: the one that may admit it
-                _, refused, shape = self._lingering.pop(prefix)
-                self._lingering_bytes -= sum(size for _, size in refused)
-                for block, block_size in refused:
-                    self._decided(prefix, block, block_size, shape, policy.fill(prefix, block, block_size, *shape),
-                                  now)
+            self._execute(policy.touch(prefix))
         else:
             policy.forget(prefix)
-            _, refused, _ = self._lingering.pop(prefix, (0.0, [], (0, 0)))
-            self._lingering_bytes -= sum(size for _, size in refused)
 
-    def _decided(self, prefix: str, index: int, size: int, shape: tuple[int, int], outcome: Fill,
-                 now: float) -> None:
-        keys = []
-        emptied = set()
-        for eviction in outcome.evicted:
-            keys.append(f"{eviction.key}{eviction.block}")
-            self.counts["evicted_" + eviction.reason.value] += 1
-            if self.policy is not None and self.policy.find(eviction.key) is None:
-                emptied.add(str(eviction.key))
-        if isinstance(outcome, Refused):
-            self.counts["refused"] += 1
-            _, refused, _ = self._lingering.pop(prefix, (0.0, [], shape))
-            self._lingering[prefix] = (now + GRACE, [*refused, (index, size)], shape)
-            self._lingering_bytes += size
-        else:
-            self.counts["admitted"] += 1
-        if keys:
-            self.blocks.remove_blocks(keys)
-        if emptied:
-            self.blocks.remove_objects(sorted(emptied))
+    def _execute(self, evicted: tuple[Eviction, ...], gone: list[str] | None = None, prefix: str = "") -> None:
+        """Remove the evicted blocks (and `gone`, a block just published that the policy does not
+        hold), then the metadata of objects left without blocks."""
         policy = self.policy
         assert policy is not None
-        while self._lingering and (len(self._lingering) > LINGERING or
-                                   policy.used + self._lingering_bytes > policy.capacity):
-            self._remove_lingering(*self._lingering.popitem(last=False))
-
-    def _remove_lingering(self, prefix: str, item: Lingering) -> None:
-        self._lingering_bytes -= sum(size for _, size in item[1])
-        entry = self.policy.find(prefix) if self.policy is not None else None
-        keys = [f"{prefix}{block}" for block, _ in item[1] if entry is None or block not in entry.blocks]
-        self.counts["evicted_refused"] += len(keys)
+        keys = gone or []
+        for eviction in evicted:
+            keys.append(f"{eviction.key}{eviction.block}")
+            self.counts["evicted_" + eviction.reason.value] += 1
+        if not keys:
+            return
         self.blocks.remove_blocks(keys)
-        if entry is None:
-            self.blocks.remove_objects([prefix])
+        emptied = {str(e.key) for e in evicted} | ({prefix} if gone else set())
+        self.blocks.remove_objects(sorted(k for k in emptied if policy.held(k) is None))
 
     def tick(self) -> None:
         """One round: keep the policy if nobody does; as keeper, apply the journal and remove
@@ -190,16 +154,12 @@ class Keeper:
                 return
         while True:
             events = self.journal.take(BATCH)
-            now = self.clock()
             with self._lock:
                 for event in events:
-                    self._apply(event, now)
+                    self._apply(event)
             if len(events) < BATCH:
                 break
         with self._lock:
-            now = self.clock()
-            while self._lingering and next(iter(self._lingering.values()))[0] <= now:
-                self._remove_lingering(*self._lingering.popitem(last=False))
             self._bound_metadata()
             self._write_figures()
             if time.monotonic() - self._saved >= SAVE_EVERY:
@@ -210,7 +170,7 @@ class Keeper:
         the blocks, the oldest entries whose objects keep no block go (pass markers, say)."""
         policy = self.policy
         assert policy is not None
-        while self.blocks.volume() - self._lingering_bytes > policy.capacity * (1 + METADATA_SLACK):
+        while self.blocks.volume() > (policy.capacity + policy.linger) * (1 + METADATA_SLACK):
             gone = self.blocks.cull_metadata(lambda prefix: policy.find(prefix) is not None)
             self.counts["evicted_metadata"] += gone
             if not gone:
@@ -229,40 +189,39 @@ class Keeper:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return
-        policy, counts, lingering = self._load()
+        policy, counts = self._load()
         self.policy = policy
         self.counts = counts
-        for prefix, item in lingering.items():  # refused blocks the last keeper left: their time is up
-            self._remove_lingering(prefix, item)
         self._reconcile(policy)
         for event in self._pending:
-            self._apply(event, self.clock())
+            self._apply(event)
         self._pending.clear()
         self._saved = time.monotonic()
         log.debug("keeping the cache policy of %s", os.path.dirname(self.directory))
 
-    def _load(self) -> tuple[AdaptivePolicy, dict[str, int], dict[str, Lingering]]:
+    def _load(self) -> tuple[AdaptivePolicy, dict[str, int]]:
         path = os.path.join(self.directory, "state")
         try:
             with open(path, "rb") as f:
                 saved = pickle.load(f)
-            fmt, policy, counts, lingering = saved
-            if fmt == STATE_FORMAT and isinstance(policy, AdaptivePolicy) and policy.capacity == self.capacity \
+            fmt, policy, counts = saved
+            if fmt == STATE_FORMAT and isinstance(policy, AdaptivePolicy) and \
+                    policy.capacity + policy.linger == self.capacity \
                     and policy.max_entries == self.max_entries and policy.block_size == self.block_size:
-                return policy, {**self.counts, **counts}, lingering
+                return policy, {**self.counts, **counts}
         except FileNotFoundError:
             pass
         except (OSError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, EOFError) as e:
             log.warning("cache policy state unreadable, starting anew: %s", e)
-        return AdaptivePolicy(self.capacity, self.block_size, self.max_entries), dict(self.counts), {}
+        return AdaptivePolicy(self.capacity, self.block_size, self.max_entries), dict(self.counts)
 
     def _reconcile(self, policy: AdaptivePolicy) -> None:
         """Make the policy hold exactly the blocks the store holds."""
         seen: set[tuple[str, int]] = set()
         for key, size in self.blocks.stored_blocks():
             prefix, index = split(key)
-            entry = policy.find(prefix)
-            if entry is not None and index in entry.blocks:
+            held = policy.held(prefix)
+            if held is not None and index in held:
                 seen.add((prefix, index))
                 continue
             found = self.blocks.object_of(prefix)
@@ -272,22 +231,21 @@ class Keeper:
             else:
                 seen.add((prefix, index))
             self._decided_quietly(policy, outcome)
-        for queue in (policy.t1, policy.t2):
-            for cached, entry in list(queue.items()):
-                for index in [i for i in entry.blocks if (str(cached), i) not in seen]:
-                    policy.drop(cached, index)
+        for cached in [*policy.t1, *policy.t2, *policy.refused]:
+            for index in [i for i in policy.held(cached) or {} if (str(cached), i) not in seen]:
+                policy.drop(cached, index)
 
     def _decided_quietly(self, policy: AdaptivePolicy, outcome: Fill) -> None:
         keys = [f"{e.key}{e.block}" for e in outcome.evicted]
         if keys:
             self.blocks.remove_blocks(keys)
-            self.blocks.remove_objects(sorted({str(e.key) for e in outcome.evicted if policy.find(e.key) is None}))
+            self.blocks.remove_objects(sorted({str(e.key) for e in outcome.evicted if policy.held(e.key) is None}))
 
     def _save(self) -> None:
         path = os.path.join(self.directory, "state")
         temporary = f"{path}.{os.getpid()}"
         with open(temporary, "wb") as f:
-            pickle.dump((STATE_FORMAT, self.policy, self.counts, self._lingering), f, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((STATE_FORMAT, self.policy, self.counts), f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(temporary, path)
         self._saved = time.monotonic()
 
