@@ -20,6 +20,10 @@ class Journal:
             db.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, kind INTEGER, "
                        "key TEXT, block INTEGER, size INTEGER, object_size INTEGER, object_blocks INTEGER)")
 
+    def connect(self) -> None:
+        """Open this thread's connection now (not at its first event)."""
+        self._db()
+
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:

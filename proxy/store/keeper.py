@@ -177,11 +177,16 @@ class Keeper:
                 return
 
     def _run(self) -> None:
-        while not self._stop.wait(TICK):
+        """A round at once (this thread opens its SQLite files when the store opens, not later), then one
+        every TICK."""
+        self.journal.connect()
+        while True:
             try:
                 self.tick()
             except Exception as e:  # noqa: BLE001 - the store's troubles must not end the keeping
                 log.warning("cache policy round failed: %s", e)
+            if self._stop.wait(TICK):
+                return
 
     # --- keeping: taking over, saving --------------------------------------------
     def _try_keep(self) -> None:
