@@ -137,6 +137,7 @@ def _plot(sizes: list[int], ratios: dict[str, list[float]], path: str) -> None:
             {"linestyle": ":"} if name in OFFLINE else {"alpha": 0.8}
         axes.plot(gib, values, marker="o", label=name, **style)
     axes.set_xscale("log")
+    axes.minorticks_off()
     axes.set_xticks(gib, [format_size(s) for s in sizes])
     axes.set_xlabel("cache size")
     axes.set_ylabel("byte miss ratio")
