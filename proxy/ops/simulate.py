@@ -157,7 +157,8 @@ def run(trace: str, size: str, block_size: str, policy_memory: str, trace_format
             print(json.dumps(result.as_dict()))
     else:
         Console().print(_table(results))
-        console.print(f"{len(loaded):,} requests, {len(sizes)} sizes, {time.monotonic() - started:.1f} s")
+        console.print(f"{len(loaded):,} requests, {len(sizes)} size{'s' if len(sizes) > 1 else ''}, "
+                      f"{time.monotonic() - started:.1f} s")
     if plot is not None:
         _plot(results, plot)
     return 0
