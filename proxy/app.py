@@ -23,6 +23,7 @@ from .auth import cross_site_reason, names_this_machine, origin_of, write_denial
 from .config import Settings, settings_for_worker
 from .forwarded import UNKEYED_FIELDS, Client, base_url, forwarding_headers, identify, is_trusted
 from .http.cachestatus import chained
+from .http.tags import is_tag
 from .middleware import EdgeHeaders
 from .ops import metrics
 from .ops.accesslog import LineWriter
@@ -59,6 +60,7 @@ _FORWARDED_FIELDS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-forw
 _REASONS = {400: "Bad Request", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
             415: "Unsupported Media Type", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
             507: "Insufficient Storage"}
+_SOFT = {"1": True, "true": True, "0": False, "false": False}  # ?soft= of a purge
 # A content request: scope, receive, send, the path decoded, the path as received.
 Content = Callable[[Scope, Receive, Send, str, str | None], Awaitable[None]]
 
@@ -316,9 +318,14 @@ def create_app(settings: Settings) -> EdgeApp:
             return refusal
         query = request.scope.get("query_string", b"").decode("latin-1")
         forwarded_query = query
-        path, prefix = query_value(query, "path"), query_value(query, "prefix")
-        if (path is None) == (prefix is None):
-            return _text(400, "Bad Request: give exactly one of ?path=/some/file or ?prefix=/some/folder/")
+        path, prefix, tag = (query_value(query, name) for name in ("path", "prefix", "tag"))
+        soft = _SOFT.get(query_value(query, "soft") or "0")
+        if [path, prefix, tag].count(None) != 2:
+            return _text(400, "Bad Request: give exactly one of ?path=/some/file, ?prefix=/some/folder/ or ?tag=name")
+        if soft is None:
+            return _text(400, "Bad Request: soft is 1 (mark stale, the next request revalidates) or 0")
+        if tag is not None and not is_tag(tag):
+            return _text(400, "Bad Request: a tag is 1 to 1024 visible ASCII characters, without commas")
         key = None
         if path is not None:
             # A directory origin's keys are decoded paths; an HTTP origin's are paths as
@@ -331,7 +338,8 @@ def create_app(settings: Settings) -> EdgeApp:
         # The next tier first (purge_peers): this edge could otherwise fill again from its old copy.
         failed = await peers.purge(forwarded_query, request.headers.get(HOPS)) if peers is not None else []
         try:
-            purged = await service.purge(key, None if prefix is None else key_prefix(prefix, settings.origin_is_http))
+            purged = await service.purge(key, None if prefix is None else key_prefix(prefix, settings.origin_is_http),
+                                         tag, soft)
         except StoreErrors as e:
             return _text(503, f"Service Unavailable: the cache could not be purged ({e})")
         answer = {"purged": purged, "count": len(purged), **({"peers_failed": failed} if failed else {})}

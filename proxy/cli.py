@@ -13,6 +13,7 @@ from rich.console import Console
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings, parse_size
+from .http.tags import is_tag
 from .ops import simulate
 from .ops.fetchers import FetchError
 from .ops.renditions import ALL, parse_selection
@@ -25,8 +26,8 @@ from .store.disk import Store, StoreErrors, is_cache_dir
 
 log = logging.getLogger("edgecache.cli")
 # Options of one command, not settings.
-_COMMAND_OPTIONS = ("path", "prefix", "items", "from_file", "edge", "concurrency", "head_size", "renditions",
-                    "sign_path", "ttl", "base")
+_COMMAND_OPTIONS = ("path", "prefix", "tag", "soft", "items", "from_file", "edge", "concurrency", "head_size",
+                    "renditions", "sign_path", "ttl", "base")
 
 
 def _count(text: str) -> int:
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     which = purge.add_mutually_exclusive_group(required=True)
     which.add_argument("--path", help="one cache key, e.g. /video/a.mp4")
     which.add_argument("--prefix", help="every cache key starting with this, e.g. /video/")
+    which.add_argument("--tag", help="every cache key stored with this cache tag (Surrogate-Key, Cache-Tag)")
+    purge.add_argument("--soft", action="store_true",
+                       help="mark the entries stale instead of deleting them: the next request revalidates them, and "
+                            "they may still be served stale (stale-while-revalidate, stale-if-error, origin down)")
     sign = commands.add_parser("sign", help="print a signed URL for a path (needs signing_key)")
     sign.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
     sign.add_argument("sign_path", metavar="PATH", help="the file's path, e.g. /premium/a.mp4")
@@ -103,9 +108,10 @@ def _not_a_cache(directory: str) -> str | None:
     return f"{os.path.abspath(directory)} {reason} (edgecache serve creates one)"
 
 
-def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
+def run_purge(settings: Settings, path: str | None, prefix: str | None, tag: str | None, soft: bool) -> int:
     """Purge from the cache directory directly; prints what was purged as JSON."""
-    problem = _not_a_cache(settings.cache_dir)
+    problem = _not_a_cache(settings.cache_dir) or (
+        "a tag is 1 to 1024 visible ASCII characters, without commas" if tag is not None and not is_tag(tag) else None)
     if problem is not None:
         print(f"edgecache purge: {problem}", file=sys.stderr)
         return 2
@@ -114,12 +120,15 @@ def run_purge(settings: Settings, path: str | None, prefix: str | None) -> int:
     except StoreErrors as e:
         print(f"edgecache: cannot open the cache in {settings.cache_dir}: {e}", file=sys.stderr)
         return 1
+    stale_at = time.time() if soft else None
     try:
         if prefix is not None:
-            purged = store.purge_prefix(key_prefix(prefix, settings.origin_is_http))
+            purged = store.purge_prefix(key_prefix(prefix, settings.origin_is_http), stale_at)
+        elif tag is not None:
+            purged = store.purge_tag(tag, stale_at)
         else:
             key = typed_key(path or "", settings.origin_is_http)
-            purged = [key] if store.purge(key) else []
+            purged = [key] if store.purge_key(key, stale_at) else []
     except (BadPath, HiddenPath) as e:
         print(f"edgecache purge: not a path a file can have: {e}", file=sys.stderr)
         return 2
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     for warning in env_warnings(os.environ):
         log.warning(warning)
     if command == "purge":
-        return run_purge(settings, options["path"], options["prefix"])
+        return run_purge(settings, options["path"], options["prefix"], options["tag"], options["soft"])
     if command == "sign":
         return run_sign(settings, options["sign_path"], options["ttl"], options["base"])
     if command == "warm":

@@ -82,11 +82,14 @@ class Settings:
     signing_key: str = ""
     signed_prefixes: str = ""
     purge_peers: str = ""
+    max_cache_tags: int = 64  # cache tags (Surrogate-Key, Cache-Tag) indexed per stored response, for purges by tag
+    forward_cache_tags: bool = False  # send the origin's Surrogate-Key and Cache-Tag fields on to clients
     log_level: str = "info"
     access_log: bool = True
     access_log_format: str = "combined"
     read_ahead_blocks: int = 0
     prefetch_segments: int = 0  # HLS/DASH: the next N segments of a rendition filled ahead (0: off)
+    prefetch_max_fills: int = 64  # ... at most this many at a time per worker, all renditions
     manifest_ttl: int = 60  # seconds a master or VOD playlist, or a static MPD, is fresh when the origin says nothing
     segment_ttl: int = 86400  # ... and a media segment (0: the RFC 9111 heuristic, as for other files)
     s3_endpoint_url: str = ""
@@ -401,6 +404,8 @@ _CHECKS: list[Check] = [
     _between("s3_part_size", 5 * 1024**2, 5 * 1024**3),
     _between("read_ahead_blocks", 0, 64),
     _between("prefetch_segments", 0, 64),
+    _between("prefetch_max_fills", 1, 1024),
+    _between("max_cache_tags", 0, 1024),
     _between("manifest_ttl", 0, 2**31),
     _between("segment_ttl", 0, 2**31),
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from .cache.hits import FLUSH_INTERVAL
@@ -12,6 +13,8 @@ from .config import Settings
 from .http import freshness as fr
 from .http.cache import Fwd, invalidated
 from .http.cachestatus import cache_status
+from .http.lifetimes import StreamTtls
+from .http.tags import without_tags
 from .ops import metrics
 from .origins.base import Origin, OriginError, Target, Uploaded
 from .store.disk import Store, StoreErrors
@@ -31,6 +34,7 @@ def policy_of(settings: Settings) -> fr.Policy:
         stale_if_error=settings.stale_if_error,
         stale_if_unreachable=settings.stale_if_unreachable,
         cdn_fields=settings.cdn_fields,
+        streams=StreamTtls(manifest=settings.manifest_ttl, segment=settings.segment_ttl),
     )
 
 
@@ -89,14 +93,20 @@ class EdgeService:
 
     async def handle(self, req: ProxyRequest) -> Reply:
         try:
-            if req.method not in ("GET", "HEAD"):
-                return await self._forward_unsafe(req)
-            if self.reads is None:
-                response = await self.origin.request(req.method, req.target, req.headers, req.body)
-                return relay_forwarded(response, req.method, Fwd.BYPASS)
-            return await self.reads.read(req)
+            reply = await self._handle(req)
         except OriginError as e:
             return self._origin_failed(e)
+        if not self.settings.forward_cache_tags:  # the origin's cache tags are for this cache (http/tags.py)
+            reply.headers = without_tags(reply.headers)
+        return reply
+
+    async def _handle(self, req: ProxyRequest) -> Reply:
+        if req.method not in ("GET", "HEAD"):
+            return await self._forward_unsafe(req)
+        if self.reads is None:
+            response = await self.origin.request(req.method, req.target, req.headers, req.body)
+            return relay_forwarded(response, req.method, Fwd.BYPASS)
+        return await self.reads.read(req)
 
     def _origin_failed(self, e: OriginError) -> Reply:
         log.warning("origin failed: %s", e)
@@ -146,15 +156,22 @@ class EdgeService:
         """Forget every stored response for a primary key (RFC 9111 section 4.4); count them."""
         return 0 if self.reads is None else await self.reads.entries.invalidate(primary)
 
-    async def purge(self, path: str | None, prefix: str | None) -> list[str]:
-        """Purge one cache key or all under a prefix; the keys that held something."""
+    async def purge(self, path: str | None = None, prefix: str | None = None, tag: str | None = None,
+                    soft: bool = False) -> list[str]:
+        """Purge one cache key, all under a prefix, or all stored with a cache tag; the keys that
+        held something. `soft`: mark them stale instead (the next request revalidates them, and
+        they may still answer stale, as when they expire)."""
         if self.reads is None:
             return []
+        entries = self.reads.entries
+        stale_at = time.time() if soft else None
         if prefix is not None:
-            purged = await self.reads.entries.purge_prefix(prefix)
+            purged = await entries.purge_prefix(prefix, stale_at)
+        elif tag is not None:
+            purged = await entries.purge_tag(tag, stale_at)
         else:
             assert path is not None
-            purged = [path] if await self.invalidate(path) else []
+            purged = [path] if await entries.purge_key(path, stale_at) else []
         metrics.PURGES.inc(len(purged))
         return purged
 

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load_settings
 from proxy.http.hls import MasterPlaylist, MediaPlaylist, parse_playlist
-from proxy.http.lifetimes import StreamTtls, stream_lifetime
-from proxy.http.manifests import Kind, Manifest, parse_manifest
+from proxy.http.lifetimes import Changes, StreamTtls, changes_of, stream_lifetime
+from proxy.http.manifests import Kind, parse_manifest
 from proxy.http.mpd import Mpd, parse_mpd
 from proxy.http.prefetch import plan_prefetch, plan_start, rendition_of
-from proxy.http.streams import NotUnderstood, Ref, local_target
+from proxy.http.streams import Ref, local_target
 from tests.streams import HLS_FMP4, Streams
 from tests.streams import streams_fixture as streams_fixture  # noqa: F401 (the fixture)
 from tests.test_hls import media_playlists
@@ -176,8 +176,9 @@ def test_prefetch_through_ffmpeg_hls_names_its_files(streams: Streams) -> None:
 TTLS = StreamTtls(manifest=300, segment=86400)
 
 
-def manifest(text: str) -> Manifest | NotUnderstood:
-    return parse_manifest(text.encode(), HERE + "m")
+def manifest(text: str) -> Changes | None:
+    """What the manifest's body says about its changes (as kept with it when stored)."""
+    return changes_of(parse_manifest(text.encode(), HERE + "m"))
 
 
 HLS_HEAD = "#EXTM3U\n#EXT-X-TARGETDURATION:6\n#EXTINF:6,\na.ts\n"
@@ -205,7 +206,7 @@ MPD_HEAD = '<MPD type="dynamic" availabilityStartTime="2023-11-14T22:13:20Z"'
     (404, manifest(HLS_HEAD), TTLS, None),
     (404, Kind.SEGMENT, TTLS, None),  # a segment not published yet keeps the RFC's rules
 ])
-def test_stream_lifetimes(status: int, what: Manifest | NotUnderstood | Kind, ttls: StreamTtls,
+def test_stream_lifetimes(status: int, what: Changes | Kind | None, ttls: StreamTtls,
                           lifetime: float | None) -> None:
     assert stream_lifetime(status, what, ttls) == lifetime
 

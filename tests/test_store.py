@@ -173,5 +173,5 @@ def test_what_is_worked_out_from_a_stored_response_is_not_stored_with_it(tmp_pat
     read = raw[-1]  # (format, generation, entry)
     assert isinstance(read, CachedObject) and read == stored
     assert set(vars(read)) == {"status", "headers", "request_time", "response_time", "key", "size", "block_size",
-                               "validator", "sliceable"}
+                               "validator", "sliceable", "changes", "stale_at"}
     assert read.age(111.0) == 16.0 and read.representation("a.mp4") == stored.representation("a.mp4")

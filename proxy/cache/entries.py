@@ -57,16 +57,17 @@ class Entries:
             return Lookup(None, Fwd.MISS, None)
 
     async def put(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None,
-                  generation: int | None) -> bool:
+                  generation: int | None, tags: tuple[str, ...] = ()) -> bool:
         """Store an entry unless the key was invalidated since `generation` (or the store failed).
 
         `vary`: the request fields the entry's response varies on; None leaves the key's Vary
         index as it is (a pass marker for a response that says nothing about variants).
+        `tags`: its cache tags (http/tags.py), for purges by tag.
         """
         if generation is None:
             return False  # the lookup failed: the store cannot be trusted with it
         try:
-            stored = await self.threads.run(self.store.put_meta, primary, key, entry, vary, generation)
+            stored = await self.threads.run(self.store.put_meta, primary, key, entry, vary, generation, tags)
         except StoreErrors as e:
             log.warning("metadata not stored: %s", e)
             return False
@@ -93,8 +94,15 @@ class Entries:
         """Forget every stored response for a primary key (RFC 9111 section 4.4); how many."""
         return await self.threads.run(self.store.purge, primary)
 
-    async def purge_prefix(self, prefix: str) -> list[str]:
-        return await self.threads.run(self.store.purge_prefix, prefix)
+    async def purge_key(self, primary: str, stale_at: float | None) -> int:
+        """Forget every stored response for a primary key, or with `stale_at` mark them stale from then."""
+        return await self.threads.run(self.store.purge_key, primary, stale_at)
+
+    async def purge_prefix(self, prefix: str, stale_at: float | None = None) -> list[str]:
+        return await self.threads.run(self.store.purge_prefix, prefix, stale_at)
+
+    async def purge_tag(self, tag: str, stale_at: float | None = None) -> list[str]:
+        return await self.threads.run(self.store.purge_tag, tag, stale_at)
 
 
 def _entry(value: object) -> Entry | None:

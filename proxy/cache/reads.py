@@ -9,6 +9,8 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
+
 from ..config import Settings
 from ..http import cache as hc
 from ..http.cache import Fwd
@@ -17,9 +19,12 @@ from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
 from ..http.freshness import Policy, selection, stored_headers, vary_fields
 from ..http.headers import format_http_date
+from ..http.lifetimes import changes_of
+from ..http.manifests import stored_whole
 from ..http.model import ResponsePlan, Span
 from ..http.plan import plan_response
 from ..http.ranges import parse_range
+from ..http.tags import response_tags
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
@@ -30,6 +35,7 @@ from .fills import Filler, FillFailed
 from .flights import Flight, Flights
 from .hits import HitTally
 from .replies import Reply, Steady, nothing_to_close, relay, relay_forwarded, text_reply
+from .segments import MANIFEST_BASE, Parsed, SegmentPrefetch, read_manifest
 from .spool import Spool
 from .threads import StoreThreads
 
@@ -49,6 +55,7 @@ class ProxyRequest:
     target: Target
     headers: Headers  # as received (lower-case names)
     body: AsyncIterator[bytes] | None = None
+    prefetch: bool = False  # the cache's own read ahead of a player (segments.py), not a client's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +90,10 @@ class ReadPath:
                                   settings.read_ahead_blocks)
         self.flights = Flights(store, self.threads, settings.origin_response_timeout + 5)
         self.hits = HitTally()
+        self.segments = SegmentPrefetch(
+            settings.prefetch_segments, settings.prefetch_max_fills, store, self.threads, self.entries,
+            origin.cache_key, settings.origin_is_http, settings.serve_dotfiles, self.prefetch, self.filler.spawn,
+        ) if settings.prefetch_segments else None
 
     def start(self) -> None:
         """Background upkeep while serving: part files of dead fills are swept."""
@@ -155,9 +166,15 @@ class ReadPath:
                 flight.end()
         raise AssertionError("unreachable")
 
+    async def prefetch(self, target: Target, headers: Headers) -> Reply:
+        """A GET the cache makes of itself, ahead of a player (see segments.py)."""
+        return await self.read(ProxyRequest("GET", target, headers, prefetch=True))
+
     async def _without_flight(self, ex: _Exchange, stored: CachedObject | None,
                               action: hc.Answer | hc.Relay | hc.Fetch) -> Reply:
         """Actions that need no single flight: answer, relay, or fetch as the client asked."""
+        if ex.req.prefetch:  # what the cache would not store is not fetched ahead of anyone
+            return Reply(204, [], None, nothing_to_close)
         if isinstance(action, hc.Answer):
             return text_reply(action.status, f"Gateway Timeout: {action.detail}",
                               [("Cache-Status", cache_status(fwd=action.fwd.value, detail=action.detail))])
@@ -260,6 +277,8 @@ class ReadPath:
         self, ex: _Exchange, stored: CachedObject | None, action: hc.Fetch | hc.Validate, flight: Flight | None,
         whole: bool,
     ) -> tuple[Reply, bool]:
+        # A manifest (by its name) is asked for whole: it is stored from one response (on_response).
+        whole = whole or stored_whole(ex.primary.partition("?")[0], None)
         block = None if whole or (isinstance(action, hc.Fetch) and action.as_is) else self._first_block(ex.req)
         body = None
         if isinstance(action, hc.Fetch) and action.as_is:
@@ -299,8 +318,9 @@ class ReadPath:
             assert stored is not None
             fresh = dataclasses.replace(stored, headers=stored_headers(outcome.headers, self.policy),
                                         request_time=request_time,
-                                        response_time=response_time)
-            updated = await self.entries.put(ex.primary, stored.key, fresh, vary_fields(fresh.headers), ex.generation)
+                                        response_time=response_time, stale_at=None)
+            updated = await self.entries.put(ex.primary, stored.key, fresh, vary_fields(fresh.headers), ex.generation,
+                                             self._tags(fresh.headers))
             status = cache_status(fwd=fwd.value, fwd_status=304, stored=updated)
             return self._serve(ex, fresh, self._age(fresh), status, x_cache(hit=True)), False
         if isinstance(outcome, hc.ServeStale):
@@ -360,7 +380,7 @@ class ReadPath:
             log.warning("block not claimed, relaying: %s", e)
             await response.close()
             return relay_forwarded(await self._forward(ex.req), ex.method, fwd), False
-        if not await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation):
+        if not await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation, self._tags(headers)):
             if progress is not None:
                 await self.filler.abandon(progress)
             await response.close()
@@ -388,19 +408,28 @@ class ReadPath:
             return relay_forwarded(response, ex.method, fwd), False
 
         async def publish(part: str, size: int) -> None:
-            obj = CachedObject(
-                status=response.status, headers=headers, request_time=request_time, response_time=response_time,
-                key=key, size=size, block_size=max(size, 1), validator="r:" + secrets.token_hex(12),
-                sliceable=False,
-            )
             try:
+                # A manifest is read as it is stored: how long it stays fresh depends on its body.
+                manifest = response.status == 200 and stored_whole(ex.primary.partition("?")[0],
+                                                                   get(headers, "content-type"), size)
+                parsed = await anyio.to_thread.run_sync(_read_part, part, size, MANIFEST_BASE + ex.req.target.raw) \
+                    if manifest else None
+                obj = CachedObject(
+                    status=response.status, headers=headers, request_time=request_time, response_time=response_time,
+                    key=key, size=size, block_size=max(size, 1), validator="r:" + secrets.token_hex(12),
+                    sliceable=False, changes=changes_of(parsed.manifest) if parsed is not None else None,
+                )
                 if size:
                     await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
-                stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation)
+                stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation,
+                                                self._tags(headers))
                 if stored and old is not None:
                     await self.entries.drop_blocks(old)
             except StoreErrors as e:
                 log.warning("response not stored: %s", e)
+                return
+            if stored:
+                self._served(ex.req, obj, parsed)
 
         async def too_large() -> None:
             marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
@@ -420,9 +449,18 @@ class ReadPath:
             reply = dataclasses.replace(reply, chunks=spool.chunks(), close=spool.close)
         return reply, True
 
+    def _tags(self, headers: Headers) -> tuple[str, ...]:
+        return response_tags(headers, self.settings.max_cache_tags)
+
     # --- answering from the store ----------------------------------------------------
     def _age(self, obj: CachedObject) -> float:
         return obj.age(time.time())
+
+    def _served(self, req: ProxyRequest, obj: CachedObject, parsed: Parsed | None = None) -> None:
+        """A client's GET is answered from `obj` (or by storing it): the segments its player asks
+        for next are planned (`parsed`: its manifest, read as it was stored)."""
+        if self.segments is not None and req.method == "GET" and not req.prefetch and obj.status == 200:
+            self.segments.served(req.target, req.headers, obj, parsed)
 
     def _plan(self, req: ProxyRequest, obj: CachedObject, now: float) -> ResponsePlan | None:
         """What the response rules make of a stored 200 for this request (None: another status)."""
@@ -441,6 +479,7 @@ class ReadPath:
         `own`: fields for this client only, not stored."""
         req = ex.req
         now = time.time() if now is None else now
+        self._served(req, obj)
         extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
         if obj.status != 200:
             kept = [(n, v) for n, v in obj.headers if n.lower() != "age"]  # the edge's Age replaces it
@@ -504,6 +543,12 @@ def needed_blocks(obj: CachedObject, plan: ResponsePlan | None, method: str) -> 
 
 def _nothing() -> None:
     return None
+
+
+def _read_part(path: str, size: int, url: str) -> Parsed | None:
+    """On a worker thread: a manifest's part file, parsed (see segments.read_manifest)."""
+    with open(path, "rb") as f:
+        return read_manifest(f.read(size), url)
 
 
 def closing(*fds: int) -> Callable[[], Awaitable[None]]:

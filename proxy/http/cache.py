@@ -22,6 +22,8 @@ from . import freshness as fr
 from .conditional import parse_etag
 from .directives import Directives, Fields, Headers, get
 from .headers import parse_http_date
+from .lifetimes import Changes
+from .manifests import stored_whole
 
 
 class Fwd(Enum):
@@ -58,6 +60,8 @@ class Stored:
     headers: Headers
     request_time: float
     response_time: float
+    changes: Changes | None = dataclasses.field(default=None, kw_only=True)  # a manifest's body, read when stored
+    stale_at: float | None = dataclasses.field(default=None, kw_only=True)  # stale from then on (a soft purge)
 
     @functools.cached_property
     def fields(self) -> Fields:
@@ -75,12 +79,17 @@ class Stored:
     def freshness(self, path: str, policy: fr.Policy) -> tuple[float, Directives]:
         """Its freshness lifetime for requests of `path` (the operator's rules go by path) and
         its caching directives, under `policy`: worked out once per path (the same one, for
-        every request of a key) while the policy is the same object."""
+        every request of a key) while the policy is the same object.
+
+        Marked stale at `stale_at` (a soft purge), its lifetime ends then: it is stale from that
+        moment, and its stale windows (stale-while-revalidate, stale-if-error) count from it."""
         known = self._freshness.get(path)
         if known is None or known[0] is not policy:
             if len(self._freshness) >= _PATHS_KEPT:
                 self._freshness.clear()
-            lifetime = fr.freshness_lifetime(self.status, self.fields, path, self.response_time, policy)
+            lifetime = fr.freshness_lifetime(self.status, self.fields, path, self.response_time, policy, self.changes)
+            if self.stale_at is not None:
+                lifetime = min(lifetime, self.age(self.stale_at))
             known = self._freshness[path] = (policy, lifetime, fr.response_rules(self.fields, policy).directives)
         return known[1], known[2]
 
@@ -272,7 +281,7 @@ class StoreBlocks:
 @dataclass(frozen=True)
 class StoreBody:
     """Store the whole body of this one response as it streams to the client (any status,
-    or a 200 of unknown length); it becomes visible once complete."""
+    a 200 of unknown length, a manifest); it becomes visible once complete."""
 
 
 @dataclass(frozen=True)
@@ -370,10 +379,15 @@ def on_response(
     if not fr.storable("GET", req.headers, status, headers, policy):
         remember = status < 500 and not _request_prevents_storing(req.headers)
         return Forward(remember) if status == 206 else Pass(remember)
+    # A manifest is stored from one whole response, so that its body is read once, as it is stored.
+    path, content_type = req.path.partition("?")[0], get(headers, "content-type")
     if status == 206:
-        return _partial(sent, headers)
+        outcome = _partial(sent, headers)
+        if isinstance(outcome, StoreBlocks) and stored_whole(path, content_type, outcome.size):
+            return Refetch.WHOLE
+        return outcome
     size = content_length(headers)
-    if status == 200 and size is not None:
+    if status == 200 and size is not None and not stored_whole(path, content_type, size):
         return StoreBlocks(size, 0, strong_validator(headers) is not None)
     return StoreBody()
 

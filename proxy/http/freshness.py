@@ -9,6 +9,8 @@ from itertools import chain
 
 from .directives import Directives, Headers, cache_control, cached_if, cdn_directives, delta_seconds, get
 from .headers import parse_http_date, split_list
+from .lifetimes import Changes, StreamTtls, stream_lifetime
+from .manifests import kind_of
 
 __all__ = ["Headers", "get", "cache_control", "delta_seconds"]
 
@@ -31,6 +33,7 @@ class Policy:
     stale_if_error: int = 0
     stale_if_unreachable: bool = True  # RFC 9111 section 4.2.4: serve stale while "disconnected"
     cdn_fields: tuple[str, ...] = ("cdn-cache-control",)  # RFC 9213 targeted fields, in order
+    streams: StreamTtls = StreamTtls()  # manifests and segments the origin gives no freshness (lifetimes.py)
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,18 @@ def allows_authorized(response_headers: Headers) -> bool:
     return bool({"public", "must-revalidate", "s-maxage"} & res.keys())
 
 
-def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy) -> float:
-    """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2)."""
+def freshness_lifetime(status: int, headers: Headers, path: str, response_time: float, policy: Policy,
+                       changes: Changes | None = None) -> float:
+    """Seconds the response is fresh for (RFC 9111 section 4.2.1, heuristics 4.2.2); `changes`:
+    what its body said when stored, for a manifest (lifetimes.py)."""
     fields = tuple(headers)
-    return cached_if(_keepable(fields), _freshness_lifetime)(status, fields, path, response_time, policy)
+    return cached_if(_keepable(fields), _freshness_lifetime)(status, fields, path, response_time, policy, changes)
 
 
 @functools.lru_cache(maxsize=_REMEMBERED)
 def _freshness_lifetime(
-    status: int, fields: tuple[tuple[str, str], ...], path: str, response_time: float, policy: Policy
+    status: int, fields: tuple[tuple[str, str], ...], path: str, response_time: float, policy: Policy,
+    changes: Changes | None,
 ) -> float:
     headers = list(fields)
     rules = response_rules(headers, policy)
@@ -138,6 +144,11 @@ def _freshness_lifetime(
     for pattern, ttl in policy.default_ttls:
         if fnmatch.fnmatchcase(path, pattern):
             return ttl
+    # Manifests and segments, when the origin said nothing: a stand-in for the heuristic (section 4.2.2).
+    what = changes if changes is not None else kind_of(path.partition("?")[0], get(headers, "content-type"))
+    stream = stream_lifetime(status, what, policy.streams)
+    if stream is not None:
+        return stream
     if status in HEURISTIC_STATUSES or "public" in cc:
         last_modified = parse_http_date(get(headers, "last-modified"), now=response_time)
         date = parse_http_date(get(headers, "date"), now=response_time)

@@ -7,7 +7,7 @@ from enum import Enum
 
 from .hls import MasterPlaylist, MediaPlaylist, parse_playlist
 from .mpd import Mpd, parse_mpd
-from .streams import NotUnderstood, Track
+from .streams import MAX_MANIFEST_BYTES, NotUnderstood, Track
 
 Manifest = MasterPlaylist | MediaPlaylist | Mpd
 
@@ -52,6 +52,17 @@ def kind_of(path: str, content_type: str | None, head: bytes | None = None) -> K
     if media in _SEGMENT_TYPES or name.endswith(_SEGMENT_EXTENSIONS):
         return Kind.SEGMENT
     return Kind.OTHER
+
+
+def stored_whole(path: str, content_type: str | None, length: int | None = None) -> bool:
+    """Whether the cache stores a response from one whole response, never by byte ranges, so
+    that its body is read (and parsed) once, when it is stored: an HLS playlist or a DASH MPD
+    by its name or type (see kind_of, without a body), not known to be longer than
+    MAX_MANIFEST_BYTES. `path` without the query."""
+    return kind_of(path, content_type) in _MANIFESTS and (length is None or length <= MAX_MANIFEST_BYTES)
+
+
+_MANIFESTS = (Kind.HLS, Kind.DASH)
 
 
 def _sniff(head: bytes) -> Kind | None:

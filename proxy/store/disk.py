@@ -1,6 +1,7 @@
 """diskcache behind a small synchronous API. Call it from a worker thread, once per block."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -18,7 +19,9 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 
 from .epochs import Epochs
 from .keeper import Keeper, split
+from .listings import Listings
 from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_key
+from .tags import TagIndex
 
 log = logging.getLogger("edgecache.store")
 # Errors that mean "the store cannot help now": serve from the origin instead.
@@ -83,7 +86,7 @@ class Listed:
     hits: int
 
 
-META_FORMAT = 2  # stored metadata layout; an entry of another layout is a miss
+META_FORMAT = 3  # stored metadata layout; an entry of another layout is a miss
 _HITS = "h|"  # hit counts of the listing, by meta key
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
 _OBJECT = "d|"  # in the index: a block key prefix -> (meta key, size, block count) of the object it names
@@ -124,6 +127,8 @@ class Store:
         self.objects._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
         self._objects_at_hand: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
         self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
+        self.tags = TagIndex(self.index)  # cache tags of the stored responses, for purges by tag
+        self.listings = Listings(directory)  # which manifests list segments where (cache/segments.py)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
         self.epochs = Epochs(os.path.join(directory, "epochs"))
         self.keeper = Keeper(directory, size_limit, block_size, policy_memory, self)
@@ -132,6 +137,7 @@ class Store:
         self.keeper.close()
         self.objects.close()
         self.index.close()
+        self.listings.close()
         self.leases.close()
         self.epochs.close()
 
@@ -233,15 +239,17 @@ class Store:
             value = self._read(key, lambda: self.index.get(key, 0))
         return value if isinstance(value, int) else 0
 
-    def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None, generation: int) -> bool:
+    def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None, generation: int,
+                 tags: tuple[str, ...] = ()) -> bool:
         """Store an entry and keep the primary key's Vary index right, in one transaction of the
         index; False (nothing written) when the key was invalidated since `generation`.
-        `vary` None leaves the index as it is."""
+        `vary` None leaves the index as it is. `tags`: the entry's cache tags (they replace the key's)."""
         with self.index.transact():
             if self.generation(primary) != generation:
                 return False
             if vary is not None:
                 self._update_vary_index(primary, key, vary)
+            self.tags.replace(key, tags)
             if isinstance(entry, CachedObject):
                 self.index.set(_OBJECT + _prefix(entry), (key, entry.size, entry.block_count))
             self.objects.set(key, (META_FORMAT, generation, entry))
@@ -260,6 +268,7 @@ class Store:
             for old in current.selections - {key}:
                 stale = self.get_object(old, fresh=True)
                 self._delete(old)
+                self.tags.forget([old])
                 if stale is not None:
                     self.drop_blocks(stale)
         if vary:
@@ -277,6 +286,7 @@ class Store:
                 return False
             self._delete(key)
         self._changed(key)
+        self.tags.forget([key])
         return True
 
     def delete(self, *keys: str) -> None:
@@ -369,6 +379,7 @@ class Store:
                     gone.append(known[0])
         if gone:
             self._changed(*gone)
+            self.tags.forget(gone)
 
     def cull_metadata(self, kept: Callable[[str], bool], limit: int = 100) -> int:
         """Remove up to `limit` of the oldest metadata entries whose object has no block the policy
@@ -391,6 +402,7 @@ class Store:
                 self._delete(key, _HITS + key)
         if gone:
             self._changed(*gone[:limit])
+            self.tags.forget(gone[:limit])
             if self.objects.on_evict is not None:
                 self.objects.on_evict(len(gone[:limit]))
         return len(gone[:limit])
@@ -501,20 +513,56 @@ class Store:
         self._changed(_generation_key(primary), vary_index_key(primary), *keys)
         objects = [o for o in (self.get_object(k, fresh=True) for k in keys) if o is not None]
         self.delete(*keys)
+        self.tags.forget(keys)
         for key in keys:
             self.objects.delete(_HITS + key)  # a purged response starts its count again
         for obj in objects:
             self.drop_blocks(obj)
         return len(objects)
 
-    def purge_prefix(self, prefix: str) -> list[str]:
-        """Purge every primary key starting with `prefix`; the keys purged."""
+    def purge_prefix(self, prefix: str, stale_at: float | None = None) -> list[str]:
+        """Purge every primary key starting with `prefix` (or mark it stale, see purge_key); the keys purged."""
         keys = [*self.objects.iterkeys(), *self.index.iterkeys()]
         primaries = {p for k in keys if isinstance(k, str) and (p := primary_of(k)) is not None}
         purged = sorted(p for p in primaries if p.startswith(prefix))
         for primary in purged:
-            self.purge(primary)
+            self.purge_key(primary, stale_at)
         return purged
+
+    def purge_tag(self, tag: str, stale_at: float | None = None) -> list[str]:
+        """Purge every primary key with a response stored with the cache tag `tag` (or mark it
+        stale, see purge_key); the keys that held something."""
+        primaries = sorted({p for key in self.tags.keys_with(tag) if (p := primary_of(key)) is not None})
+        return [primary for primary in primaries if self.purge_key(primary, stale_at)]
+
+    def purge_key(self, primary: str, stale_at: float | None = None) -> int:
+        """purge(primary), or with `stale_at` mark_stale(primary, stale_at) (a soft purge)."""
+        return self.purge(primary) if stale_at is None else self.mark_stale(primary, stale_at)
+
+    def mark_stale(self, primary: str, at: float) -> int:
+        """A soft purge: every response stored for a primary key is stale from `at` on (or from
+        when it was marked before, if earlier), and stays stored: the next request revalidates
+        it, and it may still answer stale (stale-while-revalidate, stale-if-error, an origin
+        that cannot be reached). How many were marked.
+
+        As for a purge, the generation goes up, in the transaction that rewrites the responses
+        under the new one: a fill that read the old version cannot store it afterwards as fresh.
+        """
+        with self.index.transact():
+            generation = self.generation(primary)
+            self.index.set(_generation_key(primary), generation + 1)
+            index = self.index.get(vary_index_key(primary))
+            keys = {meta_key(primary, "")} | (set(index.selections) if isinstance(index, VaryIndex) else set())
+            marked = 0
+            for key in keys:
+                stored = self._stored(key, fresh=True)
+                if stored is not None and stored[0] == generation and isinstance(stored[1], CachedObject):
+                    obj = stored[1]
+                    stale = dataclasses.replace(obj, stale_at=min(at, obj.stale_at if obj.stale_at is not None else at))
+                    self.objects.set(key, (META_FORMAT, generation + 1, stale))
+                    marked += 1
+        self._changed(_generation_key(primary), vary_index_key(primary), *keys)
+        return marked
 
     def drop_blocks(self, obj: CachedObject) -> None:
         self.delete(*(obj.block_key(i) for i in range(obj.block_count)))
