@@ -149,9 +149,12 @@ def test_a_restart_keeps_the_policy_and_reconciles_it_with_the_blocks_on_disk(tm
     assert policy is not None and list(policy.t2) == [name(b)] and not policy.t1  # a dropped
     store.close()
     os.unlink(tmp_path / "policy" / "state")  # no saved state: the blocks on disk are adopted as newcomers
+    with diskcache.Cache(str(tmp_path / "index")) as index:
+        index.delete("d|" + name(b))  # nor which object they belong to (a cache from before the policy)
     store = open_store(tmp_path)
     policy = store.keeper.policy
     assert policy is not None and list(policy.t1) == [name(b)] and not policy.t2
+    assert blocks(store, b) == [True] and store.object_of(name(b)) == (b.key, BLOCK, 1)
     store.close()
 
 

@@ -407,6 +407,21 @@ class Store:
                 self.objects.on_evict(len(gone[:limit]))
         return len(gone[:limit])
 
+    def index_objects(self) -> None:
+        """Record, for every stored object, which blocks are its (the index's d| entries), page by
+        page: a cache directory from before the cache policy has none."""
+        after = "m|"
+        while True:
+            rows = self.objects._sql("SELECT key FROM Cache WHERE key > ? AND key < 'm}' AND raw = 1 "
+                                     "ORDER BY key LIMIT 1000", (after,)).fetchall()
+            for (key,) in rows:
+                obj = self.get_object(key, fresh=True)
+                if obj is not None and obj.size and self.object_of(_prefix(obj)) is None:
+                    self.index.set(_OBJECT + _prefix(obj), (key, obj.size, obj.block_count))
+            if len(rows) < 1000:
+                return
+            after = rows[-1][0]
+
     def stored_blocks(self) -> Iterator[tuple[str, int]]:
         """Page by page (the caller may remove blocks meanwhile); diskcache stores str keys with raw = 1."""
         after = "b|"

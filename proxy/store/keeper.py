@@ -64,6 +64,9 @@ class Blocks(Protocol):
     def cull_metadata(self, kept: Callable[[str], bool], limit: int = 100) -> int:
         """Remove old metadata of objects without kept blocks; how many went."""
 
+    def index_objects(self) -> None:
+        """Make sure every stored object can be found from its blocks (object_of)."""
+
 
 def split(key: str) -> tuple[str, int]:
     """A block key 'b|<digest>|<index>' as (prefix 'b|<digest>|', index)."""
@@ -194,9 +197,11 @@ class Keeper:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return
-        policy, counts = self._load()
+        policy, counts, saved = self._load()
         self.policy = policy
         self.counts = counts
+        if not saved:  # a cache kept before this policy (or its state lost): its objects' blocks are named anew
+            self.blocks.index_objects()
         self._reconcile(policy)
         for event in self._pending:
             self._apply(event)
@@ -204,7 +209,8 @@ class Keeper:
         self._saved = time.monotonic()
         log.debug("keeping the cache policy of %s", os.path.dirname(self.directory))
 
-    def _load(self) -> tuple[AdaptivePolicy, dict[str, int]]:
+    def _load(self) -> tuple[AdaptivePolicy, dict[str, int], bool]:
+        """The saved policy and figures (and True), or new ones."""
         path = os.path.join(self.directory, "state")
         try:
             with open(path, "rb") as f:
@@ -213,12 +219,12 @@ class Keeper:
             if fmt == STATE_FORMAT and isinstance(policy, AdaptivePolicy) and \
                     policy.capacity + policy.linger == self.capacity \
                     and policy.max_entries == self.max_entries and policy.block_size == self.block_size:
-                return policy, {**self.counts, **counts}
+                return policy, {**self.counts, **counts}, True
         except FileNotFoundError:
             pass
         except (OSError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, EOFError) as e:
             log.warning("cache policy state unreadable, starting anew: %s", e)
-        return AdaptivePolicy(self.capacity, self.block_size, self.max_entries), dict(self.counts)
+        return AdaptivePolicy(self.capacity, self.block_size, self.max_entries), dict(self.counts), False
 
     def _reconcile(self, policy: AdaptivePolicy) -> None:
         """Make the policy hold exactly the blocks the store holds."""
