@@ -261,13 +261,15 @@ def create_app(settings: Settings) -> EdgeApp:
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
         peer = request.client.host if request.client else None
         headers = forwarding_headers(received, peer, request.scope.get("scheme", "http"), public_host, settings.proxies)
+        offer = request.scope.get(OFFER)
+        if offer is not None:
+            headers.reads = offer.read  # the fields the rules read: what the answer depends on
         try:
             reply = await service.handle(ProxyRequest(method, target, headers, body))
         except ClientDisconnect:
             return _gone(request, "while sending the request body")
         reply.headers = chained(reply.headers, settings.cache_name)
-        offer = request.scope.get(OFFER)
-        # Kept for identical requests: not a signed one (its verdict depends on the time), nor one with a body.
+        # Kept for requests that ask the same: not a signed one (its verdict depends on the time), nor one with a body.
         if offer is not None and reply.steady is not None and reply.whole is not None and body is None \
                 and not settings.signing_key:
             offer.steady, offer.body = reply.steady, b"" if method == "HEAD" else reply.whole

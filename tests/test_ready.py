@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
@@ -25,7 +25,7 @@ from proxy.config import Settings
 from proxy.http import cache as hc
 from proxy.http.freshness import Policy
 from proxy.http.headers import format_http_date
-from proxy.server.ready import ReadyAnswers, RequestKey
+from proxy.server.ready import Asked, ReadyAnswers
 from proxy.server.zerocopy import EncodedHead, encoded_head
 from proxy.signing import signed_query
 from proxy.store.disk import Store
@@ -117,32 +117,40 @@ def steady(since: float = 100.0, until: float = 100.5, varies_on: tuple[str, ...
 HEADERS = [(b"content-length", b"5")]
 
 
-def offer_twice(ready: ReadyAnswers, *args: Any) -> None:
+REQUEST = ((b"host", b"edge.test"), (b"user-agent", b"curl"))
+
+
+def offer_twice(ready: ReadyAnswers, asked: Asked, *args: Any, request: Any = REQUEST, read: Any = ()) -> None:
     """An answer is kept when its request is offered a second time."""
-    ready.keep(*args)
-    ready.keep(*args)
+    ready.keep(asked, request, read, *args)
+    ready.keep(asked, request, read, *args)
 
 
-def key(name: str) -> RequestKey:
-    return ("GET", "http", "1.1", "", "/" + name, name.encode(), b"", ((b"host", b"edge.test"),))
+def find(ready: ReadyAnswers, asked: Asked, now: float, request: Any = REQUEST) -> Any:
+    key = ready.key(asked, request)
+    return None if key is None else ready.find(key, now)
+
+
+def key(name: str) -> Asked:
+    return ("GET", "http", "1.1", "", "/" + name, name.encode(), b"", (b"edge.test",))
 
 
 def test_an_answer_is_kept_when_its_request_is_offered_again() -> None:
     ready = answers(Counters())
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
-    assert ready.find(key("k"), 100.25) is None  # asked once: most requests with a client's own fields
-    ready.keep(key("k"), 200, HEADERS, b"hello", steady(), ())
-    assert ready.find(key("k"), 100.25) is not None
+    ready.keep(key("k"), REQUEST, (), 200, HEADERS, b"hello", steady(), ())
+    assert find(ready, key("k"), 100.25) is None  # asked once: most requests with a client's own fields
+    ready.keep(key("k"), REQUEST, (), 200, HEADERS, b"hello", steady(), ())
+    assert find(ready, key("k"), 100.25) is not None
 
 
 def test_an_answer_is_found_while_it_holds_and_tallied_as_a_hit() -> None:
     c = Counters()
     ready = answers(c)
     offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
-    found = ready.find(key("k"), 100.25)
+    found = find(ready, key("k"), 100.25)
     assert found is not None and (found.status, found.headers, found.body) == (200, HEADERS, b"hello")
     assert c.hits == ["/x"]
-    assert ready.find(key("other"), 100.25) is None
+    assert find(ready, key("other"), 100.25) is None
 
 
 @pytest.mark.parametrize("now", [99.9, 100.5, 101.0])
@@ -150,8 +158,8 @@ def test_an_answer_outside_its_time_is_gone(now: float) -> None:
     c = Counters()
     ready = answers(c)
     offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
-    assert ready.find(key("k"), now) is None
-    assert ready.find(key("k"), 100.25) is None  # dropped, not kept for later
+    assert find(ready, key("k"), now) is None
+    assert find(ready, key("k"), 100.25) is None  # dropped, not kept for later
     assert c.hits == []
 
 
@@ -160,17 +168,36 @@ def test_an_answer_is_gone_once_its_key_changed_in_any_process() -> None:
     ready = answers(c)
     offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
     c.counts[7] = 2
-    assert ready.find(key("k"), 100.25) is None
+    assert find(ready, key("k"), 100.25) is None
 
 
-def test_an_answer_selected_by_a_field_the_edge_sets_is_not_kept() -> None:
+def test_an_answer_selected_or_read_by_a_field_the_edge_sets_is_not_kept() -> None:
     c = Counters()
     ready = answers(c)
     by_address = steady(varies_on=("accept", "x-forwarded-for"))
     offer_twice(ready, key("k"), 200, HEADERS, b"hello", by_address, {"x-forwarded-for"})
-    assert ready.find(key("k"), 100.25) is None
+    assert find(ready, key("k"), 100.25) is None
+    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), {"x-forwarded-for"}, read={"x-forwarded-for"})
+    assert find(ready, key("k"), 100.25) is None
     offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept",)), {"x-forwarded-for"})
-    assert ready.find(key("k"), 100.25) is not None
+    assert find(ready, key("k"), 100.25) is not None
+
+
+def test_requests_asking_the_same_share_an_answer() -> None:
+    """Keyed by the fields the rules read: a client's own User-Agent or cookie is not one of them."""
+    ready = answers(Counters())
+    mine = ((b"host", b"edge.test"), (b"range", b"bytes=0-9"), (b"user-agent", b"a"), (b"cookie", b"x=1"))
+    offer_twice(ready, key("k"), 206, HEADERS, b"0123456789", steady(), (), request=mine, read={"range", "if-range"})
+    theirs = ((b"user-agent", b"b"), (b"host", b"edge.test"), (b"range", b"bytes=0-9"), (b"cookie", b"y=2"))
+    assert find(ready, key("k"), 100.25, theirs) is not None
+    for other in ((b"range", b"bytes=0-8"), (b"if-range", b'"v1"'), (b"range", b"bytes=0-9")):
+        asks = (*theirs, other) if other[0] != b"range" else ((b"host", b"edge.test"), other, other)
+        assert find(ready, key("k"), 100.25, asks) is None, other  # another value of a field read: another answer
+    # More fields read for the path (a Vary, say): the answers kept under fewer names go.
+    offer_twice(ready, key("k"), 206, HEADERS, b"0123456789", steady(varies_on=("accept",)), (), request=mine,
+                read={"range"})
+    assert find(ready, key("k"), 100.25, theirs) is not None  # neither sent an Accept: the same
+    assert find(ready, key("k"), 100.25, (*theirs, (b"accept", b"text/html"))) is None
 
 
 def test_answers_are_bounded_in_bytes() -> None:
@@ -179,9 +206,10 @@ def test_answers_are_bounded_in_bytes() -> None:
     for i in range(1000):
         offer_twice(ready, key(f"k{i}"), 200, HEADERS, bytes(400), steady(), ())
     assert ready._bytes <= 64 * 1024
-    assert ready.find(key("k999"), 100.25) is not None and ready.find(key("k0"), 100.25) is None
+    assert find(ready, key("k999"), 100.25) is not None and find(ready, key("k0"), 100.25) is None
+    assert len(ready._read) == len(ready._kept) == len(ready._answers)  # what was read, for kept answers only
     offer_twice(ready, key("big"), 200, HEADERS, bytes(2048), steady(), ())  # over 1/64 of the bound
-    assert ready.find(key("big"), 100.25) is None
+    assert find(ready, key("big"), 100.25) is None
 
 
 # --- through the app: a replay equals the full path's answer -------------------------
@@ -251,7 +279,7 @@ async def test_a_replayed_answer_is_the_answer_of_the_full_path(  # type: ignore
         replayed = 0
         pairs = [(0.1, 0.6), (0.7, 0.874), (0.8, 0.9), (0.9, 1.1), (1.2, 1.7), (2.95, 3.05), (3.2, 3.6),
                  (4.8, 4.99), (4.9, 5.01), (5.4, 5.5)]
-        for i, (kept, later) in enumerate(pairs):
+        for kept, later in pairs:
             clock.now = start + kept
             await c.request(method, "/x", headers=asked)  # kept ready, if it may be
             clock.now = start + later
@@ -260,12 +288,99 @@ async def test_a_replayed_answer_is_the_answer_of_the_full_path(  # type: ignore
             if len(decisions) > made:
                 continue  # not a replay (the answer may have changed, or it revalidated)
             replayed += 1
-            # The same request with one more field is never a replay: the full path's answer.
-            full = await c.request(method, "/x", headers={**asked, "x-probe": str(i)})
+            # The same request with a field the rules read (If-Match: * changes nothing here) is never a
+            # replay: the full path's answer.
+            full = await c.request(method, "/x", headers={**asked, "if-match": "*"})
             assert answer(again) == answer(full), (kept, later)
             assert len(full.content) == (0 if method == "HEAD" or full.status_code == 304 else
                                          90 if "range" in asked else len(body))
     assert replayed >= 3  # the test saw replays, not only the full path
+
+
+# --- differential: a request answered ready gets what the full path gives it -------------
+
+_ETAG = '"v1"'
+_FIELDS = {  # request fields and values that change answers, and some that never do
+    "range": st.sampled_from(["bytes=0-9", "bytes=5-", "bytes=-3", "bytes=0-1,4-5", "bytes=x", "bytes=900-"]),
+    "if-none-match": st.sampled_from([_ETAG, '"other"', "*", f'W/{_ETAG}']),
+    "if-match": st.sampled_from([_ETAG, '"other"', "*"]),
+    "if-modified-since": st.sampled_from(["Mon, 01 Jan 2001 00:00:00 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"]),
+    "if-unmodified-since": st.sampled_from(["Mon, 01 Jan 2001 00:00:00 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"]),
+    "if-range": st.sampled_from([_ETAG, '"other"', "Fri, 01 Jan 2100 00:00:00 GMT"]),
+    "cache-control": st.sampled_from(["max-age=0", "no-cache", "min-fresh=100000", "max-stale", "only-if-cached",
+                                      "max-age=100000"]),
+    "pragma": st.just("no-cache"),
+    "authorization": st.just("Bearer secret"),
+    "accept-language": st.sampled_from(["en", "fr"]),
+    "user-agent": st.text("abcXYZ/1.0", min_size=1, max_size=20),
+    "cookie": st.text("abc=;123", min_size=1, max_size=20),
+    "x-client-hint": st.text("xyz", min_size=1, max_size=5),
+}
+
+
+@st.composite
+def asked(draw: st.DrawFn) -> tuple[str, str, list[tuple[str, str]]]:
+    method = draw(st.sampled_from(["GET", "GET", "HEAD"]))
+    path = draw(st.sampled_from(["/a", "/v"]))
+    names = draw(st.lists(st.sampled_from(sorted(_FIELDS)), max_size=4, unique=True))
+    return method, path, [(name, draw(_FIELDS[name])) for name in names]
+
+
+def _comparable(r: httpx.Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """An answer without what may differ between two servers at one moment: Date, Age, a multipart boundary."""
+    kept = [(n.lower(), v) for n, v in r.headers.raw if n.lower() not in (b"date", b"age")]
+    body = r.content
+    boundary = re.search(rb"boundary=([0-9a-f]+)", b"".join(v for n, v in kept if n == b"content-type"))
+    if boundary:
+        kept = [(n, v.replace(boundary.group(1), b"B")) for n, v in kept]
+        body = body.replace(boundary.group(1), b"B")
+    return r.status_code, kept, body
+
+
+def test_an_answer_given_ready_is_the_full_paths_answer(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random requests, each asked twice (so that its answer may be kept), then a twin that differs
+    only in fields no rule reads: the twin's answer (ready, when it was kept) must be the answer of
+    the read path itself, from another edge on the same cache with no ready answers at all."""
+    origin, _ = upstream
+    body = bytes(range(256)) * 4
+    origin.objects["/a"] = Obj(body, {"cache-control": "max-age=600"}, etag=_ETAG)
+    origin.objects["/v"] = Obj(body[::-1], {"cache-control": "max-age=600", "vary": "accept-language"}, etag=_ETAG)
+    replayed: list[int] = []
+    find = ReadyAnswers.find
+
+    def counted(self: ReadyAnswers, key: Any, now: float) -> Any:
+        found = find(self, key, now)
+        replayed.extend([1] if found is not None else [])
+        return found
+
+    monkeypatch.setattr(ReadyAnswers, "find", counted)
+    full_path = create_app(http_settings)
+    full_path.app.app = full_path.app.app.app  # EdgeApp -> Observe -> (no Replay) -> the rest
+    with RunningServer(http_settings) as edge, RunningServer(http_settings, app=full_path) as reference, \
+            httpx.Client(base_url=edge.url) as c, httpx.Client(base_url=reference.url) as r:
+        for path in ("/a", "/v"):  # stored, and their blocks read and held
+            for language in ("en", "fr"):
+                for _ in range(3):
+                    c.get(path, headers={"accept-language": language})
+                    time.sleep(0.01)
+
+        @settings(max_examples=80, deadline=None)
+        @given(requests=st.lists(asked(), min_size=1, max_size=6))
+        def check(requests: list[tuple[str, str, list[tuple[str, str]]]]) -> None:
+            clock.now += 0.125  # both edges answer at one moment; steady answers step each second
+            for method, path, headers in requests:
+                for _ in range(2):  # the second offer keeps it, if it may be kept
+                    c.request(method, path, headers=headers)
+            for method, path, headers in requests:  # after all were kept: one must never get another's
+                twin = [(n, v + "-twin") if n in ("user-agent", "cookie", "x-client-hint") else (n, v)
+                        for n, v in headers] + [("x-someone-else", "yes")]
+                got, full = c.request(method, path, headers=twin), r.request(method, path, headers=twin)
+                assert _comparable(got) == _comparable(full), (method, path, twin)
+
+        check()
+    assert len(replayed) >= 20  # the twins were answered ready, not only by the read path
 
 
 ASKS = 200  # at most, 20 ms apart
@@ -433,7 +548,7 @@ def test_a_replay_on_the_wire_is_the_full_paths_response_byte_for_byte(  # type:
     origin, _ = upstream
     origin.objects["/x"] = Obj(bytes(range(100)) * 3, {"cache-control": "max-age=600"})
     request = request_line + b"\r\nHost: edge\r\n" + fields + b"\r\n"
-    probe = request_line + b"\r\nHost: edge\r\nX-Probe: 1\r\n" + fields + b"\r\n"
+    probe = request_line + b"\r\nHost: edge\r\nIf-Match: *\r\n" + fields + b"\r\n"
     with RunningServer(http_settings) as edge:
         _exchange(edge.port, b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n")  # stored
         clock.now += 0.25

@@ -26,7 +26,10 @@ def cached_if(small: bool, cached: functools._lru_cache_wrapper[T]) -> Callable[
 class Fields(list[tuple[str, str]]):
     """Header fields that also know each field's joined value by lower-case name, found in one
     pass when made: `get` on a request's fields is then a dict lookup, however often the rules
-    ask. The index follows every change to the list."""
+    ask. The index follows every change to the list. With `reads` set, `get` records each name
+    asked for: which fields a decision depended on (server/ready.py)."""
+
+    reads: set[str] | None = None
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         super().__init__(pairs)
@@ -63,6 +66,9 @@ class Fields(list[tuple[str, str]]):
 def get(headers: Headers, name: str) -> str | None:
     """All lines of a field joined as one list value, or None (`name` lower-case)."""
     if type(headers) is Fields:
+        reads = headers.reads
+        if reads is not None:
+            reads.add(name)
         return headers.joined.get(name)
     size = len(name)  # most names differ in length: no lower() for them
     values = [v for n, v in headers if len(n) == size and n.lower() == name]

@@ -1,22 +1,27 @@
-"""Ready answers: a hit that every identical request would get again, byte for byte, is kept
-for that request and sent again without asking the cache, for as long as nothing it depends
-on can have changed (see cache.replies.Steady and http.cache.steady_until).
+"""Ready answers: a hit that every request asking the same of the edge would get again, byte for
+byte, is kept and sent again without asking the cache, for as long as nothing it depends on can
+have changed (see cache.replies.Steady and http.cache.steady_until).
 
 `Replay` is the ASGI middleware that does it, in front of everything that shapes a response
-(the header middleware, the routes, the read path): it keeps the answer as it went out,
-when the app offered it (`Offer`, in the scope under OFFER), and sends it again as it is.
+(the header middleware, the routes, the read path): it keeps the answer as it went out, when the
+app offered it (`Offer`, in the scope under OFFER), and sends it again as it is.
 
-An identical request is one with the same method, scheme, HTTP version, path (as received and
-decoded), query and header fields, in the same order: everything of a request the edge reads
-to answer it, except the client's address. The address reaches the answer only through the
-forwarding fields the edge sets (X-Forwarded-For, Forwarded, ...), so an answer whose stored
-response was selected by one of those (Vary) is never kept.
+Which requests ask the same: those with the same method, scheme, HTTP version, path (as received
+and decoded), query and Host lines, and the same lines of every header field the rules that made
+the answer read. The read path records the fields its rules read (`Fields.reads`: every rule
+reads a request's fields through `directives.get`) and the Vary fields that selected the stored
+response; for one path, answers are keyed by the values of the union of what was read for it.
+A request whose values agree on that union makes the rules take the same steps, read the same
+values, and decide the same answer: a User-Agent, a cookie or a Referer of its own (read by no
+rule) does not make a request another. Never kept: an answer that read a field the edge sets
+itself (X-Forwarded-For, ...: the request's own value is not what the rules saw), and requests
+with a body.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,8 +33,12 @@ READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a
 SEEN = 8192  # requests remembered (by hash) as asked once: an answer is kept when asked again
 OFFER = "edgecache.ready"  # the scope key of a request's Offer
 
-# method, scheme, HTTP version, root path, path, raw path, query, header fields
-RequestKey = tuple[str, str, str | None, str, str, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...]]
+# What every request asking the same of the edge has in common: method, scheme, HTTP version,
+# root path, path, raw path, query, and its Host lines.
+Asked = tuple[str, str, str | None, str, str, bytes | None, bytes | None, tuple[bytes, ...]]
+# ... and its lines of the fields the answer's rules read, in the order of their names.
+RequestKey = tuple[Asked, tuple[tuple[bytes, ...], ...]]
+_BODY = (b"content-length", b"transfer-encoding")
 
 
 @dataclass
@@ -52,16 +61,32 @@ class Ready:
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
 
-def request_key(scope: Scope) -> RequestKey | None:
-    """What identifies a request among identical ones (None: one that is never answered ready)."""
-    key: RequestKey = (scope["method"], scope.get("scheme", "http"), scope.get("http_version"),
-                       scope.get("root_path", ""), scope["path"], scope.get("raw_path"), scope.get("query_string"),
-                       tuple(scope["headers"]))
+def asked_of(scope: Scope) -> Asked | None:
+    """What a request has in common with every one asking the same (None: never answered ready:
+    it has a body, or header pairs that are not bytes)."""
+    hosts = []
+    for name, value in scope["headers"]:
+        if name == b"host":
+            hosts.append(value)
+        elif name in _BODY:
+            return None
+    asked: Asked = (scope["method"], scope.get("scheme", "http"), scope.get("http_version"),
+                    scope.get("root_path", ""), scope["path"], scope.get("raw_path"), scope.get("query_string"),
+                    tuple(hosts))
     try:
-        hash(key)
-    except TypeError:  # header pairs as lists (ASGI allows any iterable pair): not hashable
+        hash(asked)
+    except TypeError:
         return None
-    return key
+    return asked
+
+
+def lines_of(headers: Iterable[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], ...]:
+    """A request's lines of each of `names` (lower-case), in their order."""
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        if name in names:
+            found.setdefault(name, []).append(value)
+    return tuple(tuple(found.get(name, ())) for name in names)
 
 
 _FIELD = 100  # bytes a header field takes beyond its name and value (a tuple, two bytes objects)
@@ -75,14 +100,15 @@ def _fields_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
 
 
 def _key_size(key: RequestKey) -> int:
-    *parts, headers = key
-    return 200 + sum(len(p) for p in parts if p is not None) + _fields_size(headers)
+    (*parts, hosts), lines = key
+    return 200 + sum(len(p) for p in parts if p is not None) + len(b"".join(hosts)) + \
+        len(b"".join(chain.from_iterable(lines))) + _FIELD * len(lines)
 
 
 class ReadyAnswers:
-    """Answers kept by request, at most READY_BYTES of them; the oldest go first. An answer is
-    kept the second time its request comes (within the last SEEN requests offered): a request
-    asked once, the usual case for a client's own header fields, costs a hash, not a copy."""
+    """Answers kept by what their requests asked, at most READY_BYTES of them; the oldest go
+    first. An answer is kept the second time its request comes (within the last SEEN requests
+    offered): a request asked once costs a hash, not a copy."""
 
     def __init__(self, changes_at: Callable[[int], int], hit: Callable[[str], None],
                  max_bytes: int = READY_BYTES) -> None:
@@ -90,8 +116,15 @@ class ReadyAnswers:
         self._hit = hit
         self._max_bytes = max_bytes
         self._answers: dict[RequestKey, Ready] = {}
+        self._read: dict[Asked, tuple[bytes, ...]] = {}  # what the rules read for a path, so far
+        self._kept: dict[Asked, set[RequestKey]] = {}  # the answers kept for a path
         self._bytes = 0
         self._seen: dict[int, None] = {}  # hashes of requests offered once, oldest first
+
+    def key(self, asked: Asked, headers: Iterable[tuple[bytes, bytes]]) -> RequestKey | None:
+        """The key of a request, when answers were kept for what it asks (else None)."""
+        names = self._read.get(asked)
+        return None if names is None else (asked, lines_of(headers, names))
 
     def find(self, key: RequestKey, now: float) -> Ready | None:
         """The answer kept for this request, if it is still the answer at `now` (a hit, tallied)."""
@@ -105,16 +138,27 @@ class ReadyAnswers:
         self._drop(key)
         return None
 
-    def keep(self, key: RequestKey, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
-             steady: Steady, unkeyed: Iterable[str]) -> None:
-        """Keep an answer for identical requests, unless the client's address may have selected it
-        (its stored response varies on a field in `unkeyed`, which the edge sets) or it is large."""
-        if not set(steady.varies_on).isdisjoint(unkeyed) or not self._asked_again(key):
+    def keep(self, asked: Asked, request: Iterable[tuple[bytes, bytes]], read: Iterable[str], status: int,
+             headers: list[tuple[bytes, bytes]], body: bytes, steady: Steady, unkeyed: Iterable[str]) -> None:
+        """Keep an answer for the requests that ask the same (see the module's docstring), unless
+        the rules read a field the edge sets (`unkeyed`) or it is large."""
+        used = {*read, *steady.varies_on}
+        if not used.isdisjoint(unkeyed):
+            return
+        names = self._read.get(asked, ())
+        union = tuple(sorted({*names, *(name.encode("latin-1") for name in used)}))
+        if union != names:  # answers kept under fewer names are no longer found: they go
+            for old in list(self._kept.get(asked, ())):
+                self._drop(old)
+        key = (asked, lines_of(request, union))
+        if not self._asked_again(key):
             return
         size = _key_size(key) + len(body) + 2 * _fields_size(headers)  # the list, and its encoded block
         if size > self._max_bytes // 64:  # room for many small answers, not a few large ones
             return
         self._drop(key)
+        self._read[asked] = union
+        self._kept.setdefault(asked, set()).add(key)
         self._answers[key] = Ready(status, headers, body, steady, size)
         self._bytes += size
         while self._bytes > self._max_bytes:
@@ -134,16 +178,24 @@ class ReadyAnswers:
 
     def _drop(self, key: RequestKey) -> None:
         ready = self._answers.pop(key, None)
-        if ready is not None:
-            self._bytes -= ready.size
+        if ready is None:
+            return
+        self._bytes -= ready.size
+        asked = key[0]
+        kept = self._kept[asked]
+        kept.discard(key)
+        if not kept:  # nothing kept for the path: what was read for it is forgotten too (bounded)
+            del self._kept[asked], self._read[asked]
 
 
+@dataclass
 class Offer:
-    """Set by the app when the answer it sends may be kept for identical requests: what makes
-    it steady, and its whole body."""
+    """Set by the app when the answer it sends may be kept: what makes it steady, its whole body,
+    and the request fields its rules read (the read path records them in `read`)."""
 
     steady: Steady | None = None
     body: bytes = b""
+    read: set[str] = field(default_factory=set)
 
 
 class Replay:
@@ -156,11 +208,12 @@ class Replay:
         self.unkeyed = frozenset(unkeyed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = request_key(scope) if scope["type"] == "http" else None
-        if key is None:
+        asked = asked_of(scope) if scope["type"] == "http" else None
+        if asked is None:
             await self.app(scope, receive, send)
             return
-        ready = self.answers.find(key, time.time())
+        key = self.answers.key(asked, scope["headers"])
+        ready = self.answers.find(key, time.time()) if key is not None else None
         if ready is not None:
             await ready.send(send)
             return
@@ -175,4 +228,5 @@ class Replay:
         await self.app(scope, receive, sending)
         if offer.steady is not None and started:
             start = started[0]
-            self.answers.keep(key, start["status"], start["headers"], offer.body, offer.steady, self.unkeyed)
+            self.answers.keep(asked, scope["headers"], offer.read, start["status"], start["headers"], offer.body,
+                              offer.steady, self.unkeyed)
