@@ -9,7 +9,8 @@ the plans:
 - a manifest is parsed once per stored version, on a worker thread: when it is stored (the
   read path hands it over) or, in a worker that did not store it, from its stored body;
 - a segment's rendition is found among the manifests that list segments in its directory:
-  those this process parsed, and those any process recorded in the store's listings;
+  those this process parsed, and those any process recorded in the store's listings (read
+  again when their change count for the directory moved);
 - each planned reference is an internal GET through the read path (with a Range for a byte
   range), flagged as a prefetch: it collapses with the clients' requests for the same
   segment, is stored as they would be, is never forwarded when the cache would not store it
@@ -56,7 +57,6 @@ MANIFEST_BYTES_KEPT = 32 * 1024**2  # ... whose bodies total at most this
 DIRECTORIES_KEPT = 4096  # directories whose manifests are remembered per process
 RENDITIONS_KEPT = 1024  # renditions whose fills are tracked per process
 DONE_KEPT = 256  # references per rendition remembered as filled (not planned again)
-RECHECK = 5.0  # seconds before the store's listings are read again for one directory
 
 _FAILURES: tuple[type[Exception], ...] = (OriginError, BodyAborted, *StoreErrors)
 
@@ -94,7 +94,7 @@ class _Kept:
 @dataclass
 class _Folder:
     manifests: tuple[str, ...]  # the manifests (path and query) known to list segments there, latest first
-    read_at: float = -RECHECK  # when the store's listings were last read for it (monotonic)
+    mark: int | None = None  # the listings' change count for it when last read (Listings.mark); None: never
 
 
 @dataclass
@@ -147,9 +147,10 @@ class SegmentPrefetch:
         specs = parse_range(get(headers, "range") or "") or []
         first, last = specs[0] if len(specs) == 1 else (None, None)
         ref = Ref(MANIFEST_BASE + target.raw, None if first is None else (first, last if last is not None else first))
-        folder = self._folders.get(directory(ref.url))
-        if folder is not None and not folder.manifests and time.monotonic() - folder.read_at < RECHECK:
-            return  # no manifest lists segments there, lately
+        name = directory(ref.url)
+        folder = self._folders.get(name)
+        if folder is not None and not folder.manifests and folder.mark == self.store.listings.mark(name):
+            return  # no manifest lists segments there, as far as the listings have said since
         self.spawn(self._segment_served(ref, asked))
 
     async def _manifest_served(self, raw: str, obj: CachedObject, headers: Headers) -> None:
@@ -227,7 +228,7 @@ class SegmentPrefetch:
     # --- finding a segment's rendition --------------------------------------------------
     async def _track_of(self, ref: Ref, headers: Headers) -> Track | None:
         """The rendition `ref` belongs to: among the manifests this process knows to list segments
-        in its directory, else those the store's listings name (read again after RECHECK)."""
+        in its directory, else those the store's listings name."""
         folder = directory(ref.url)
         known = self._folders.get(folder)
         mine = known.manifests if known is not None else ()
@@ -253,10 +254,11 @@ class SegmentPrefetch:
         return rendition_of(parsed.manifest, ref) if parsed is not None else None
 
     async def _listings(self, folder: str) -> tuple[str, ...]:
-        """The manifests the store's listings name for `folder` (nothing new if read lately)."""
+        """The manifests the store's listings name for `folder` (nothing new if they did not
+        change since this process read them)."""
         known = self._folders.get(folder)
-        now = time.monotonic()
-        if known is not None and now - known.read_at < RECHECK:
+        mark = self.store.listings.mark(folder)  # before reading: a change meanwhile moves it
+        if known is not None and known.mark == mark:
             return ()
         try:
             listed = await self.threads.run(self.store.listings.manifests, folder)
@@ -264,7 +266,7 @@ class SegmentPrefetch:
             log.warning("manifest listings unreadable: %s", e)
             listed = ()
         mine = known.manifests if known is not None else ()
-        self._folder(folder, _Folder((*listed, *(m for m in mine if m not in listed)), now))
+        self._folder(folder, _Folder((*listed, *(m for m in mine if m not in listed)), mark))
         return listed
 
     async def _listed_in(self, folders: frozenset[str], raw: str) -> None:
@@ -333,7 +335,7 @@ class SegmentPrefetch:
             if known is None:
                 self._folder(name, _Folder((raw,)))
             elif known.manifests[:1] != (raw,):
-                self._folder(name, _Folder((raw, *(m for m in known.manifests if m != raw)), known.read_at))
+                self._folder(name, _Folder((raw, *(m for m in known.manifests if m != raw)), known.mark))
 
 
 def _filling(reply: Reply) -> bool:

@@ -41,5 +41,12 @@ def response_tags(headers: Headers, limit: int) -> tuple[str, ...]:
 
 
 def without_tags(headers: Headers) -> Headers:
-    """The fields without the tag fields (for a client)."""
-    return [(n, v) for n, v in headers if n.lower() not in TAG_FIELDS]
+    """The fields without the tag fields (for a client): `headers` itself when it has none (every
+    response is looked at: only names of a tag field's length are lower-cased)."""
+    for name, _ in headers:
+        if len(name) in _TAG_FIELD_LENGTHS and name.lower() in TAG_FIELDS:
+            return [(n, v) for n, v in headers if n.lower() not in TAG_FIELDS]
+    return headers
+
+
+_TAG_FIELD_LENGTHS = frozenset(map(len, TAG_FIELDS))
