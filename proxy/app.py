@@ -169,7 +169,8 @@ def open_store(settings: Settings) -> Store | None:
     if not settings.cache_enabled and not settings.origin_is_http:
         return None
     try:
-        store = Store(settings.cache_dir, settings.cache_size_limit, on_evict=metrics.EVICTIONS.inc)
+        store = Store(settings.cache_dir, settings.cache_size_limit, on_evict=metrics.EVICTIONS.inc,
+                      block_size=settings.block_size, policy_memory=settings.policy_memory)
         store.sweep_parts(older_than=120)
         return store
     except StoreErrors as e:

@@ -116,7 +116,8 @@ def run_purge(settings: Settings, path: str | None, prefix: str | None, tag: str
         print(f"edgecache purge: {problem}", file=sys.stderr)
         return 2
     try:
-        store = Store(settings.cache_dir, settings.cache_size_limit)
+        store = Store(settings.cache_dir, settings.cache_size_limit, block_size=settings.block_size,
+                      policy_memory=settings.policy_memory)
     except StoreErrors as e:
         print(f"edgecache: cannot open the cache in {settings.cache_dir}: {e}", file=sys.stderr)
         return 1
