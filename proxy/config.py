@@ -88,6 +88,7 @@ class Settings:
     access_log: bool = True
     access_log_format: str = "combined"
     read_ahead_blocks: int = 0
+    max_variants: int = 32
     prefetch_segments: int = 0  # HLS/DASH: the next N segments of a rendition filled ahead (0: off)
     prefetch_max_fills: int = 64  # ... at most this many at a time per worker, all renditions
     manifest_ttl: int = 60  # seconds a master or VOD playlist, or a static MPD, is fresh when the origin says nothing
@@ -403,6 +404,7 @@ _CHECKS: list[Check] = [
     # S3 multipart upload: parts of 5 MiB to 5 GiB (but the last), at most 10,000 of them.
     _between("s3_part_size", 5 * 1024**2, 5 * 1024**3),
     _between("read_ahead_blocks", 0, 64),
+    _between("max_variants", 1, 4096),
     _between("prefetch_segments", 0, 64),
     _between("prefetch_max_fills", 1, 1024),
     _between("max_cache_tags", 0, 1024),

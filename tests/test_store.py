@@ -175,3 +175,18 @@ def test_what_is_worked_out_from_a_stored_response_is_not_stored_with_it(tmp_pat
     assert set(vars(read)) == {"status", "headers", "request_time", "response_time", "key", "size", "block_size",
                                "validator", "sliceable", "changes", "stale_at"}
     assert read.age(111.0) == 16.0 and read.representation("a.mp4") == stored.representation("a.mp4")
+
+
+def test_the_variants_of_one_url_are_bounded_oldest_out(tmp_path: Path) -> None:
+    """15,000 values of a field the origin varies on, chosen by clients, made an index of 1.25 MB:
+    at most max_variants are kept, the oldest going with their metadata."""
+    store = Store(str(tmp_path), 64 * 1024**2, max_variants=8)
+    keys = [meta_key("/v", f"x-client={i!r}") for i in range(200)]
+    for i, key in enumerate(keys):
+        assert store.put_meta("/v", key, obj("/v", str(i)), ("x-client",), store.generation("/v"))
+    index = store.vary_index("/v", fresh=True)
+    assert index is not None and index.selections == tuple(keys[-8:])  # the newest eight, oldest first
+    assert [store.get_object(key, fresh=True) is not None for key in keys[-9:]] == [False] + [True] * 8
+    store.put_meta("/v", keys[-8], obj("/v", "again"), ("x-client",), store.generation("/v"))  # asked again: newest
+    assert store.vary_index("/v", fresh=True).selections == (*keys[-7:], keys[-8])  # type: ignore[union-attr]
+    store.close()

@@ -106,8 +106,9 @@ class Store:
 
     def __init__(self, directory: str, size_limit: int, memo_seconds: float = 5.0,
                  on_evict: Callable[[int], None] | None = None, block_size: int = 4 * 1024**2,
-                 policy_memory: int = 64 * 1024**2) -> None:
+                 policy_memory: int = 64 * 1024**2, max_variants: int = 32) -> None:
         self.directory = directory
+        self.max_variants = max_variants
         self.memo_seconds = memo_seconds
         # key -> (change count when read, when read (monotonic), value, approximate bytes)
         self._memo: OrderedDict[str, tuple[int, float, object, int]] = OrderedDict()
@@ -259,24 +260,30 @@ class Store:
         return True
 
     def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
-        """Record `key` as a variant; when the fields the responses vary on change, the variants of
-        the old fields go (metadata and blocks): never orphaned, never answers."""
+        """Record `key` as the newest variant; when the fields the responses vary on change, the
+        variants of the old fields go (metadata and blocks): never orphaned, never answers. At most
+        `max_variants` are kept, the oldest going first."""
         index_key = vary_index_key(primary)
         current = self.index.get(index_key)
         same = isinstance(current, VaryIndex) and current.fields == vary
+        gone: list[str] = []
         if isinstance(current, VaryIndex) and not same:
-            for old in current.selections - {key}:
-                stale = self.get_object(old, fresh=True)
-                self._delete(old)
-                self.tags.forget([old])
-                if stale is not None:
-                    self.drop_blocks(stale)
+            gone = [old for old in current.selections if old != key]
         if vary:
-            selections = current.selections if isinstance(current, VaryIndex) and same else frozenset()
-            index = VaryIndex(vary, selections | {key})
-            self.index.set(index_key, index)
+            kept = [old for old in current.selections if old != key] if isinstance(current, VaryIndex) and same else []
+            kept.append(key)  # the newest last
+            excess = len(kept) - self.max_variants
+            if excess > 0:  # clients choose the values a response varies on: the oldest variants go
+                gone, kept = gone + kept[:excess], kept[excess:]
+            self.index.set(index_key, VaryIndex(vary, tuple(kept)))
         elif current is not None:
             self.index.delete(index_key)  # it no longer varies
+        for old in gone:
+            stale = self.get_object(old, fresh=True)
+            self._delete(old)
+            self.tags.forget([old])
+            if stale is not None:
+                self.drop_blocks(stale)
 
     def forget_meta(self, key: str, validator: str) -> bool:
         """Delete the object stored under `key` if it is still the version named by `validator`."""
@@ -612,6 +619,8 @@ def _approximate_size(value: object) -> int:
     """Bytes a remembered entry holds, roughly: its headers dominate, and a stored response's
     are held about three times once it has answered (as they are, indexed, as a representation)."""
     entry = value[-1] if isinstance(value, tuple) and value else value
+    if isinstance(entry, VaryIndex):  # its selections, each a key of some 40 bytes and more
+        return 256 + sum(len(selection) + 64 for selection in entry.selections)
     headers = getattr(entry, "headers", None)
     fields = sum(len(n) + len(v) for n, v in headers) if isinstance(headers, list) else 0
     return 256 + 3 * fields

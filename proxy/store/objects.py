@@ -69,10 +69,11 @@ class CachedObject(Stored):
 
 @dataclass(frozen=True)
 class VaryIndex:
-    """For a primary key whose responses vary: the request fields, and the selections stored."""
+    """For a primary key whose responses vary: the request fields, and the selections stored,
+    oldest first (an index written before they were ordered holds a set: read as it iterates)."""
 
     fields: tuple[str, ...]
-    selections: frozenset[str] = frozenset()
+    selections: tuple[str, ...] = ()
 
 
 def meta_key(primary: str, selection: str) -> str:
