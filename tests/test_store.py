@@ -2,6 +2,7 @@
 metadata of another format is a miss, a bounded memo."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -190,3 +191,19 @@ def test_the_variants_of_one_url_are_bounded_oldest_out(tmp_path: Path) -> None:
     store.put_meta("/v", keys[-8], obj("/v", "again"), ("x-client",), store.generation("/v"))  # asked again: newest
     assert store.vary_index("/v", fresh=True).selections == (*keys[-7:], keys[-8])  # type: ignore[union-attr]
     store.close()
+
+
+def test_blocks_at_hand_are_bounded_in_descriptors_and_in_bytes(tmp_path: Path) -> None:
+    from proxy.store.handles import OpenBlocks
+
+    at_hand = OpenBlocks(capacity=3, max_bytes=100)
+    for i in range(5):
+        path = tmp_path / f"b{i}"
+        path.write_bytes(b"x" * 10)
+        os.close(int(at_hand.adopt(f"f{i}", open(path, "rb"))))
+    for i in range(5):
+        at_hand.adopt(f"s{i}", b"y" * 40)
+    assert [key for key in ("f0", "f1", "f2", "f3", "f4") if at_hand.holds(key)] == ["f2", "f3", "f4"]
+    assert [key for key in ("s0", "s1", "s2", "s3", "s4") if at_hand.holds(key)] == ["s3", "s4"]
+    at_hand.close()
+    assert not at_hand.holds("f4") and not at_hand.holds("s4")

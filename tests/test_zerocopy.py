@@ -242,8 +242,7 @@ def test_clients_gone_mid_send_leave_no_descriptor_and_the_edge_serving(warm, se
     assert not state.tasks and not left  # both responses ended with their clients
     # The block descriptors and the sockets' duplicates are closed. (Files the edge keeps open
     # at hand, a bounded set, may have been opened again meanwhile: they are not leaks.)
-    kept = {h.name for h, _ in warm.server.config.app.state.service.reads.blocks.open_blocks._entries.values()
-            if not isinstance(h, bytes)}
+    kept = {h.name for h, _ in warm.server.config.app.state.service.reads.blocks.open_blocks._files.values()}
     grown = [t for t in (Counter(_fd_targets()) - Counter(named)).elements() if t not in kept]
     assert not grown
     assert sum(sendfile_calls) < 2 * IN_FILES, sendfile_calls  # both sends stopped when their client went away
@@ -583,7 +582,7 @@ def test_a_span_over_two_blocks_at_hand_leaves_no_descriptor_open(warm, sendfile
     """A range over two blocks kept open at hand is answered from them at once; when the second
     is not at hand, the first's descriptor is given back and the span read block by block."""
     blocks = warm.server.config.app.state.service.reads.blocks
-    entries = blocks.open_blocks._entries
+    entries = blocks.open_blocks._files
     spec, want = f"bytes={BLOCK - 10}-{BLOCK + 9}", BODY[BLOCK - 10:BLOCK + 10]
     for _ in range(20):
         assert httpx.get(warm.url + CLIP, headers={"Range": spec}).content == want

@@ -9,8 +9,8 @@ from typing import IO
 
 
 class OpenBlocks:
-    """A small LRU of open block files, and of small blocks' bytes (the caller decides which
-    are small: at most capacity x that size here).
+    """An LRU of open block files (at most `capacity`, a descriptor each), and of small blocks'
+    bytes (at most `max_bytes` of them; the caller decides which are small).
 
     Readers get their own duplicate descriptor, so closing an entry never cuts a
     read short. An entry is trusted for `refresh_after` seconds; then the store is
@@ -19,42 +19,55 @@ class OpenBlocks:
     right (block keys include the version): the bound here bounds that disk use.
     """
 
-    def __init__(self, capacity: int = 64, refresh_after: float = 5.0) -> None:
+    def __init__(self, capacity: int = 1024, refresh_after: float = 5.0, max_bytes: int = 8 * 1024**2) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.refresh_after = refresh_after
-        self._entries: OrderedDict[str, tuple[IO[bytes] | bytes, float]] = OrderedDict()
+        self._files: OrderedDict[str, tuple[IO[bytes], float]] = OrderedDict()  # the least recent first
+        self._small: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0  # of the small blocks'
 
     def acquire(self, key: str) -> int | bytes | None:
         """A new descriptor for the block (or its bytes), or None when it must be looked up in the store."""
         if not self.holds(key):
             return None
-        entry = self._entries[key]
-        self._entries.move_to_end(key)
-        return entry[0] if isinstance(entry[0], bytes) else os.dup(entry[0].fileno())
+        small = self._small.get(key)
+        if small is not None:
+            self._small.move_to_end(key)
+            return small[0]
+        self._files.move_to_end(key)
+        return os.dup(self._files[key][0].fileno())
 
     def holds(self, key: str) -> bool:
         """Is the block at hand (and not yet due to be asked about again)?"""
-        entry = self._entries.get(key)
+        entry = self._files.get(key) or self._small.get(key)
         return entry is not None and time.monotonic() - entry[1] <= self.refresh_after
 
     def adopt(self, key: str, handle: IO[bytes] | bytes) -> int | bytes:
         """Keep `handle` for later readers; a new descriptor (or the bytes) for this one."""
         self.forget(key)
-        self._entries[key] = (handle, time.monotonic())
-        while len(self._entries) > self.capacity:
-            _close(self._entries.popitem(last=False)[1][0])
-        return handle if isinstance(handle, bytes) else os.dup(handle.fileno())
+        now = time.monotonic()
+        if isinstance(handle, bytes):
+            self._small[key] = (handle, now)
+            self._bytes += len(handle)
+            while self._bytes > self.max_bytes:
+                self._bytes -= len(self._small.popitem(last=False)[1][0])
+            return handle
+        self._files[key] = (handle, now)
+        while len(self._files) > self.capacity:
+            self._files.popitem(last=False)[1][0].close()
+        return os.dup(handle.fileno())
 
     def forget(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            _close(entry[0])
+        small = self._small.pop(key, None)
+        if small is not None:
+            self._bytes -= len(small[0])
+        opened = self._files.pop(key, None)
+        if opened is not None:
+            opened[0].close()
 
     def close(self) -> None:
-        while self._entries:
-            _close(self._entries.popitem()[1][0])
-
-
-def _close(handle: IO[bytes] | bytes) -> None:
-    if not isinstance(handle, bytes):
-        handle.close()
+        while self._files:
+            self._files.popitem()[1][0].close()
+        self._small.clear()
+        self._bytes = 0
