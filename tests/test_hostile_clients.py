@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import re
+import resource
 import select
 import socket
 import threading
@@ -240,3 +241,34 @@ def test_connections_beyond_the_limits_are_refused(settings: Settings) -> None:
         assert answer.endswith(b"\r\n\r\nhello, edge\n")
         for s in held:
             s.close()
+
+
+def test_an_idle_keep_alive_connection_costs_a_few_kib(site: Path) -> None:
+    """Thousands of clients between two requests (browsers keep their connections open): each holds
+    nothing of what it asked (its request's scope, fields and cycle), only the connection itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    count = min(4000, hard - 300)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 300), hard))
+    request = b"GET /small.txt HTTP/1.1\r\nHost: a\r\n\r\n"
+    try:
+        with edge_process(site, keepalive_timeout=600, client_header_timeout=600, max_connections=count + 500) as edge:
+            warm = [socket.create_connection(("127.0.0.1", edge.port)) for _ in range(100)]
+            for s in warm:  # the edge's own memory for answering, first
+                s.sendall(request)
+                assert s.recv(4096).endswith(b"hello, edge\n")
+            time.sleep(0.5)
+            before = edge.rss()
+            idle = []
+            for _ in range(count):
+                s = socket.create_connection(("127.0.0.1", edge.port))
+                s.sendall(request)
+                idle.append(s)
+            for s in idle:
+                assert s.recv(4096).endswith(b"hello, edge\n")
+            time.sleep(0.5)
+            each = (edge.rss() - before) / count
+            for s in warm + idle:
+                s.close()
+        assert each < 10 * 1024, f"{each:.0f} bytes a connection"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -207,6 +207,15 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.meter.begin()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete and not self.pipeline:
+            # An idle keep-alive connection holds nothing of the request it answered (its scope,
+            # fields, body, cycle): thousands of them cost a few KiB each (uvicorn starts a new
+            # cycle with the next request's head, and handles a connection without one).
+            self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
+
     # Limits
 
     def check(self, now: float) -> None:
