@@ -192,7 +192,8 @@ class ReadPath:
         if partial is not None:
             status = cache_status(fwd=Fwd.PARTIAL.value, fwd_status=partial.status, collapsed=partial.collapsed)
             return self._serve(ex, obj, action.age, status, x_cache(hit=False), now=ex.now, plan=plan)
-        self.hits.count(obj.key)
+        if not ex.req.prefetch:  # the cache policy and the listing count clients' hits only
+            self.hits.count(obj.key)
         detail = "stale" if action.stale else None
         status = cache_status(hit=True, ttl=action.ttl, detail=detail)
         reply = self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale), now=ex.now, plan=plan)

@@ -134,7 +134,8 @@ class SegmentPrefetch:
         asked = fetch_headers(headers, None)  # the client's end-to-end fields, copied now
         if parsed is not None:
             self._keep(obj, parsed, target.raw)
-            self.spawn(self._listed_in(parsed.folders, target.raw))
+            if parsed.folders:
+                self.spawn(self._listed_in(parsed.folders, target.raw))
             self._start_playlist(parsed.manifest, asked)
             return
         if obj.changes is not None:  # a manifest the edge understood when it stored it
@@ -163,17 +164,17 @@ class SegmentPrefetch:
         rendition: the first request of one plans its own)."""
         if isinstance(manifest, MediaPlaylist):
             rendition = self._rendition(manifest.key)
-            self._start(manifest, rendition, plan_start(manifest, self.count, rendition.have(), time.time()), headers)
+            self._start(rendition, plan_start(manifest, self.count, rendition.have(), time.time()), headers)
 
     async def _segment_served(self, ref: Ref, headers: Headers) -> None:
         track = await self._track_of(ref, headers)
         if track is not None:
             rendition = self._rendition(track.key)
             planned = plan_prefetch(track, ref, self.count, rendition.have(), time.time())
-            self._start(track, rendition, planned or (), headers)
+            self._start(rendition, planned or (), headers)
 
     # --- fills --------------------------------------------------------------------------
-    def _start(self, track: Track, rendition: _Rendition, planned: tuple[Ref, ...], headers: Headers) -> None:
+    def _start(self, rendition: _Rendition, planned: tuple[Ref, ...], headers: Headers) -> None:
         for ref in planned:
             if len(rendition.in_flight) >= self.count or self.fills >= self.max_fills:
                 return
