@@ -111,11 +111,14 @@ def caches(url: str, paths: str = "abcd") -> dict[str, str]:
 def test_purge_by_tag_over_http(upstream, http_settings: Settings, make_server) -> None:  # type: ignore[no-untyped-def]
     origin, _ = upstream
     tagged_origin(origin)
+    origin.objects["/private.mp4"] = Obj(PLAIN, headers={"cache-tag": "blue", "cache-control": "no-store"})
     edge = make_server(http_settings)
     assert caches(edge.url) == dict.fromkeys("abcd", "MISS")
-    r = httpx.get(edge.url + "/a.mp4")
-    assert r.headers["x-cache"] == "HIT"
-    assert "surrogate-key" not in r.headers and "cache-tag" not in r.headers  # the origin's tags stay at the edge
+    # The origin's tags stay at the edge: not on a hit, a miss or a relay.
+    for path, cache in (("/a.mp4", "HIT"), ("/private.mp4", "MISS"), ("/private.mp4", "BYPASS")):
+        r = httpx.get(edge.url + path)
+        assert r.headers["x-cache"] == cache
+        assert "surrogate-key" not in r.headers and "cache-tag" not in r.headers
     purged = httpx.post(edge.url + "/_edge/purge?tag=blue")
     assert (purged.status_code, purged.json()) == (200, {"purged": ["/a.mp4", "/b.mp4"], "count": 2})
     assert caches(edge.url) == {"a": "MISS", "b": "MISS", "c": "HIT", "d": "HIT"}
