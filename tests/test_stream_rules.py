@@ -7,13 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.cache.segments import MANIFEST_BASE, read_manifest
 from proxy.http import cache as hc
 from proxy.http import freshness as fr
 from proxy.http.headers import format_http_date
-from proxy.http.lifetimes import Changes, StreamTtls
-from proxy.http.manifests import stored_whole
-from proxy.http.streams import MAX_MANIFEST_BYTES
+from proxy.http.lifetimes import Changes, StreamTtls, changes_of
+from proxy.http.manifests import stored_whole, tracks
+from proxy.http.prefetch import rendition_of
+from proxy.http.streams import MAX_MANIFEST_BYTES, directory
 from proxy.http.tags import MAX_TAG_LENGTH, is_tag, response_tags, without_tags
+from tests.test_hls import _line as playlist_lines
 
 NOW = 1_800_000_000.0
 STREAMS = fr.Policy(streams=StreamTtls(manifest=300, segment=86400))
@@ -163,3 +166,40 @@ def test_tags_are_read_back_as_written(keys: list[str], tags: list[str], limit: 
 ])
 def test_is_tag(text: str, tag: bool) -> None:
     assert is_tag(text) is tag
+
+
+_EXPLICIT = st.sampled_from(["max-age=0", "max-age=7", "s-maxage=30", "max-age=100, stale-while-revalidate=5",
+                             "no-cache, max-age=5", "public, max-age=9"])
+_WHAT = st.sampled_from([("/a.m3u8", LIVE), ("/a.m3u8", STATIC), ("/a.mpd", Changes(0.0)), ("/s.ts", None),
+                         ("/s.m4s?x=1", None), ("/a.mp4", None)])
+
+
+@settings(deadline=None)
+@given(_EXPLICIT, st.integers(-100, 100) | st.none(), _WHAT, st.integers(0, 10**6), st.integers(0, 10**6))
+def test_what_the_origin_says_comes_first(cache_control: str, expires_in: int | None,
+                                          what: tuple[str, Changes | None], manifest_ttl: int,
+                                          segment_ttl: int) -> None:
+    """RFC 9111 section 4.2.1: an explicit lifetime is the lifetime, whatever the stream rules."""
+    path, changes = what
+    headers = h(cache_control=cache_control, date=format_http_date(NOW))
+    if expires_in is not None:
+        headers.append(("Expires", format_http_date(NOW + expires_in)))
+    streams = fr.Policy(streams=StreamTtls(manifest_ttl, segment_ttl))
+    assert fr.freshness_lifetime(200, headers, path, NOW, streams, changes) == \
+        fr.freshness_lifetime(200, headers, path, NOW, fr.Policy(), None)
+
+
+@settings(deadline=None)
+@given(st.lists(playlist_lines, max_size=40), st.binary(max_size=300))
+def test_reading_any_manifest_never_raises(lines: list[str], tail: bytes) -> None:
+    """What the driver does with a body it stores as a manifest (segments.read_manifest) never
+    raises: a bad manifest is relayed and stored as it is, only not understood."""
+    for body in (("#EXTM3U\n" + "\n".join(lines)).encode(), b"#EXTM3U\n" + tail, b"<MPD>" + tail):
+        parsed = read_manifest(body, MANIFEST_BASE + "/v/index.m3u8")
+        if parsed is None:
+            continue
+        assert changes_of(parsed.manifest) is not None
+        for track in tracks(parsed.manifest):  # a segment it lists is found by its directory, then located
+            for index in list(track.available(None))[:5]:
+                ref = track.segment(index).ref
+                assert directory(ref.url) in parsed.folders and rendition_of(parsed.manifest, ref) is not None
