@@ -24,11 +24,9 @@ from .config import Settings, settings_for_worker
 from .forwarded import UNKEYED_FIELDS, Client, base_url, forwarding_headers, identify, is_trusted
 from .http.cachestatus import chained
 from .http.tags import is_tag
-from .middleware import EdgeHeaders
 from .ops import metrics
 from .ops.accesslog import LineWriter
 from .ops.metered import MeteredOrigin
-from .ops.observe import Observe
 from .ops.page import page_routes
 from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
@@ -36,9 +34,10 @@ from .origins.s3 import S3Origin
 from .origins.upstream import UpstreamOrigin
 from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value, typed_key, url_path
 from .peers import HOPS, PurgePeers
+from .server.front import Front
 from .server.limits import Refusal
 from .server.protocol import SHUT_DOWN, TIMED_OUT
-from .server.ready import OFFER, ReadyAnswers, Replay
+from .server.ready import OFFER, ReadyAnswers
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response, zero_copy
@@ -405,15 +404,13 @@ def create_app(settings: Settings) -> EdgeApp:
 
     routes_app = Starlette(routes=routes, lifespan=lifespan)
     routes_app.state.service = service
-    dispatch = Dispatch(content, routes_app, settings.compat_routes)
-    edge = EdgeHeaders(dispatch, server=settings.server_name)
     reads, store = service.reads, service.store
-    front = edge if reads is None or store is None else \
-        Replay(edge, ReadyAnswers(store.changes_at, reads.hits.count), UNKEYED_FIELDS)
-    observed = Observe(front, write=None if access_log is None else access_log.put,
-                       log_format=settings.access_log_format, proxies=settings.proxies,
-                       forwarded_header=settings.forwarded_header)
-    return EdgeApp(observed, routes_app.state)
+    answers = None if reads is None or store is None else ReadyAnswers(store.changes_at, reads.hits.count)
+    front = Front(Dispatch(content, routes_app, settings.compat_routes), answers=answers, unkeyed=UNKEYED_FIELDS,
+                  server=settings.server_name, write=None if access_log is None else access_log.put,
+                  log_format=settings.access_log_format, proxies=settings.proxies,
+                  forwarded_header=settings.forwarded_header)
+    return EdgeApp(front, routes_app.state)
 
 
 class Dispatch:

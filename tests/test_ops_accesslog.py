@@ -4,16 +4,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import time
 import logging
 import re
+import time
 
 import httpx
 import pytest
 
 from proxy.config import ConfigError, Settings, load_settings
 from proxy.ops.accesslog import QUEUE_LINES, Entry, LineWriter, as_json, combined
-from proxy.ops.observe import fwd_status
+from proxy.server.front import fwd_status
 from proxy.server.run import uvicorn_options
 from tests.conftest import RunningServer
 

@@ -18,7 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 import proxy.app
 import proxy.cache.reads
-import proxy.server.ready
+import proxy.server.front
 from proxy.app import create_app
 from proxy.cache.replies import Steady
 from proxy.config import Settings
@@ -233,7 +233,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock(math.floor(time.time()) - 10 + 0.125)  # before the origin's Date: no apparent age
     monkeypatch.setattr(proxy.cache.reads, "time", c)
     monkeypatch.setattr(proxy.app, "time", c)
-    monkeypatch.setattr(proxy.server.ready, "time", c)
+    monkeypatch.setattr(proxy.server.front, "time", c)
     return c
 
 
@@ -357,7 +357,7 @@ def test_an_answer_given_ready_is_the_full_paths_answer(  # type: ignore[no-unty
 
     monkeypatch.setattr(ReadyAnswers, "find", counted)
     full_path = create_app(http_settings)
-    full_path.app.app = full_path.app.app.app  # EdgeApp -> Observe -> (no Replay) -> the rest
+    full_path.app.answers = None  # EdgeApp -> Front, answering nothing ready
     with RunningServer(http_settings) as edge, RunningServer(http_settings, app=full_path) as reference, \
             httpx.Client(base_url=edge.url) as c, httpx.Client(base_url=reference.url) as r:
         for path in ("/a", "/v"):  # stored, and their blocks read and held

@@ -156,3 +156,26 @@ def end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         for token in value.split(",")
     }
     return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+# RFC 9112 section 3.2 / RFC 3986 section 3.2.2: uri-host [ ":" port ], possibly empty.
+_HOST_VALUE = re.compile(
+    rb"(\[[0-9A-Za-z:.%~_!$&'()*+,;=-]+\]|[0-9A-Za-z._~%!$&'()*+,;=-]*)(:[0-9]*)?"
+)
+_SECTION = "(RFC 9112 section 3.2)"
+
+
+def host_problem(http_version: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why the request's Host field is unacceptable (RFC 9112 section 3.2), or None.
+
+    An HTTP/1.1 request needs exactly one Host field; no request may carry two; the
+    value must be a host[:port] (empty is allowed).
+    """
+    hosts = [value for name, value in headers if name.lower() == b"host"]
+    if len(hosts) > 1:
+        return f"more than one Host header field {_SECTION}"
+    if not hosts:
+        return None if http_version in ("1.0", "0.9") else f"an HTTP/1.1 request needs a Host header field {_SECTION}"
+    if not _HOST_VALUE.fullmatch(hosts[0].strip()):
+        return f"the Host header field is not a valid host[:port] {_SECTION}"
+    return None

@@ -2,9 +2,9 @@
 byte, is kept and sent again without asking the cache, for as long as nothing it depends on can
 have changed (see cache.replies.Steady and http.cache.steady_until).
 
-`Replay` is the ASGI middleware that does it, in front of everything that shapes a response
-(the header middleware, the routes, the read path): it keeps the answer as it went out, when the
-app offered it (`Offer`, in the scope under OFFER), and sends it again as it is.
+The edge's front layer (server/front.py) does it, in front of everything that shapes a response
+(the routes, the read path): it keeps the answer as it went out, when the routes offered it
+(`Offer`, in the scope under OFFER), and sends it again as it is.
 
 Which requests ask the same: those with the same method, scheme, HTTP version, path (as received
 and decoded), query and Host lines, and the same lines of every header field the rules that made
@@ -19,12 +19,11 @@ with a body.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from ..cache.replies import Steady
 from .zerocopy import HEAD_KEY, EncodedHead, encoded_head
@@ -196,37 +195,3 @@ class Offer:
     steady: Steady | None = None
     body: bytes = b""
     read: set[str] = field(default_factory=set)
-
-
-class Replay:
-    """ASGI middleware: a request with a ready answer gets it; any other goes to the app, and
-    the answer it sends is kept if the app offered it."""
-
-    def __init__(self, app: ASGIApp, answers: ReadyAnswers, unkeyed: Iterable[str]) -> None:
-        self.app = app
-        self.answers = answers
-        self.unkeyed = frozenset(unkeyed)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        asked = asked_of(scope) if scope["type"] == "http" else None
-        if asked is None:
-            await self.app(scope, receive, send)
-            return
-        key = self.answers.key(asked, scope["headers"])
-        ready = self.answers.find(key, time.time()) if key is not None else None
-        if ready is not None:
-            await ready.send(send)
-            return
-        offer = scope[OFFER] = Offer()
-        started: list[Message] = []
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                started.append(message)
-            await send(message)
-
-        await self.app(scope, receive, sending)
-        if offer.steady is not None and started:
-            start = started[0]
-            self.answers.keep(asked, scope["headers"], offer.read, start["status"], start["headers"], offer.body,
-                              offer.steady, self.unkeyed)

@@ -62,7 +62,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         date_header=False,  # ... and one Date
         timeout_keep_alive=settings.keepalive_timeout,
         log_level=settings.log_level,
-        access_log=False,  # the edge logs each request itself (proxy/ops/observe.py), with its cache status
+        access_log=False,  # the edge logs each request itself (proxy/server/front.py), with its cache status
         backlog=BACKLOG,
     )
 
