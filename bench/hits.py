@@ -16,11 +16,14 @@ latency instead of being dropped.
 
 Figures, each run over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
 half aligned on 1 MiB and half not, on 64 connections (MiB/s, p99 ms; bench/wrk_ranges.lua);
+what browsers' players ask: 1 MiB ranges at any byte, each request with a dozen fields of its
+client's (User-Agent, cookie, language, Referer, Sec-Fetch-*: bench/wrk_browser.lua);
 1 KiB hits on 64 connections (req/s) and the server CPU per request over that run
 (utime+stime of all the server's processes, from /proc, divided by wrk's requests); the same
 1 KiB hits with a header field of its own in each request (bench/wrk_distinct.lua: no two
 requests identical, so edgecache's ready answers cannot replay them); 304
-revalidations on 64 connections (If-None-Match: the object's ETag); the peak resident
+revalidations on 64 connections (If-None-Match: the object's ETag), and with If-Modified-Since
+(its Last-Modified); the peak resident
 memory of the server's processes over the whole run, per worker and in total.
 """
 from __future__ import annotations
@@ -80,8 +83,9 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[in
         conn.close()
 
 
-def warm_and_check(name: str, port: int, files: dict[str, bytes]) -> str:
-    """Fill the proxy's cache, then check that it is warm and right; the small object's ETag."""
+def warm_and_check(name: str, port: int, files: dict[str, bytes]) -> tuple[str, str]:
+    """Fill the proxy's cache, then check that it is warm and right; the small object's ETag and
+    Last-Modified."""
     big, small = files[BIG], files[SMALL]
     for _ in range(2):  # the second full GET must be a hit
         status, headers, body = get(port, BIG)
@@ -118,9 +122,14 @@ def warm_and_check(name: str, port: int, files: dict[str, bytes]) -> str:
     if status != 304 or body or headers.get("x-cache") != "HIT":
         raise SystemExit(f"{name}: If-None-Match {etag} gave {status} x-cache={headers.get('x-cache')}, "
                          f"{len(body)} bytes (wanted 304 HIT)")
+    modified = get(port, SMALL)[1].get("last-modified", "")
+    status, headers, body = get(port, SMALL, {"If-Modified-Since": modified})
+    if status != 304 or body or headers.get("x-cache") != "HIT":
+        raise SystemExit(f"{name}: If-Modified-Since {modified} gave {status} x-cache={headers.get('x-cache')}, "
+                         f"{len(body)} bytes (wanted 304 HIT)")
     print(f"  warm: every slice of {BIG} and {SMALL} answer x-cache: HIT, bytes equal the origin's, "
-          f"If-None-Match {etag} -> 304", flush=True)
-    return etag
+          f"If-None-Match {etag} and If-Modified-Since {modified} -> 304", flush=True)
+    return etag, modified
 
 
 # --- the origin ---------------------------------------------------------------------------
@@ -133,7 +142,7 @@ def origin_counts(port: int, reset: bool = False) -> dict[str, int]:
 
 # --- the proxies, measured in turn ----------------------------------------------------------
 
-FIGURES = ("full", "ranges", "small", "distinct", "revalidations")
+FIGURES = ("full", "ranges", "browser", "small", "distinct", "revalidations", "since")
 
 
 @dataclass
@@ -144,6 +153,7 @@ class Server:
     proc: subprocess.Popen
     port: int
     etag: str = ""
+    last_modified: str = ""
     memory: MemorySampler | None = None
     runs: dict[str, list[WrkResult]] = field(default_factory=dict)
     cpu_us: list[float] = field(default_factory=list)  # per request, one per 1 KiB run
@@ -162,9 +172,15 @@ def run_figure(server: Server, figure: str, seconds: int, threads: int, origin_p
                          script=BENCH / "wrk_ranges.lua", script_args=(str(big_size), str(RANGE)))
     elif figure == "small":
         result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads)
+    elif figure == "browser":
+        result = run_wrk(base + BIG, connections=64, seconds=seconds, threads=threads,
+                         script=BENCH / "wrk_browser.lua", script_args=(str(big_size), str(RANGE)))
     elif figure == "distinct":
         result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
                          script=BENCH / "wrk_distinct.lua")
+    elif figure == "since":
+        result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
+                         headers=(f"If-Modified-Since: {server.last_modified}",))
     else:
         result = run_wrk(base + SMALL, connections=64, seconds=seconds, threads=threads,
                          headers=(f"If-None-Match: {server.etag}",))
@@ -191,10 +207,13 @@ class Figures:
 
     full: WrkResult
     ranges: WrkResult
+    browser: WrkResult
     small: WrkResult
     distinct: WrkResult
     revalidations: WrkResult
+    since: WrkResult
     ranges_p99_ms: float
+    browser_p99_ms: float
     cpu_us_per_request: float
     rss_worker: float  # MiB, the largest worker's peak
     rss_total: float  # MiB, peak of the sum over all the server's processes
@@ -218,6 +237,7 @@ def figures_of(server: Server) -> Figures:
     return Figures(
         *(median_run(f) for f in FIGURES),
         ranges_p99_ms=_median([r.p99_ms for r in server.runs["ranges"]]),
+        browser_p99_ms=_median([r.p99_ms for r in server.runs["browser"]]),
         cpu_us_per_request=_median(server.cpu_us),
         rss_worker=max(workers, default=0) / (1 << 20),
         rss_total=max(memory.peak_total, *memory.peaks.values()) / (1 << 20),
@@ -243,7 +263,7 @@ def measure_all(servers: list[Server], files: dict[str, bytes], origin_port: int
     turn, so that a change in the machine's speed over the run falls on all of them alike."""
     for server in servers:
         print(f"\n{server.name} (port {server.port})", flush=True)
-        server.etag = warm_and_check(server.name, server.port, files)
+        server.etag, server.last_modified = warm_and_check(server.name, server.port, files)
     time.sleep(0.5)
     for server in servers:
         server.memory = MemorySampler(server.proc.pid).start()
@@ -284,10 +304,13 @@ ROWS = (  # label, figure, format
     ("64 MiB GET, 1 connection, MiB/s", lambda f: f.full.mib_per_s, "{:,.0f}"),
     ("random 1 MiB ranges, 64 connections, MiB/s", lambda f: f.ranges.mib_per_s, "{:,.0f}"),
     ("... p99 latency, ms", lambda f: f.ranges_p99_ms, "{:,.1f}"),
+    ("browsers' 1 MiB ranges at any byte, their own fields, MiB/s", lambda f: f.browser.mib_per_s, "{:,.0f}"),
+    ("... p99 latency, ms", lambda f: f.browser_p99_ms, "{:,.1f}"),
     ("1 KiB hits, 64 connections, req/s", lambda f: f.small.req_per_s, "{:,.0f}"),
     ("... server CPU per request, us", lambda f: f.cpu_us_per_request, "{:,.1f}"),
     ("... each request distinct, req/s", lambda f: f.distinct.req_per_s, "{:,.0f}"),
     ("304 revalidations, 64 connections, req/s", lambda f: f.revalidations.req_per_s, "{:,.0f}"),
+    ("... with If-Modified-Since, req/s", lambda f: f.since.req_per_s, "{:,.0f}"),
     ("peak memory (RSS) per worker, MiB", lambda f: f.rss_worker, "{:,.1f}"),
     ("peak memory (RSS) total, MiB", lambda f: f.rss_total, "{:,.1f}"),
 )
