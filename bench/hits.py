@@ -21,7 +21,7 @@ client's (User-Agent, cookie, language, Referer, Sec-Fetch-*: bench/wrk_browser.
 1 KiB hits on 64 connections (req/s) and the server CPU per request over that run
 (utime+stime of all the server's processes, from /proc, divided by wrk's requests); the same
 1 KiB hits with a header field of its own in each request (bench/wrk_distinct.lua: no two
-requests identical, so edgecache's ready answers cannot replay them); 304
+requests identical, but alike in every field the answer depends on); 304
 revalidations on 64 connections (If-None-Match: the object's ETag), and with If-Modified-Since
 (its Last-Modified); the peak resident
 memory of the server's processes over the whole run, per worker and in total.
