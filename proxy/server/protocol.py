@@ -210,10 +210,12 @@ class EdgeProtocol(ZeroCopyProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.response_complete and not self.pipeline:
+        if cycle is not None and cycle.response_complete and not cycle.more_body and not self.pipeline:
             # An idle keep-alive connection holds nothing of the request it answered (its scope,
             # fields, body, cycle): thousands of them cost a few KiB each (uvicorn starts a new
-            # cycle with the next request's head, and handles a connection without one).
+            # cycle with the next request's head, and handles a connection without one). Not
+            # while the request's body is still coming: an answer given before reading it (a
+            # refusal) leaves the rest of it to be read, and dropped, through the cycle.
             self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
 
     # Limits
