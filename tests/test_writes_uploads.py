@@ -13,14 +13,9 @@ import pytest
 
 from tests.conftest import RunningServer
 from tests.test_server import exchange
-from tests.test_uploads import leftovers
+from tests.test_uploads import leftovers, tree
 
 pytestmark = pytest.mark.anyio
-
-
-def tree(root: Path) -> list[tuple[str, bytes | None]]:
-    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() and not p.is_symlink() else None)
-                  for p in root.rglob("*"))
 
 
 @pytest.mark.parametrize(
