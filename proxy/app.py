@@ -170,7 +170,7 @@ def open_store(settings: Settings) -> Store | None:
     try:
         store = Store(settings.cache_dir, settings.cache_size_limit, on_evict=metrics.EVICTIONS.inc,
                       block_size=settings.block_size, policy_memory=settings.policy_memory,
-                      max_variants=settings.max_variants)
+                      max_variants=settings.max_variants, scrub_rate=settings.scrub_rate)
         store.sweep_parts(older_than=120)
         return store
     except StoreErrors as e:

@@ -18,6 +18,7 @@ from .ops import simulate
 from .ops.fetchers import FetchError
 from .ops.renditions import ALL, parse_selection
 from .ops.startup import env_warnings, log_to_console, origin_problem, startup_line
+from .ops.verify import verify
 from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
 from .paths import BadPath, HiddenPath, key_prefix, origin_path, typed_key, wire
 from .server.run import serve
@@ -27,7 +28,7 @@ from .store.disk import Store, StoreErrors, is_cache_dir
 log = logging.getLogger("edgecache.cli")
 # Options of one command, not settings.
 _COMMAND_OPTIONS = ("path", "prefix", "tag", "soft", "items", "from_file", "edge", "concurrency", "head_size",
-                    "renditions", "sign_path", "ttl", "base")
+                    "renditions", "sign_path", "ttl", "base", "drop")
 
 
 def _count(text: str) -> int:
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="renditions of an HLS master playlist or a DASH MPD to warm: all (default), best, lowest, "
                            "an index (0), a height (720p), a size (1280x720), a bandwidth bound ('<=3M', '>=800k'), "
                            "or several: 720p,1080p")
+    check = commands.add_parser("verify", help="check every block stored in a cache directory against its checksum "
+                                "(exit status 1 when some are damaged)")
+    check.add_argument("--config", help="TOML settings file (also EDGECACHE_CONFIG)")
+    check.add_argument("--cache-dir", dest="cache_dir", help="cache directory (default ./.edgecache)")
+    check.add_argument("--drop", action="store_true", help="drop the damaged blocks (a running edge fetches them "
+                       "again from the origin when they are asked for)")
     simulate.add_parser(commands)
     return parser
 
@@ -137,6 +144,26 @@ def run_purge(settings: Settings, path: str | None, prefix: str | None, tag: str
         store.close()
     print(json.dumps({"purged": purged, "count": len(purged)}))
     return 0
+
+
+def run_verify(settings: Settings, drop: bool) -> int:
+    """Check the stored blocks of the cache directory; a summary on stdout; 1 when some are damaged."""
+    problem = _not_a_cache(settings.cache_dir)
+    if problem is not None:
+        print(f"edgecache verify: {problem}", file=sys.stderr)
+        return 2
+    try:
+        store = Store(settings.cache_dir, settings.cache_size_limit, block_size=settings.block_size,
+                      policy_memory=settings.policy_memory)
+    except StoreErrors as e:
+        print(f"edgecache: cannot open the cache in {settings.cache_dir}: {e}", file=sys.stderr)
+        return 1
+    try:
+        findings = verify(store, drop, Console())
+    finally:
+        store.close()
+    print(findings.summary())
+    return 1 if findings.damage else 0
 
 
 def run_warm(settings: Settings, items: list[str], from_file: str | None, edge: str | None, concurrency: int,
@@ -223,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_sign(settings, options["sign_path"], options["ttl"], options["base"])
     if command == "warm":
         return run_warm(settings, **options)
+    if command == "verify":
+        return run_verify(settings, options["drop"])
     problem = origin_problem(settings)
     if problem is not None:
         log.warning(problem)

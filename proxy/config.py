@@ -42,6 +42,7 @@ class Settings:
     block_size: int = 4 * 1024**2
     max_object_size: int = 10 * 1024**3
     policy_memory: int = 64 * 1024**2  # the cache policy's state: queues, ghosts (see proxy/policy/)
+    scrub_rate: int = 4 * 1024**2  # bytes a second the scrub reads stored blocks again to check them (0: off)
     origin_connect_timeout: float = 5.0
     origin_read_timeout: float = 30.0
     origin_response_timeout: float = 15.0
@@ -175,7 +176,7 @@ def _parse_ttls(text: str) -> tuple[tuple[str, int], ...]:
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _SIZE_FIELDS = {"chunk_size", "max_header_bytes", "client_body_min_rate", "cache_size_limit", "block_size",
-                "max_object_size", "max_upload_size", "s3_part_size", "policy_memory"}
+                "max_object_size", "max_upload_size", "s3_part_size", "policy_memory", "scrub_rate"}
 _MULTIPLIERS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -363,6 +364,7 @@ _CHECKS: list[Check] = [
     _between("cache_size_limit", 64 * 1024**2, 2**60),
     _between("policy_memory", 1024**2, 2**40),
     _between("block_size", 64 * 1024, 256 * 1024**2),
+    _between("scrub_rate", 0, 2**40),
     _between("max_object_size", 1, 2**60),
     _cache_sizes,
     _positive("origin_connect_timeout", 3600),

@@ -254,16 +254,10 @@ class BlockSource:
         return self.open_blocks.adopt(key, handle)
 
     def _open(self, key: str, length: int) -> IO[bytes] | bytes | None:
-        """On a store thread: the stored block, small ones read into memory (kept at hand, they
-        are then served with no file read at all)."""
-        handle = self.store.open_block(key, length)
-        if handle is None or isinstance(handle, bytes) or length > IN_MEMORY:
-            return handle
-        with handle:
-            data = handle.read(length + 1)
-        if len(data) != length:
-            raise FillFailed(f"stored block {key} changed length while read", local=True)
-        return data
+        """On a store thread: the stored block, checked (a damaged one is dropped: None, and it is
+        filled again), small ones read into memory (kept at hand, they are then served with no file
+        read at all)."""
+        return self.store.read_block(key, length) if length <= IN_MEMORY else self.store.open_block(key, length)
 
     async def _read_stored(self, stored: int | bytes, pos: int, hi: int) -> AsyncIterator[Chunk]:
         """A stored block's bytes [pos, hi): small ones from memory, else as a span of its file."""

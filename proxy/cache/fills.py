@@ -21,6 +21,7 @@ from ..files import write_all
 from ..http.cache import BlockAnswer, block_answer, fetch_headers
 from ..http.directives import Headers, get
 from ..origins.base import BodyAborted, Origin, OriginError, OriginResponse, Target
+from ..store.checksums import Running
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject
 from .threads import StoreThreads
@@ -54,6 +55,7 @@ class Progress:
     written: int = 0
     status: int | None = None  # the origin's status, once it answered the fill's request well
     done: bool = False
+    checksum: Running = field(default_factory=Running)  # of the bytes written, stored with the block
     error: FillFailed | None = None
     _event: anyio.Event = field(default_factory=anyio.Event)
 
@@ -303,6 +305,7 @@ class Filler:
             raise FillFailed(f"origin body ended at byte {pos} of {obj.size}")
 
     async def _write(self, progress: Progress, data: bytes) -> None:
+        progress.checksum.update(data)
         await anyio.to_thread.run_sync(write_all, progress.fd, data)
         progress.advance(len(data))
 
@@ -310,7 +313,8 @@ class Filler:
         try:
             fd, progress.fd = progress.fd, -1
             await anyio.to_thread.run_sync(os.close, fd)
-            await self.threads.run(self.store.publish_block, progress.key, progress.path, progress.length)
+            await self.threads.run(self.store.publish_block, progress.key, progress.path, progress.length,
+                                   progress.checksum.value())
         except StoreErrors as e:
             log.warning("block %s not stored: %s", progress.key, e)
         finally:

@@ -57,6 +57,8 @@ class StoreFigures(Protocol):
 
     def policy_figures(self) -> dict[str, float]: ...
 
+    def integrity_figures(self) -> dict[str, float]: ...
+
 
 class _StoreCollector:
     """The store's size and entry count, read at scrape time (one store, shared by all workers)."""
@@ -70,6 +72,33 @@ class _StoreCollector:
         yield GaugeMetricFamily("edgecache_store_entries", "Entries in the cache store (metadata and blocks)",
                                 value=self.store.entry_count())
         yield from policy_metrics(self.store.policy_figures())
+        yield from integrity_metrics(self.store.integrity_figures())
+
+
+def integrity_metrics(figures: dict[str, float]) -> Iterator[Metric]:
+    """What the checks of stored blocks and of the store's databases found (proxy/store/integrity.py),
+    counted by every worker of the cache directory, kept across restarts."""
+    damaged = CounterMetricFamily("edgecache_store_damaged_blocks", "Stored blocks found damaged and dropped "
+                                  "(then fetched again from the origin), by what was wrong: checksum (other bytes), "
+                                  "length (truncated or another block's file), missing (the file is gone)",
+                                  labels=["reason"])
+    for reason in ("checksum", "length", "missing"):
+        damaged.add_metric([reason], figures.get("damaged_" + reason, 0.0))
+    yield damaged
+    yield CounterMetricFamily("edgecache_scrub_bytes", "Bytes of stored blocks the scrub read again and checked",
+                              value=figures.get("scrubbed_bytes", 0.0))
+    yield CounterMetricFamily("edgecache_scrub_blocks", "Stored blocks the scrub read again and checked",
+                              value=figures.get("scrubbed_blocks", 0.0))
+    yield CounterMetricFamily("edgecache_scrub_passes", "Complete passes of the scrub over the stored blocks",
+                              value=figures.get("scrub_passes", 0.0))
+    repairs = CounterMetricFamily("edgecache_store_repairs", "Damaged store databases moved aside and replaced, by "
+                                  "database and outcome: rebuilt (from what could still be read) or emptied",
+                                  labels=["database", "outcome"])
+    for name, value in sorted(figures.items()):
+        outcome, _, database = name.partition("_")
+        if outcome in ("rebuilt", "emptied"):
+            repairs.add_metric([database, outcome], value)
+    yield repairs
 
 
 def policy_metrics(figures: dict[str, float]) -> Iterator[Metric]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import os
 import pickle
@@ -17,10 +18,13 @@ from typing import IO
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from .checksums import checksum, file_checksum
 from .epochs import Epochs
+from .integrity import Tallies, Verdict, verdict
 from .keeper import Keeper, split
 from .listings import Listings
 from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_key
+from .scrub import Scrub
 from .tags import TagIndex
 
 log = logging.getLogger("edgecache.store")
@@ -33,11 +37,13 @@ class NotRemembered(LookupError):
 
 
 class FinishedPart:
-    """A complete, length-checked part file to be moved into the cache (not copied)."""
+    """A complete, length-checked part file to be moved into the cache (not copied); `filename`
+    once it is there."""
 
     def __init__(self, path: str, size: int) -> None:
         self.path = path
         self.size = size
+        self.filename = ""
 
 
 class BlockDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no type information
@@ -48,8 +54,16 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no typ
             filename, full_path = self.filename(key, value)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.replace(value.path, full_path)
+            value.filename = filename
             return value.size, MODE_BINARY, filename, None
         return super().store(value, read, key=key)
+
+    def filename(self, key: object = UNKNOWN, value: object = UNKNOWN) -> tuple[str, str]:
+        """A new random name in one of 256 folders (diskcache's own two levels make up to 65,536
+        folders, a file-system block each: for small blocks, as much disk as the blocks)."""
+        name = secrets.token_hex(16)
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
 
 
 class CountingCache(diskcache.Cache):  # type: ignore[misc]
@@ -73,6 +87,25 @@ class CountingCache(diskcache.Cache):  # type: ignore[misc]
             self.on_evict(evicted)
 
 
+class _Read(enum.Enum):
+    OPEN = 1  # keep the file open (its bytes checked once per process)
+    BYTES = 2  # read its bytes into memory
+    CHECK = 3  # read it to check it, every time
+
+
+@dataclass
+class _Examined:
+    """A stored block's check: the verdict, its file's name, the checksum computed (if it was),
+    the open file or the bytes when they are wanted, how many bytes were read."""
+
+    verdict: Verdict
+    filename: str
+    computed: int | None = None
+    handle: IO[bytes] | None = None
+    data: bytes | None = None
+    read: int = 0
+
+
 @dataclass(frozen=True)
 class Listed:
     """One stored response, as the listing shows it."""
@@ -91,6 +124,7 @@ _HITS = "h|"  # hit counts of the listing, by meta key
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
 _OBJECT = "d|"  # in the index: a block key prefix -> (meta key, size, block count) of the object it names
 OBJECTS_AT_HAND = 4096  # objects of recent fills remembered by block key prefix, per process
+CHECKED_AT_HAND = 16384  # block files this process has checked (or written), remembered by name
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
 
 
@@ -106,7 +140,7 @@ class Store:
 
     def __init__(self, directory: str, size_limit: int, memo_seconds: float = 5.0,
                  on_evict: Callable[[int], None] | None = None, block_size: int = 4 * 1024**2,
-                 policy_memory: int = 64 * 1024**2, max_variants: int = 32) -> None:
+                 policy_memory: int = 64 * 1024**2, max_variants: int = 32, scrub_rate: int = 0) -> None:
         self.directory = directory
         self.max_variants = max_variants
         self.memo_seconds = memo_seconds
@@ -132,15 +166,23 @@ class Store:
         self.listings = Listings(directory)  # which manifests list segments where (cache/segments.py)
         self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
         self.epochs = Epochs(os.path.join(directory, "epochs"))
+        self.tallies = Tallies(os.path.join(directory, "integrity"))
+        self._checked: OrderedDict[str, None] = OrderedDict()  # block files known sound, by name
         self.keeper = Keeper(directory, size_limit, block_size, policy_memory, self)
+        # the blocks read again and checked, scrub_rate bytes a second (0: no scrub), by the keeping process
+        self.scrub = Scrub(scrub_rate, self.stored_blocks, self.scrub_block, self.keeper.keeping,
+                           self._scrubbed) if scrub_rate else None
 
     def close(self) -> None:
+        if self.scrub is not None:
+            self.scrub.close()
         self.keeper.close()
         self.objects.close()
         self.index.close()
         self.listings.close()
         self.leases.close()
         self.epochs.close()
+        self.tallies.close()
 
     # --- metadata ---------------------------------------------------------
     # Lookups are remembered (at most MEMO_BYTES) while the key's change counter (epochs.py)
@@ -311,19 +353,115 @@ class Store:
         return stored[1] if stored is not None and isinstance(stored[1], CachedObject) else None
 
     # --- blocks -------------------------------------------------------------
-    def open_block(self, key: str, length: int) -> IO[bytes] | bytes | None:
-        """The stored block (an open file, or bytes), or None; a wrong length counts as missing."""
-        value: IO[bytes] | bytes | None = self.objects.get(key, read=True)
-        if value is None:
+    def open_block(self, key: str, length: int) -> IO[bytes] | None:
+        """The stored block, an open file, or None: not stored, or damaged (then dropped). Its
+        length is checked, and its checksum the first time this process opens it (the bytes are
+        read once; a descriptor kept open is not checked again: the scrub sees to it)."""
+        found = self._examine(key, length, _Read.OPEN)
+        if found is None or not self._judge(key, found):
             return None
-        actual = len(value) if isinstance(value, bytes) else os.fstat(value.fileno()).st_size
-        if actual != length:
-            if not isinstance(value, bytes):
-                value.close()
-            log.warning("block %s has %d bytes, expected %d: dropped", key, actual, length)
-            self.objects.delete(key)
+        return found.handle
+
+    def read_block(self, key: str, length: int) -> bytes | None:
+        """The stored block's bytes, checked as they are read (every time), or None as open_block."""
+        found = self._examine(key, length, _Read.BYTES)
+        return found.data if found is not None and self._judge(key, found) else None
+
+    def scrub_block(self, key: str, length: int) -> int:
+        """Read a stored block again and check it (dropped if damaged), whether or not it was checked
+        before; the bytes read."""
+        found = self._examine(key, length, _Read.CHECK)
+        if found is None:
+            return 0
+        self._judge(key, found)
+        self.tallies.scrubbed(1, found.read)
+        return found.read
+
+    def inspect_block(self, key: str, length: int) -> tuple[Verdict, int, str] | None:
+        """Read a stored block and check it, acting on nothing: (verdict, bytes read, its file's
+        name), or None when it is not stored (edgecache verify)."""
+        found = self._examine(key, length, _Read.CHECK)
+        return (found.verdict, found.read, found.filename) if found is not None else None
+
+    def _examine(self, key: str, length: int, how: _Read) -> _Examined | None:
+        """Check a stored block of `length` bytes (None: not stored). OPEN returns the open file,
+        checking its bytes only when this process has not before; BYTES reads them into memory."""
+        row = self.objects._sql("SELECT filename, tag FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        if row is None or row[0] is None:
             return None
-        return value
+        filename, recorded = row[0], row[1] if isinstance(row[1], int) else None
+        try:
+            handle = open(os.path.join(self.objects.directory, filename), "rb")
+        except FileNotFoundError:
+            still = self.objects._sql("SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND filename = ?",
+                                      (key, filename)).fetchone()
+            # Gone with its row: an eviction racing with this read. Gone alone: lost.
+            return _Examined(Verdict.MISSING, filename) if still is not None else None
+        kept = False
+        try:
+            actual = os.fstat(handle.fileno()).st_size
+            if actual != length:
+                return _Examined(verdict(length, actual, recorded, None), filename)
+            if how is _Read.BYTES:
+                data = handle.read(length + 1)
+                computed = checksum(data) if len(data) == length else None
+                return _Examined(verdict(length, len(data), recorded, computed), filename, computed, data=data,
+                                 read=len(data))
+            if how is _Read.OPEN and filename in self._checked:
+                kept = True
+                return _Examined(Verdict.SOUND, filename, handle=handle)
+            computed, read = file_checksum(handle.fileno(), length)
+            found = verdict(length, read, recorded, computed if read == length else None)
+            kept = how is _Read.OPEN and not found.damaged
+            return _Examined(found, filename, computed, handle=handle if kept else None, read=read)
+        finally:
+            if not kept:
+                handle.close()
+
+    def _judge(self, key: str, found: _Examined) -> bool:
+        """Act on a block's check: remember a sound file as checked (recording the checksum of one
+        stored before blocks had them), drop a damaged one. Whether it may be served."""
+        if found.verdict is Verdict.UNRECORDED:
+            with self.objects.transact():
+                self.objects._sql("UPDATE Cache SET tag = ? WHERE key = ? AND raw = 1 AND filename = ? AND tag IS NULL",
+                                  (found.computed, key, found.filename))
+        if not found.verdict.damaged:
+            self._remember_checked(found.filename)
+            return True
+        if found.handle is not None:
+            found.handle.close()
+        self.drop_damaged(key, found.filename, found.verdict)
+        return False
+
+    def _scrubbed(self, blocks: int, size: int) -> None:
+        self.tallies.scrub_pass()
+        log.debug("scrub: %d stored blocks checked (%d bytes)", blocks, size)
+
+    def _remember_checked(self, filename: str) -> None:
+        with self._memo_lock:
+            self._checked[filename] = None
+            self._checked.move_to_end(filename)
+            if len(self._checked) > CHECKED_AT_HAND:
+                self._checked.popitem(last=False)
+
+    def drop_damaged(self, key: str, filename: str, found: Verdict) -> None:
+        """Remove a damaged block (if the store still names that file for it), count it and tell the
+        policy; the object's next request fills the block again from the origin."""
+        log.error("stored block %s is damaged (%s): dropped, the next request fetches it again from the origin",
+                  key, found.value)
+        self.tallies.damaged(found)
+        with self.objects.transact():
+            removed = self.objects._sql("DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename = ?",
+                                        (key, filename)).rowcount
+        if removed:
+            self.objects._disk.remove(filename)
+        with self._memo_lock:
+            self._checked.pop(filename, None)
+        prefix, index = split(key)
+        self.keeper.dropped(prefix, index)
+        found_object = self.object_of(prefix)
+        if found_object is not None:
+            self._changed(found_object[0])  # answers kept ready from it are given no more
 
     def has_block(self, key: str) -> bool:
         return key in self.objects
@@ -334,10 +472,19 @@ class Store:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return fd, path
 
-    def publish_block(self, key: str, path: str, size: int) -> None:
-        """Make a complete block visible (atomic: readers see it whole or not at all), and tell
-        the cache policy, which keeps it or removes it soon (keeper.py)."""
-        self.objects.set(key, FinishedPart(path, size), read=True)
+    def publish_block(self, key: str, path: str, size: int, block_checksum: int | None = None) -> None:
+        """Make a complete block visible (atomic: readers see it whole or not at all) with the
+        checksum of its bytes (computed from the part file when not given), and tell the cache
+        policy, which keeps it or removes it soon (keeper.py)."""
+        if block_checksum is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                block_checksum, _ = file_checksum(fd, size)
+            finally:
+                os.close(fd)
+        part = FinishedPart(path, size)
+        self.objects.set(key, part, read=True, tag=block_checksum)
+        self._remember_checked(part.filename)  # its bytes were checksummed as they were written
         prefix, index = split(key)
         found = self.object_of(prefix)
         if found is None:  # a body stored whole before its metadata (one block)
@@ -440,6 +587,12 @@ class Store:
                 return
             after = rows[-1][0]
 
+    def block_total(self) -> tuple[int, int]:
+        """How many blocks are stored, and their bytes."""
+        count, size = self.objects._sql("SELECT COUNT(*), TOTAL(size) FROM Cache WHERE key > 'b|' AND key < 'b}' "
+                                        "AND raw = 1", ()).fetchone()
+        return int(count), int(size)
+
     def sweep_parts(self, older_than: float) -> int:
         """Remove part files left by dead fills (kill -9): never visible, just clutter. A part
         file a live fill's lease names is kept, however long its origin stalls."""
@@ -520,6 +673,10 @@ class Store:
     def policy_figures(self) -> dict[str, float]:
         """The cache policy's figures (its keeper's, whichever worker keeps it)."""
         return self.keeper.figures()
+
+    def integrity_figures(self) -> dict[str, float]:
+        """What the checks of blocks and databases found, in every process (integrity.Tallies)."""
+        return self.tallies.figures()
 
     # --- purge ---------------------------------------------------------------
     def purge(self, primary: str) -> int:

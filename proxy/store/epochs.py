@@ -46,12 +46,12 @@ class Epochs:
     def read(self, slot: int) -> int:
         return int(_COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0])
 
-    def bump(self, slot: int) -> None:
-        """Count one change; a read-modify-write under a lock held by one process at a time,
+    def bump(self, slot: int, by: int = 1) -> None:
+        """Count `by` changes; a read-modify-write under a lock held by one process at a time,
         so that two writers never both write the same new value."""
         with self._lock, _locked(self._fd):
             value = _COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0]
-            _COUNTER.pack_into(self._map, slot * _COUNTER.size, (value + 1) % 2**64)
+            _COUNTER.pack_into(self._map, slot * _COUNTER.size, (value + by) % 2**64)
 
     def close(self) -> None:
         self._map.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-FILL, TOUCH, FORGET = 0, 1, 2
+FILL, TOUCH, FORGET, DROP = 0, 1, 2, 3  # DROP: one block gone behind the policy's back (damaged)
 # kind, object (its blocks' key prefix), block, block size, object size, object's block count
 Event = tuple[int, str, int, int, int, int]
 

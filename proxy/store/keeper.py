@@ -33,7 +33,7 @@ from typing import Protocol
 
 from ..policy.adaptive import AdaptivePolicy
 from ..policy.blocks import Eviction, Fill, Refused, entries_within
-from .journal import FILL, FORGET, TOUCH, Event, Journal
+from .journal import DROP, FILL, FORGET, TOUCH, Event, Journal
 
 log = logging.getLogger("edgecache.policy")
 
@@ -106,6 +106,10 @@ class Keeper:
     def forgotten(self, prefix: str) -> None:
         self._event((FORGET, prefix, 0, 0, 0, 0))
 
+    def dropped(self, prefix: str, index: int) -> None:
+        """A block the store removed itself (damaged): no longer in the cache."""
+        self._event((DROP, prefix, index, 0, 0, 0))
+
     def _event(self, event: Event) -> None:
         with self._lock:
             if self.policy is not None:
@@ -126,6 +130,8 @@ class Keeper:
             self._execute(outcome.evicted, gone, prefix)
         elif kind == TOUCH:
             self._execute(policy.touch(prefix))
+        elif kind == DROP:
+            policy.drop(prefix, index)
         else:
             policy.forget(prefix)
 
@@ -192,6 +198,10 @@ class Keeper:
                 return
 
     # --- keeping: taking over, saving --------------------------------------------
+    def keeping(self) -> bool:
+        """Does this process keep the policy now?"""
+        return self.policy is not None
+
     def _try_keep(self) -> None:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
