@@ -137,19 +137,24 @@ class BlockSource:
         return None
 
     async def ready(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> Coming | None:
-        """Make sure a block of a sliceable object is coming: None once it is stored, else how,
-        once the origin has answered its fill: a fill started now, or one under way (here, or in
-        another worker whose part file has bytes). FillFailed when it cannot be filled (`origin`:
-        what the origin did)."""
+        """Make sure a block of a sliceable object is coming: None once it is stored (or its fill
+        has every byte already), else how, once the origin has answered its fill: a fill started
+        now, or one under way (here, or in another worker whose part file has bytes). FillFailed
+        when it cannot be filled (`origin`: what the origin did)."""
         key = obj.block_key(index)
         lease = "f|" + key
+        start, end = obj.block_span(index)
         give_up = time.monotonic() + 3 * LEASE_TTL
         while True:
+            # A fill that has every byte of the block already (it is being published) brings
+            # nothing more from the origin: the block counts as stored.
             progress = self.filler.active.get(key)
             if progress is not None:
-                return Coming(await progress.origin_answer(), collapsed=True)
-            if version_id(obj) in self.filler.whole:
-                return Coming(200, collapsed=True)  # our whole-body fill, answered, is on its way to it
+                return None if progress.written >= progress.length else \
+                    Coming(await progress.origin_answer(), collapsed=True)
+            position = self.filler.whole.get(version_id(obj))
+            if position is not None:  # our whole-body fill, answered, is on its way to the block
+                return None if position >= end else Coming(200, collapsed=True)
             elsewhere = await self.threads.run(self._filled_elsewhere, obj, lease)
             if elsewhere is None:
                 progress = await self.filler.start(obj, target, headers, index)
@@ -157,9 +162,13 @@ class BlockSource:
                     return Coming(await progress.origin_answer(), collapsed=False)
                 if await self.threads.run(self.store.has_block, key):
                     return None
-            elif await anyio.to_thread.run_sync(_grown, elsewhere[0]):
+                continue
+            written = await anyio.to_thread.run_sync(_written, elsewhere[0])
+            if elsewhere[1] == 206 and written >= end - start:  # the block's own part file, whole
+                return None
+            if written:
                 return Coming(elsewhere[1], collapsed=True)
-            elif time.monotonic() > give_up:
+            if time.monotonic() > give_up:
                 raise FillFailed(f"block {index} of {obj.key}: another worker's fill is stuck")
             else:
                 await anyio.sleep(REMOTE_POLL * 4)
@@ -332,9 +341,9 @@ def _size(fd: int) -> int:
     return os.fstat(fd).st_size
 
 
-def _grown(path: str) -> bool:
-    """Has a part file bytes yet (the origin answered its fill)?"""
+def _written(path: str) -> int:
+    """The bytes in another worker's part file (0: none yet, or gone)."""
     try:
-        return os.stat(path).st_size > 0
+        return os.stat(path).st_size
     except FileNotFoundError:
-        return False
+        return 0
