@@ -18,9 +18,25 @@ from typing import IO
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from ..http.freshness import vary_fields
+from ..http.tags import response_tags
 from .checksums import checksum, file_checksum
 from .epochs import Epochs
+from .heal import (
+    COLUMNS,
+    FILES,
+    RECENT,
+    Healer,
+    HealingCache,
+    Health,
+    Remedy,
+    block_files,
+    readable_rows,
+    remedy,
+    unnamed,
+)
 from .integrity import Tallies, Verdict, verdict
+from .journal import Journal
 from .keeper import Keeper, split
 from .listings import Listings
 from .objects import CachedObject, VaryIndex, meta_key, primary_of, vary_index_key
@@ -66,8 +82,8 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache ships no typ
         return filename, os.path.join(self._directory, filename)
 
 
-class CountingCache(diskcache.Cache):  # type: ignore[misc]
-    """A diskcache Cache that reports how many entries each cull evicted (expired or for space).
+class CountingCache(HealingCache):
+    """A diskcache Cache (that heals: heal.py) that reports how many entries each cull evicted (expired or for space).
 
     diskcache 5.6 culls in `_cull`, calling `cleanup` once per evicted row; that is the
     one place evictions can be seen."""
@@ -124,6 +140,7 @@ _HITS = "h|"  # hit counts of the listing, by meta key
 MEMO_BYTES = 16 * 1024**2  # bound on the metadata remembered in memory, per process
 _OBJECT = "d|"  # in the index: a block key prefix -> (meta key, size, block count) of the object it names
 OBJECTS_AT_HAND = 4096  # objects of recent fills remembered by block key prefix, per process
+MAX_TAGS = 1024  # cache tags indexed per response when the index is rebuilt (the most max_cache_tags allows)
 CHECKED_AT_HAND = 16384  # block files this process has checked (or written), remembered by name
 _UNREADABLE = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, TypeError, ValueError, IndexError)
 
@@ -150,24 +167,22 @@ class Store:
         self._memo_lock = threading.Lock()  # store threads change the memo under it (a read is one get)
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
-        self.objects = CountingCache(
-            os.path.join(directory, "objects"),
-            disk=BlockDisk,
-            size_limit=size_limit,
-            eviction_policy="none",  # the cache policy evicts (keeper.py)
-            timeout=5,
-        )
-        self.objects.on_evict = on_evict
-        # oldest metadata first, when it outgrows the room the policy leaves (cull_metadata)
-        self.objects._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
-        self._objects_at_hand: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
-        self.index = diskcache.Cache(os.path.join(directory, "index"), eviction_policy="none", timeout=5)
-        self.tags = TagIndex(self.index)  # cache tags of the stored responses, for purges by tag
-        self.listings = Listings(directory)  # which manifests list segments where (cache/segments.py)
-        self.leases = diskcache.Cache(os.path.join(directory, "leases"), eviction_policy="none", timeout=5)
-        self.epochs = Epochs(os.path.join(directory, "epochs"))
+        self.size_limit = size_limit
         self.tallies = Tallies(os.path.join(directory, "integrity"))
+        self.healer = Healer(directory)
+        self._healing: set[str] = set()  # databases this process is healing
         self._checked: OrderedDict[str, None] = OrderedDict()  # block files known sound, by name
+        self._objects_at_hand: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
+        with self.healer.locked():  # one process checks its databases (and heals them) at a time
+            remedies = self._examine_databases()
+            self.objects = self._open("objects")
+            self.objects.on_evict = on_evict
+            self.index = self._open("index")
+            self.tags = TagIndex(self.index)  # cache tags of the stored responses, for purges by tag
+            self.listings = Listings(directory)  # which manifests list segments where (cache/segments.py)
+            self.leases = self._open("leases")
+            self.epochs = Epochs(os.path.join(directory, "epochs"))
+            self._repair(remedies, running=False)
         self.keeper = Keeper(directory, size_limit, block_size, policy_memory, self)
         # the blocks read again and checked, scrub_rate bytes a second (0: no scrub), by the keeping process
         self.scrub = Scrub(scrub_rate, self.stored_blocks, self.scrub_block, self.keeper.keeping,
@@ -183,6 +198,171 @@ class Store:
         self.leases.close()
         self.epochs.close()
         self.tallies.close()
+        self.healer.close()
+
+    # --- databases that heal (heal.py) ------------------------------------------------
+    def _open(self, database: str) -> HealingCache:
+        """One of the store's diskcache databases (created if it is not there)."""
+        path = os.path.join(self.directory, database)
+        if database == "objects":
+            objects = CountingCache(path, database, self, disk=BlockDisk, size_limit=self.size_limit,
+                                    eviction_policy="none", timeout=5)  # the cache policy evicts (keeper.py)
+            # oldest metadata first, when it outgrows the room the policy leaves (cull_metadata)
+            objects._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
+            return objects
+        return HealingCache(path, database, self, eviction_policy="none", timeout=5)
+
+    def healings(self, database: str) -> int:
+        """How many times the database was replaced (healed), in any process."""
+        return self.tallies.generation(database)
+
+    def damaged(self, database: str, error: BaseException) -> None:
+        """SQLite found the database damaged at run time: heal it, in the background (once at a time)."""
+        with self._memo_lock:
+            if database in self._healing:
+                return
+            self._healing.add(database)
+        seen = self.tallies.generation(database)
+        threading.Thread(target=self._heal, args=(database, seen, str(error)), name="edgecache-heal",
+                         daemon=True).start()
+
+    def _heal(self, database: str, seen: int, error: str) -> None:
+        try:
+            with self.healer.locked():
+                if self.tallies.generation(database) != seen:
+                    return  # another process healed it meanwhile
+                health, reason = self.healer.check(database)
+                cure = remedy(database, health)
+                if cure in (Remedy.KEEP, Remedy.SWEEP):
+                    log.warning("cache database %s reported %r, but its check finds it %s", FILES[database], error,
+                                health.value)
+                    return
+                aside = self.healer.set_aside(database)
+                if database == "journal":
+                    Journal(self.healer.path(database)).close()
+                elif database != "listings":
+                    self._open(database).close()
+                self.tallies.replaced(database)  # every connection to it, in every process, opens the new one
+                self._repair({database: (cure, aside, reason or error)}, running=True)
+        except Exception as e:  # noqa: BLE001 - a heal that fails leaves the store failing as it was
+            log.error("cache database %s could not be healed: %s", FILES[database], e)
+        finally:
+            with self._memo_lock:
+                self._healing.discard(database)
+
+    def _examine_databases(self) -> dict[str, tuple[Remedy, str | None, str]]:
+        """At start, before anything is opened: check every database; move the damaged ones aside.
+        What each needs: (remedy, where the damaged one went, what was wrong)."""
+        remedies: dict[str, tuple[Remedy, str | None, str]] = {}
+        for database in FILES:
+            health, reason = self.healer.check(database)
+            cure = remedy(database, health)
+            if cure is Remedy.KEEP:
+                continue
+            aside = None
+            if health is Health.DAMAGED:
+                aside = self.healer.set_aside(database)
+                self.tallies.replaced(database)  # a process still running (a worker restarted) opens the new one
+            remedies[database] = (cure, aside, reason)
+        return remedies
+
+    def _repair(self, remedies: dict[str, tuple[Remedy, str | None, str]], running: bool) -> None:
+        """Fill the databases that replaced damaged ones (objects before the index made from it),
+        and remove the block files the objects database does not name (`running`: other processes
+        may be storing blocks, whose files are there a moment before their rows)."""
+        for database, (cure, aside, reason) in remedies.items():
+            name = FILES[database]
+            if cure is Remedy.SWEEP:
+                removed = self._sweep_blocks(running)
+                log.warning("cache database %s had no table (%s): %d block files it did not name removed", name,
+                            reason, removed)
+                continue
+            kept = 0
+            if cure is Remedy.SALVAGE and aside is not None:
+                kept = self._salvage(aside)
+                self._sweep_blocks(running)
+            elif cure is Remedy.REBUILD:
+                kept = self._rebuild_index()
+            outcome = f"rebuilt with {kept} entries" if kept else "started empty"
+            log.error("cache database %s was damaged (%s): moved aside to %s, %s", name, reason, aside, outcome)
+            self.tallies.healed(database, rebuilt=kept > 0)
+
+    def _salvage(self, aside: str) -> int:
+        """Copy the rows of the damaged objects database that can be read (and whose files are there,
+        with their length) into the new one; how many. A row stored meanwhile is kept, not replaced."""
+        kept = 0
+        insert = f"INSERT OR IGNORE INTO Cache ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS.split(', ')))})"
+        batch: list[tuple[object, ...]] = []
+
+        def flush() -> None:
+            with self.objects.transact():
+                for row in batch:
+                    self.objects._sql(insert, row)
+            batch.clear()
+
+        for row in readable_rows(aside):
+            size, filename = row[7], row[9]
+            if filename is not None and not _has_file(os.path.join(self.objects.directory, filename), size):
+                continue
+            batch.append(row)
+            kept += 1
+            if len(batch) >= 256:
+                flush()
+        flush()
+        return kept
+
+    def _sweep_blocks(self, running: bool) -> int:
+        """Remove the block files the objects database does not name (when `running`, not the young
+        ones, which may be on their way in); how many."""
+        named = (row[0] for row in self.objects._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL "
+                                                      "ORDER BY filename"))
+        cutoff = time.time() - RECENT if running else float("inf")
+        removed = 0
+        for name in unnamed(block_files(self.objects.directory), named):
+            try:
+                if os.stat(os.path.join(self.objects.directory, name)).st_mtime < cutoff:
+                    self.objects._disk.remove(name)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def _rebuild_index(self) -> int:
+        """Make the index again from the stored metadata: which object each block prefix names,
+        purge generations (as high as the stored entries'), Vary indexes (oldest first), cache tags.
+        How many responses it indexes."""
+        count = 0
+        variants: dict[str, tuple[tuple[str, ...], list[str]]] = {}
+        after = -1
+        while True:
+            rows = self.objects._sql("SELECT rowid, key FROM Cache WHERE rowid > ? AND key > 'm|' AND key < 'm}' "
+                                     "AND raw = 1 ORDER BY rowid LIMIT 1000", (after,)).fetchall()
+            with self.index.transact():
+                for _, key in rows:
+                    stored = self._stored(key, fresh=True)
+                    primary = primary_of(key)
+                    if stored is None or primary is None:
+                        continue
+                    generation, entry = stored
+                    if generation > self.generation(primary):
+                        self.index.set(_generation_key(primary), generation)
+                    if isinstance(entry, CachedObject):
+                        count += 1
+                        if entry.size:
+                            self.index.set(_OBJECT + _prefix(entry), (key, entry.size, entry.block_count))
+                        self.tags.replace(key, response_tags(entry.headers, MAX_TAGS))
+                        fields = vary_fields(entry.headers)
+                        if fields:
+                            known = variants.setdefault(primary, (fields, []))
+                            if known[0] == fields:
+                                known[1].append(key)
+            if len(rows) < 1000:
+                break
+            after = rows[-1][0]
+        for primary, (fields, selections) in variants.items():
+            self.index.set(vary_index_key(primary), VaryIndex(fields, tuple(selections[-self.max_variants:])))
+        self._changed(*(vary_index_key(p) for p in variants))
+        return count
 
     # --- metadata ---------------------------------------------------------
     # Lookups are remembered (at most MEMO_BYTES) while the key's change counter (epochs.py)
@@ -749,6 +929,13 @@ class Store:
         self.keeper.forgotten(prefix)
         self.index.delete(_OBJECT + prefix)
         self._objects_at_hand.pop(prefix, None)
+
+
+def _has_file(path: str, size: int) -> bool:
+    try:
+        return os.stat(path).st_size == size
+    except FileNotFoundError:
+        return False
 
 
 def _prefix(obj: CachedObject) -> str:

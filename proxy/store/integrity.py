@@ -83,10 +83,13 @@ class Tallies:
         """How many times the database was moved aside: connections opened before are to the old file."""
         return self._counters.read(self._slot(database, _GENERATION))
 
-    def healed(self, database: str, rebuilt: bool) -> None:
-        """A damaged database was moved aside and replaced (`rebuilt` from what could be read, or empty)."""
-        self._counters.bump(self._slot(database, _REBUILT if rebuilt else _EMPTIED))
+    def replaced(self, database: str) -> None:
+        """A damaged database was moved aside, a new one is in its place: connections must open it."""
         self._counters.bump(self._slot(database, _GENERATION))
+
+    def healed(self, database: str, rebuilt: bool) -> None:
+        """The new database is ready: `rebuilt` from what could be read of the old one, or empty."""
+        self._counters.bump(self._slot(database, _REBUILT if rebuilt else _EMPTIED))
 
     def figures(self) -> dict[str, float]:
         read = self._counters.read

@@ -67,6 +67,12 @@ class Blocks(Protocol):
     def index_objects(self) -> None:
         """Make sure every stored object can be found from its blocks (object_of)."""
 
+    def healings(self, database: str) -> int:
+        """How many times a store database was replaced (heal.py): the journal's connections follow."""
+
+    def damaged(self, database: str, error: BaseException) -> None:
+        """SQLite found a store database damaged."""
+
 
 def split(key: str) -> tuple[str, int]:
     """A block key 'b|<digest>|<index>' as (prefix 'b|<digest>|', index)."""
@@ -80,7 +86,8 @@ class Keeper:
         os.makedirs(self.directory, exist_ok=True)
         self.capacity, self.block_size, self.max_entries = capacity, block_size, entries_within(memory)
         self.blocks = blocks
-        self.journal = Journal(os.path.join(self.directory, "journal.db"))
+        self.journal = Journal(os.path.join(self.directory, "journal.db"), blocks)
+        self._objects_healed = blocks.healings("objects")  # when the blocks were last reconciled
         self.policy: AdaptivePolicy | None = None  # while this process keeps it
         self.counts: dict[str, int] = {"admitted": 0, "refused": 0, "evicted_space": 0, "evicted_entries": 0,
                                        "evicted_refused": 0, "evicted_metadata": 0}
@@ -161,6 +168,12 @@ class Keeper:
                 if pending:
                     self.journal.append(pending)
                 return
+        healed = self.blocks.healings("objects")
+        if healed != self._objects_healed:  # the blocks' database was replaced: hold what it holds now
+            self._objects_healed = healed
+            with self._lock:
+                assert self.policy is not None
+                self._reconcile(self.policy)
         while True:
             events = self.journal.take(BATCH)
             with self._lock:
