@@ -23,25 +23,29 @@ def free_port() -> int:
 
 
 class EdgeProcess:
-    """`edgecache serve` with these settings (EDGECACHE_* variables), on a free port."""
+    """`edgecache serve` (or `command`) with these settings (EDGECACHE_* variables), on a free port."""
 
     def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None, scheme: str = "http",
-                 verify: str | bool = True) -> None:
+                 verify: str | bool = True, command: list[str] | None = None, quiet_start: bool = False) -> None:
         self.port = free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.verify = verify
         self.log = cwd / f"edge-{self.port}.log"
         environment = {**os.environ, "EDGECACHE_LOG_LEVEL": "info", "EDGECACHE_ACCESS_LOG": "false", **(env or {})}
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(self.port), *args],
+            self.proc = subprocess.Popen([*(command or [sys.executable, "-m", "proxy", "serve"]), "--port",
+                                          str(self.port), *args],
                                          cwd=cwd, env=environment, start_new_session=True, stdout=out,
                                          stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
-            try:
-                httpx.get(self.url + "/_edge/health", timeout=1, verify=verify)
+            try:  # quiet_start: no request (it would count in the metrics): listening is enough
+                if quiet_start:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                else:
+                    httpx.get(self.url + "/_edge/health", timeout=1, verify=verify)
                 break
-            except httpx.TransportError:
+            except (httpx.TransportError, OSError):
                 pass
             assert self.proc.poll() is None and time.monotonic() < deadline, f"edgecache did not start: {self.output()}"
             time.sleep(0.1)
