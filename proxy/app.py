@@ -18,10 +18,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__, signing
-from .auth import cross_site_reason, names_this_machine, origin_of, write_denial
+from . import __version__
 from .config import Settings, settings_for_worker
-from .forwarded import UNKEYED_FIELDS, Client, base_url, forwarding_headers, identify, is_trusted
 from .http.cachestatus import chained
 from .http.tags import is_tag
 from .ops import metrics
@@ -32,8 +30,8 @@ from .origins.base import Origin, OriginError, Target
 from .origins.local import LocalOrigin
 from .origins.s3 import S3Origin
 from .origins.upstream import UpstreamOrigin
-from .paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value, typed_key, url_path
-from .peers import HOPS, PurgePeers
+from .request.client import UNKEYED_FIELDS, Client, base_url, forwarding_headers, identify, is_trusted
+from .request.paths import BadPath, HiddenPath, clean_path, key_prefix, origin_path, query_value, typed_key, url_path
 from .server.front import Front
 from .server.limits import Refusal
 from .server.protocol import SHUT_DOWN, TIMED_OUT
@@ -41,7 +39,10 @@ from .server.ready import OFFER, ReadyAnswers
 from .service import EdgeService, ProxyRequest, Reply
 from .store.disk import Store, StoreErrors
 from .streaming import send_response, zero_copy
-from .uploads import (
+from .writes import signing
+from .writes.auth import cross_site_reason, names_this_machine, origin_of, write_denial
+from .writes.peers import HOPS, PurgePeers
+from .writes.uploads import (
     MultipartFile,
     UploadError,
     check_declared_length,

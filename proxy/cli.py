@@ -20,10 +20,10 @@ from .ops.renditions import ALL, parse_selection
 from .ops.startup import env_warnings, log_to_console, origin_problem, startup_line
 from .ops.verify import verify
 from .ops.warm import BadItem, Display, Tally, read_items, target_of, warm_cache, warm_edge
-from .paths import BadPath, HiddenPath, key_prefix, origin_path, typed_key, wire
+from .request.paths import BadPath, HiddenPath, key_prefix, origin_path, typed_key, wire
 from .server.run import serve
-from .signing import signed_query
 from .store.disk import Store, StoreErrors, is_cache_dir
+from .writes.signing import signed_query
 
 log = logging.getLogger("edgecache.cli")
 # Options of one command, not settings.

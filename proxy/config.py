@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any, get_type_hints
 
-from .paths import BadPath, clean_path
+from .request.paths import BadPath, clean_path
 
 ENV_PREFIX = "EDGECACHE_"
 # Settings that were renamed: the old name is refused with the new one.

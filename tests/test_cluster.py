@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from proxy.config import Settings
-from proxy.signing import signed_query
+from proxy.writes.signing import signed_query
 from tests.conftest import REPO_ROOT, RunningServer, pattern
 from tests.upstream import Obj, Upstream
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.forwarded import Client, base_url, forwarded_elements, forwarding_headers, identify
+from proxy.request.client import Client, base_url, forwarded_elements, forwarding_headers, identify
 from tests.conftest import RunningServer
 from tests.upstream import Obj, Upstream
 

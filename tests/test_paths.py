@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.paths import BadPath, HiddenPath, clean_path
+from proxy.request.paths import BadPath, HiddenPath, clean_path
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_clean_path_never_escapes(url_path: str) -> None:
 
 @given(st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=60))
 def test_origin_path_is_a_valid_request_path(raw: str) -> None:
-    from proxy.paths import origin_path
+    from proxy.request.paths import origin_path
 
     path = origin_path(raw)
     assert path.startswith("/") and "//" not in path and "#" not in path
@@ -62,7 +62,7 @@ def test_origin_path_is_a_valid_request_path(raw: str) -> None:
 
 
 def test_purge_keys_and_query_values_are_spelled_as_the_keys() -> None:
-    from proxy.paths import key_prefix, query_value
+    from proxy.request.paths import key_prefix, query_value
 
     assert key_prefix("/caf%c3%a9/", True) == "/caf%C3%A9/"
     assert key_prefix("/v/a.mp4?x=1", True) == "/v/a.mp4?x=1"
@@ -85,7 +85,7 @@ def test_purge_keys_and_query_values_are_spelled_as_the_keys() -> None:
     ],
 )
 def test_the_key_of_a_typed_path(typed: str, http: bool, key: str) -> None:
-    from proxy.paths import typed_key
+    from proxy.request.paths import typed_key
 
     assert typed_key(typed, http) == key
 
@@ -93,14 +93,14 @@ def test_the_key_of_a_typed_path(typed: str, http: bool, key: str) -> None:
 @pytest.mark.parametrize("typed, http", [("/a/../b.mp4", True), ("/a/../b.mp4", False), ("/a/%2e%2e/b.mp4", True),
                                           ("/a\x00.mp4", True), ("/a\x00.mp4", False)])
 def test_a_typed_path_that_names_no_file_is_refused(typed: str, http: bool) -> None:
-    from proxy.paths import typed_key
+    from proxy.request.paths import typed_key
 
     with pytest.raises(BadPath):
         typed_key(typed, http)
 
 
 def test_a_typed_prefix_is_utf8_as_the_keys() -> None:
-    from proxy.paths import key_prefix
+    from proxy.request.paths import key_prefix
 
     assert key_prefix("/vid/é", True) == "/vid/%C3%A9"
     assert key_prefix("/vid/é", False) == "/vid/é"

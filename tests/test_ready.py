@@ -27,8 +27,8 @@ from proxy.http.freshness import Policy
 from proxy.http.headers import format_http_date
 from proxy.server.ready import Asked, ReadyAnswers
 from proxy.server.zerocopy import EncodedHead, encoded_head
-from proxy.signing import signed_query
 from proxy.store.disk import Store
+from proxy.writes.signing import signed_query
 from tests.conftest import RunningServer
 from tests.upstream import Obj
 

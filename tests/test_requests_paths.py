@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from proxy.paths import origin_path
+from proxy.request.paths import origin_path
 from tests.conftest import RunningServer
 from tests.test_server import exchange
 from tests.upstream import Obj, Upstream

@@ -59,8 +59,9 @@ def _quote(raw: bytes) -> bytes:
 
 def test_pure_rules_import_no_io_libraries() -> None:
     code = (
-        "import sys, proxy.http.plan, proxy.http.ranges, proxy.http.conditional, proxy.http.headers, proxy.paths,"
-        " proxy.http.cache, proxy.http.freshness, proxy.http.directives, proxy.http.cachestatus;"
+        "import sys, proxy.http.plan, proxy.http.ranges, proxy.http.conditional, proxy.http.headers,"
+        " proxy.http.cache, proxy.http.freshness, proxy.http.directives, proxy.http.cachestatus,"
+        " proxy.request.paths, proxy.request.client;"
         "bad = [m for m in ('starlette', 'httpx', 'anyio', 'diskcache', 'uvicorn', 'socket', 'asyncio')"
         " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"

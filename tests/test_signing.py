@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import signing
 from proxy.cli import main
 from proxy.config import ConfigError, Settings
+from proxy.writes import signing
 from tests.conftest import SAMPLE_SIZE, pattern
 from tests.test_server import exchange
 from tests.upstream import Obj

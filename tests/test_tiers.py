@@ -152,6 +152,6 @@ def test_purge_peers_forward_a_purge_to_the_shield_with_the_token(settings: Sett
 
 
 def test_purge_hops_are_bounded() -> None:
-    from proxy.peers import MAX_HOPS, hops_left
+    from proxy.writes.peers import MAX_HOPS, hops_left
 
     assert [hops_left(v) for v in (None, "", "x", "3", "0", "99")] == [MAX_HOPS, MAX_HOPS, MAX_HOPS, 3, 0, MAX_HOPS]

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.auth import cross_site_reason, names_this_machine, origin_of, write_denial
+from proxy.writes.auth import cross_site_reason, names_this_machine, origin_of, write_denial
 from tests.conftest import RunningServer
 from tests.upstream import Obj
 

@@ -42,7 +42,7 @@ from ..http.prefetch import plan_prefetch, plan_start, rendition_of
 from ..http.ranges import parse_range
 from ..http.streams import MAX_MANIFEST_BYTES, NotUnderstood, Ref, Track, directory, local_target
 from ..origins.base import BodyAborted, OriginError, Target
-from ..paths import BadPath, HiddenPath, clean_path, origin_path, url_path
+from ..request.paths import BadPath, HiddenPath, clean_path, origin_path, url_path
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject
 from .entries import Entries

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..paths import query_value, url_path
+from ..request.paths import query_value, url_path
 from ..service import EdgeService
 from . import metrics
 

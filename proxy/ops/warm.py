@@ -29,7 +29,7 @@ from rich.progress import (
 from ..config import Settings, format_size
 from ..http.manifests import Kind, kind_of, parse_manifest
 from ..http.streams import MAX_MANIFEST_BYTES, ByteRange, NotUnderstood, Ref, local_target
-from ..paths import PATH_SAFE, origin_path, wire
+from ..request.paths import PATH_SAFE, origin_path, wire
 from .fetchers import EdgeFetcher, Fetched, Fetcher, FetchError, app_fetcher
 from .mp4 import MoovSearch, index_span, is_mp4_name
 from .renditions import ALL, Selection, expand, files_of

@@ -21,9 +21,9 @@ from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, make_etag
 from ..http.model import Representation
 from ..http.plan import plan_response
-from ..paths import BadPath, HiddenPath, clean_path
+from ..request.paths import BadPath, HiddenPath, clean_path
 from ..streaming import multipart_boundary, plan_chunks
-from ..uploads import UploadError
+from ..writes.uploads import UploadError
 from .base import BodyAborted, OriginResponse, Target, Uploaded, text_response
 
 # Media types a browser runs scripts in when it opens them (or, for JavaScript, that a page of

@@ -15,7 +15,7 @@ from botocore.credentials import Credentials
 
 from ..http.directives import Headers, get
 from ..http.headers import content_type_for
-from ..uploads import UploadError
+from ..writes.uploads import UploadError
 from .base import OriginError, OriginResponse, Target, Uploaded, text_response
 from .local import SANDBOX, active_content
 from .s3rules import (

@@ -10,7 +10,7 @@ import httpx
 
 from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, end_to_end
-from ..paths import origin_path
+from ..request.paths import origin_path
 from .base import OriginError, OriginResponse, Target, Uploaded
 
 VIA = "1.1 edgecache"

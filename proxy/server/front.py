@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..forwarded import Network, identify
 from ..http.headers import format_http_date, host_problem
 from ..ops.accesslog import Entry, as_json, combined
 from ..ops.metrics import RequestMeter
+from ..request.client import Network, identify
 from .ready import OFFER, Offer, ReadyAnswers, asked_of
 
 log = logging.getLogger("edgecache")

@@ -29,8 +29,8 @@ from typing import Any
 import httptools
 
 from ..config import Settings
-from ..forwarded import Network, is_trusted
 from ..ops import metrics
+from ..request.client import Network, is_trusted
 from .limits import (
     BODY_TIMEOUT,
     HEAD_TIMEOUT,

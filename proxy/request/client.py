@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .http.directives import Fields
+from ..http.directives import Fields
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

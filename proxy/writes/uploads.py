@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .paths import MAX_SEGMENT_BYTES, BadPath, HiddenPath, clean_path
+from ..request.paths import MAX_SEGMENT_BYTES, BadPath, HiddenPath, clean_path
 
 RESERVED = ("_edge",)
 

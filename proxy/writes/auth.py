@@ -5,7 +5,7 @@ import hmac
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .forwarded import parse_address
+from ..request.client import parse_address
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
