@@ -1,7 +1,9 @@
 """Stored entries by primary key and Vary selection: lookups, writes, invalidation (store I/O only)."""
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..http.cache import Entry, Fwd, PassMarker, as_fetched
@@ -66,10 +68,23 @@ class Entries:
         """
         if generation is None:
             return False  # the lookup failed: the store cannot be trusted with it
+        return await self._put(primary, functools.partial(self.store.put_meta, primary, key, entry, vary, generation,
+                                                          tags))
+
+    async def put_whole(self, primary: str, key: str, obj: CachedObject, body: bytes, vary: tuple[str, ...],
+                        generation: int | None, tags: tuple[str, ...] = ()) -> bool:
+        """As put, for an object whose whole body is in hand (small): the body and the metadata are
+        stored in one store transaction (Store.put_whole)."""
+        if generation is None:
+            return False
+        return await self._put(primary, functools.partial(self.store.put_whole, primary, key, obj, body, vary,
+                                                          generation, tags))
+
+    async def _put(self, primary: str, put: Callable[[], bool]) -> bool:
         try:
-            stored = await self.threads.run(self.store.put_meta, primary, key, entry, vary, generation, tags)
+            stored = await self.threads.run(put)
         except StoreErrors as e:
-            log.warning("metadata not stored: %s", e)
+            log.warning("response not stored: %s", e)
             return False
         if not stored:
             log.info("%s was invalidated while it was fetched: not stored", primary)

@@ -19,7 +19,7 @@ from ..http.conditional import conditions_from
 from ..http.directives import Headers, get
 from ..http.freshness import Policy, selection, stored_headers, vary_fields
 from ..http.headers import format_http_date
-from ..http.lifetimes import changes_of
+from ..http.lifetimes import Changes, changes_of
 from ..http.manifests import stored_whole
 from ..http.model import ResponsePlan, Span
 from ..http.plan import plan_response
@@ -29,7 +29,7 @@ from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from ..streaming import Chunk, FileSpan, Given, multipart_boundary, plan_chunks, size_of
-from .blocks import BlockSource, Coming
+from .blocks import IN_MEMORY, BlockSource, Coming
 from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
@@ -38,6 +38,7 @@ from .replies import Reply, Steady, nothing_to_close, relay, relay_forwarded, te
 from .segments import MANIFEST_BASE, Parsed, SegmentPrefetch, read_manifest
 from .spool import Spool
 from .threads import StoreThreads
+from .whole import read_whole, whole_size
 
 log = logging.getLogger("edgecache")
 
@@ -88,7 +89,7 @@ class ReadPath:
         self.filler = Filler(store, self.threads, origin, self.entries.forget)
         self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size,
                                   settings.read_ahead_blocks)
-        self.flights = Flights(store, self.threads, settings.origin_response_timeout + 5)
+        self.flights = Flights(store, settings.origin_response_timeout + 5)
         self.hits = HitTally()
         self.segments = SegmentPrefetch(
             settings.prefetch_segments, settings.prefetch_max_fills, store, self.threads, self.entries,
@@ -112,7 +113,7 @@ class ReadPath:
 
     async def aclose(self) -> None:
         await self.filler.aclose()
-        await self.flights.aclose()
+        self.flights.close()
         self.blocks.close()
         self.threads.close()
 
@@ -147,20 +148,22 @@ class ReadPath:
                             raise OriginError("unreachable", str(e)) from None
                         log.info("stored body of %s gone before the first byte, looking again: %s", primary, e)
                         continue
-                if flight is not None or attempt >= COLLAPSE_ROUNDS:
-                    leader, flight = flight, None
-                    return await self._exchange(ex, stored, action, leader)
-                joined = await self.flights.join(primary)
-                if isinstance(joined, OriginError):
-                    # The request we waited for found the origin failing: so do we, stale if allowed.
-                    allowed = isinstance(action, hc.Validate) and hc.on_failure(
-                        hc.Sent(None, stale_if_unreachable=action.stale_if_unreachable), stored) is not None
-                    if stored is None or not allowed:
-                        raise joined
-                    return self._serve_stale(ex, stored, action, None, joined.kind)
-                # Leading: look once more, another worker may have stored it meanwhile.
-                # Waiting ended: look again, the leader has stored what it could.
-                flight = joined
+                if flight is None and attempt < COLLAPSE_ROUNDS:
+                    joined = await self.flights.join(primary)
+                    if isinstance(joined, OriginError):
+                        # The request we waited for found the origin failing: so do we, stale if allowed.
+                        allowed = isinstance(action, hc.Validate) and hc.on_failure(
+                            hc.Sent(None, stale_if_unreachable=action.stale_if_unreachable), stored) is not None
+                        if stored is None or not allowed:
+                            raise joined
+                        return self._serve_stale(ex, stored, action, None, joined.kind)
+                    flight = joined
+                    # Waiting ended: look again, the leader has stored what it could. Leading: look once
+                    # more if anything was stored for the key since it was looked up (in any process).
+                    if flight is None or self.store.changes_at(mark[0]) != mark[1]:
+                        continue
+                leader, flight = flight, None
+                return await self._exchange(ex, stored, action, leader)
         finally:
             if flight is not None:
                 flight.end()
@@ -359,6 +362,13 @@ class ReadPath:
         framing = _FRAMING if response.status == 206 else {"content-length"}
         headers = stored_headers([(n, v) for n, v in response.headers if n.lower() not in framing], self.policy)
         key = meta_key(ex.primary, selection(headers, sent))
+        # Fields the cache may not keep (private="set-cookie", ...) still go to the client who asked.
+        own = [(n, v) for n, v in response.headers if (n, v) not in headers and n.lower() not in _FRAMING]
+        size = whole_size(outcome, response.status, response.headers, ex.primary.partition("?")[0],
+                          min(IN_MEMORY, self.settings.block_size, self.settings.max_object_size))
+        if size is not None:
+            return await self._store_whole(ex, old, fwd, key, outcome, response, headers, own, size, request_time,
+                                           response_time), False
         if isinstance(outcome, hc.StoreBody):
             return await self._store_body(ex, old, fwd, key, response, headers, sent, request_time, response_time,
                                           flight)
@@ -367,12 +377,7 @@ class ReadPath:
             marker = hc.PassMarker(hc.PassReason.TOO_LARGE, float("inf"))
             await self._remember(ex, marker, headers, sent)
             return relay_forwarded(await self._forward(ex.req), ex.method, Fwd.BYPASS, marker.reason.value), False
-        validator = hc.strong_validator(headers) if outcome.sliceable else None
-        obj = CachedObject(
-            status=200, headers=headers, request_time=request_time, response_time=response_time, key=key,
-            size=outcome.size, block_size=self.settings.block_size,
-            validator=validator or "r:" + secrets.token_hex(12), sliceable=outcome.sliceable,
-        )
+        obj = self._new_object(outcome, 200, headers, key, outcome.size, request_time, response_time)
         index = outcome.first_block // obj.block_size
         try:
             # Claim the block before the metadata is visible, so no other worker fetches it again.
@@ -393,9 +398,47 @@ class ReadPath:
         else:
             self.filler.fill(obj, ex.req.target, ex.req.headers, index, progress, response)
         status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
-        # Fields the cache may not keep (private="set-cookie", ...) still go to the client who asked.
-        own = [(n, v) for n, v in response.headers if (n, v) not in headers and n.lower() not in _FRAMING]
         return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own), False
+
+    def _new_object(self, outcome: hc.StoreBlocks | hc.StoreBody, status: int, headers: Headers, key: str, size: int,
+                    request_time: float, response_time: float, changes: Changes | None = None) -> CachedObject:
+        """The metadata of a response about to be stored: in blocks of the configured size, named by
+        its strong validator when it has one (StoreBlocks), or stored as it is, in one block of its
+        own size named by a token: no other response may ever complete it."""
+        if isinstance(outcome, hc.StoreBlocks):
+            validator = hc.strong_validator(headers) if outcome.sliceable else None
+            return CachedObject(
+                status=200, headers=headers, request_time=request_time, response_time=response_time, key=key,
+                size=size, block_size=self.settings.block_size,
+                validator=validator or "r:" + secrets.token_hex(12), sliceable=outcome.sliceable,
+            )
+        return CachedObject(
+            status=status, headers=headers, request_time=request_time, response_time=response_time, key=key,
+            size=size, block_size=max(size, 1), validator="r:" + secrets.token_hex(12), sliceable=False,
+            changes=changes,
+        )
+
+    async def _store_whole(
+        self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, outcome: hc.StoreBlocks | hc.StoreBody,
+        response: OriginResponse, headers: Headers, own: Headers, size: int, request_time: float,
+        response_time: float,
+    ) -> Reply:
+        """A small body that comes whole in this answer: read into memory, stored with its metadata in
+        one store transaction (the flight ends once it is), and answered from memory. A body cut short
+        (or too long) is an origin error, and nothing is stored."""
+        try:
+            body = await read_whole(response, size)
+        finally:
+            await response.close()
+        obj = self._new_object(outcome, response.status, headers, key, size, request_time, response_time)
+        stored = await self.entries.put_whole(ex.primary, key, obj, body, vary_fields(headers), ex.generation,
+                                              self._tags(headers))
+        if stored and size:
+            self.blocks.open_blocks.adopt(obj.block_key(0), body)  # at hand for the hits that follow
+        if stored and old is not None and old.validator != obj.validator:
+            self.filler.spawn(self.entries.drop_blocks(old))
+        status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=stored)
+        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own, body=body)
 
     async def _store_body(
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, response: OriginResponse,
@@ -415,11 +458,8 @@ class ReadPath:
                                                                    get(headers, "content-type"), size)
                 parsed = await anyio.to_thread.run_sync(_read_part, part, size, MANIFEST_BASE + ex.req.target.raw) \
                     if manifest else None
-                obj = CachedObject(
-                    status=response.status, headers=headers, request_time=request_time, response_time=response_time,
-                    key=key, size=size, block_size=max(size, 1), validator="r:" + secrets.token_hex(12),
-                    sliceable=False, changes=changes_of(parsed.manifest) if parsed is not None else None,
-                )
+                obj = self._new_object(hc.StoreBody(), response.status, headers, key, size, request_time,
+                                       response_time, changes_of(parsed.manifest) if parsed is not None else None)
                 if size:
                     await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
                 stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation,
@@ -474,10 +514,11 @@ class ReadPath:
 
     def _serve(
         self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None,
-        now: float | None = None, plan: ResponsePlan | None = None,
+        now: float | None = None, plan: ResponsePlan | None = None, body: bytes | None = None,
     ) -> Reply:
         """Answer from a stored response at `now` (default: now), with its `plan` if already made;
-        `own`: fields for this client only, not stored."""
+        `own`: fields for this client only, not stored; `body`: its whole body, when in hand (the
+        blocks are not read)."""
         req = ex.req
         now = time.time() if now is None else now
         self._served(req, obj)
@@ -492,6 +533,8 @@ class ReadPath:
             has_body = req.method == "GET" and obj.status not in (204, 304) and obj.size > 0
             if not has_body:
                 return Reply(obj.status, headers, None, nothing_to_close, whole=b"")
+            if body is not None:
+                return Reply(obj.status, headers, Given(body), nothing_to_close, in_hand=True, whole=body)
             return Reply(obj.status, headers, self.blocks.read(obj, req.target, req.headers, 0, obj.size),
                          nothing_to_close)
         plan = plan or self._plan(req, obj, now)
@@ -502,7 +545,8 @@ class ReadPath:
         blocks = self.blocks
         if len(plan.body) == 1 and isinstance(plan.body[0], Span):
             span = plan.body[0]
-            chunks = blocks.at_hand(obj, req.target, req.headers, span.start, span.end)
+            chunks = blocks.at_hand(obj, req.target, req.headers, span.start, span.end) if body is None else \
+                [body[span.start:span.end]]
             if chunks is not None:
                 fds = [chunk.fd for chunk in chunks if isinstance(chunk, FileSpan)]
                 whole = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], bytes) else None
@@ -510,7 +554,7 @@ class ReadPath:
                              in_hand=True, whole=whole)
 
         def reader(start: int, end: int) -> AsyncIterator[Chunk]:
-            return blocks.read(obj, req.target, req.headers, start, end)
+            return blocks.read(obj, req.target, req.headers, start, end) if body is None else Given(body[start:end])
 
         literal = next((i for i, segment in enumerate(plan.body) if isinstance(segment, Span)), 0)
         return Reply(plan.status, headers, plan_chunks(plan, reader), nothing_to_close, literal)

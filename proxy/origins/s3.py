@@ -18,6 +18,7 @@ from ..http.headers import content_type_for
 from ..writes.uploads import UploadError
 from .base import OriginError, OriginResponse, Target, Uploaded, text_response
 from .local import SANDBOX, active_content
+from .pool import OriginPool
 from .s3rules import (
     Failure,
     address,
@@ -78,10 +79,10 @@ class S3Origin:
         self.address = address(endpoint_url, bucket, region)
         key_id, secret, token = credentials
         self.signer = _Signer(Credentials(key_id, secret, token or None), "s3", region) if key_id else None
-        self.client = httpx.AsyncClient(
+        self.pool = OriginPool(max_connections, KEEPALIVE_EXPIRY)
+        self.client = httpx.AsyncClient(  # builds the requests; upstream.send sends them on the pool
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                keepalive_expiry=KEEPALIVE_EXPIRY),
+            transport=self.pool,
             follow_redirects=False,
             trust_env=False,  # no proxy from the environment: only the configured endpoint
         )
@@ -112,7 +113,7 @@ class S3Origin:
             headers = dict(signing.headers.items())
         request = self.client.build_request(method, url, headers=headers,
                                             content=None if body is None else _chunks(body))
-        return await send(self.client, request, self.response_timeout, body is not None)
+        return await send(self.pool, request, self.response_timeout, body is not None)
 
     async def _error(self, response: httpx.Response) -> Failure:
         """The meaning of an error answer (its body read up to MAX_XML bytes), logged; closes it."""

@@ -12,6 +12,7 @@ from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, end_to_end
 from ..request.paths import origin_path
 from .base import OriginError, OriginResponse, Target, Uploaded
+from .pool import OriginPool
 
 VIA = "1.1 edgecache"
 KEEPALIVE_EXPIRY = 4.0  # seconds an idle origin connection is kept
@@ -36,12 +37,12 @@ class UpstreamOrigin:
         self.scheme, self.host, self.port = url.scheme, url.host, url.port
         self.base_path = url.raw_path.decode("ascii").split("?")[0].rstrip("/")
         self.response_timeout = response_timeout
-        self.client = httpx.AsyncClient(
+        # Idle connections are dropped before the usual 5 s idle timeout of origin servers (Node,
+        # uvicorn): reusing one the origin is closing at that moment fails the request.
+        self.pool = OriginPool(max_connections, KEEPALIVE_EXPIRY)
+        self.client = httpx.AsyncClient(  # builds the requests (URL, fields, timeouts); `send` sends them
             timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
-            # Idle connections are dropped before the usual 5 s idle timeout of origin servers (Node,
-            # uvicorn): reusing one the origin is closing at that moment fails the request.
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                                keepalive_expiry=KEEPALIVE_EXPIRY),
+            transport=self.pool,
             follow_redirects=False,  # redirects go back to the client
             trust_env=False,  # no proxy from the environment: only the configured origin
         )
@@ -81,7 +82,7 @@ class UpstreamOrigin:
             outgoing.append(("Content-Length", length))
         outgoing.append(("Via", VIA))
         request = self.client.build_request(method, self._url(target), headers=outgoing, content=body)
-        response = await send(self.client, request, self.response_timeout, body is not None)
+        response = await send(self.pool, request, self.response_timeout, body is not None)
         if not 200 <= response.status_code <= 599:  # RFC 9110 section 15: a final status is 200-599
             await response.aclose()
             raise OriginError("invalid", f"status {response.status_code}")
@@ -120,14 +121,16 @@ class UpstreamOrigin:
         await self.client.aclose()
 
 
-async def send(client: httpx.AsyncClient, request: httpx.Request, response_timeout: float,
+async def send(pool: OriginPool, request: httpx.Request, response_timeout: float,
                has_body: bool) -> httpx.Response:
-    """Send a request and wait for the response head; its body streams. Raises OriginError.
-    The response deadline counts from a request without a body; with one, sending it may take
-    as long as the client takes (each write and read has its own timeout)."""
+    """Send a request on the origin's pool and wait for the response head; its body streams. Raises
+    OriginError. The response deadline counts from a request without a body; with one, sending it
+    may take as long as the client takes (each write and read has its own timeout).
+    Not through httpx's client: it would keep the cookies an answer sets and send them with every
+    later request, another client's; nor are its redirects or authentication wanted."""
     try:
         with anyio.fail_after(math.inf if has_body else response_timeout):
-            return await client.send(request, stream=True)
+            return await pool.handle_async_request(request)
     except TimeoutError:
         raise OriginError("timeout", f"no response within {response_timeout:g}s") from None
     except httpx.TimeoutException as e:

@@ -1,6 +1,7 @@
 """diskcache behind a small synchronous API. Call it from a worker thread, once per block."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -18,6 +19,7 @@ from typing import IO
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from ..files import write_all
 from ..http.freshness import vary_fields
 from ..http.tags import response_tags
 from .checksums import checksum, file_checksum
@@ -463,10 +465,12 @@ class Store:
         return value if isinstance(value, int) else 0
 
     def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None, generation: int,
-                 tags: tuple[str, ...] = ()) -> bool:
+                 tags: tuple[str, ...] = (), block: tuple[FinishedPart, int] | None = None) -> bool:
         """Store an entry and keep the primary key's Vary index right, in one transaction of the
         index; False (nothing written) when the key was invalidated since `generation`.
-        `vary` None leaves the index as it is. `tags`: the entry's cache tags (they replace the key's)."""
+        `vary` None leaves the index as it is. `tags`: the entry's cache tags (they replace the key's).
+        `block`: the object's one block, a finished file and the checksum of its bytes, stored in the
+        same transaction (put_whole)."""
         with self.index.transact():
             if self.generation(primary) != generation:
                 return False
@@ -475,11 +479,37 @@ class Store:
             self.tags.replace(key, tags)
             if isinstance(entry, CachedObject):
                 self.index.set(_OBJECT + _prefix(entry), (key, entry.size, entry.block_count))
-            self.objects.set(key, (META_FORMAT, generation, entry))
+            with self.objects.transact():
+                if block is not None and isinstance(entry, CachedObject):
+                    self.objects.set(entry.block_key(0), block[0], read=True, tag=block[1])
+                self.objects.set(key, (META_FORMAT, generation, entry))
         self._changed(key, vary_index_key(primary))
         if isinstance(entry, CachedObject):
-            self.keeper.touched([_prefix(entry)])  # a request for it, when it is cached (a 304's freshening)
+            if block is not None:
+                self._published(entry.block_key(0), block[0])
+            else:
+                self.keeper.touched([_prefix(entry)])  # a request for it, when it is cached (a 304's freshening)
         return True
+
+    def put_whole(self, primary: str, key: str, obj: CachedObject, body: bytes, vary: tuple[str, ...] | None,
+                  generation: int, tags: tuple[str, ...] = ()) -> bool:
+        """Store a response whose whole body is in memory (a small one, one block): the block and the
+        metadata in one transaction, with no fill, lease or publish of its own (put_meta's `block`).
+        The block is written to a part file first, outside the transaction, and renamed into place in
+        it; a part file left by a kill meanwhile is swept as a dead fill's. False as put_meta."""
+        if not body:
+            return self.put_meta(primary, key, obj, vary, generation, tags)
+        fd, path = self.new_part()
+        try:
+            write_all(fd, body)
+        finally:
+            os.close(fd)
+        try:
+            return self.put_meta(primary, key, obj, vary, generation, tags,
+                                 (FinishedPart(path, len(body)), checksum(body)))
+        finally:
+            with contextlib.suppress(FileNotFoundError):  # renamed into place, unless not stored
+                os.unlink(path)
 
     def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
         """Record `key` as the newest variant; when the fields the responses vary on change, the
@@ -664,7 +694,13 @@ class Store:
                 os.close(fd)
         part = FinishedPart(path, size)
         self.objects.set(key, part, read=True, tag=block_checksum)
+        self._published(key, part)
+
+    def _published(self, key: str, part: FinishedPart) -> None:
+        """A block is stored (published, or stored with its metadata): its file is known sound, and
+        the cache policy keeps it or removes it soon."""
         self._remember_checked(part.filename)  # its bytes were checksummed as they were written
+        size = part.size
         prefix, index = split(key)
         found = self.object_of(prefix)
         if found is None:  # a body stored whole before its metadata (one block)
