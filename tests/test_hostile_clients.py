@@ -21,6 +21,7 @@ from tests.conftest import RunningServer, pattern
 from tests.edge_process import EdgeProcess
 
 BIG = 32 * 1024 * 1024  # more than the socket buffers of both ends hold
+MEDIUM = 256 * 1024  # more than a small object (read whole into memory)
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def site(tmp_path: Path) -> Path:
     (root / "cold.bin").write_bytes(pattern(BIG, 6))
     (root / "small.txt").write_bytes(b"hello, edge\n")
     for i in range(32):
-        (root / f"s{i}.txt").write_bytes(b"%d" % i)
+        (root / f"m{i}.bin").write_bytes(pattern(MEDIUM, i))  # filled in blocks: leases, not one write
     return tmp_path
 
 
@@ -103,8 +104,8 @@ def test_clients_that_never_read_give_back_every_descriptor(site: Path, warm: bo
         if warm:
             assert httpx.get(edge.url + "/big.bin", timeout=30).content == pattern(BIG, 5)
         with concurrent.futures.ThreadPoolExecutor(32) as pool:  # every store thread opens its connections
-            assert list(pool.map(lambda i: httpx.get(f"{edge.url}/s{i}.txt").text, range(32))) == [
-                str(i) for i in range(32)]
+            assert list(pool.map(lambda i: httpx.get(f"{edge.url}/m{i}.bin").content, range(32))) == [
+                pattern(MEDIUM, i) for i in range(32)]
         time.sleep(0.5)
         baseline = edge.descriptors()
         clients = []

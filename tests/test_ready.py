@@ -16,8 +16,8 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
-import proxy.app
 import proxy.cache.reads
+import proxy.server.content
 import proxy.server.front
 from proxy.app import create_app
 from proxy.cache.replies import Steady
@@ -232,7 +232,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock(math.floor(time.time()) - 10 + 0.125)  # before the origin's Date: no apparent age
     monkeypatch.setattr(proxy.cache.reads, "time", c)
-    monkeypatch.setattr(proxy.app, "time", c)
+    monkeypatch.setattr(proxy.server.content, "time", c)
     monkeypatch.setattr(proxy.server.front, "time", c)
     return c
 
