@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy import pagecache
 from proxy.store import scrub
 from proxy.store.checksums import checksum
 from proxy.store.disk import FinishedPart, Store
@@ -122,6 +123,26 @@ def test_a_block_written_here_is_not_read_again_to_open_it_but_every_read_into_m
     handle.close()
     assert store.read_block(KEY, len(data)) is None  # bytes read into memory are always checked
     assert store.integrity_figures()["damaged_checksum"] == 1
+    store.close()
+
+
+def test_the_scrub_leaves_the_page_cache_as_it_found_it(tmp_path: Path) -> None:
+    """A block the scrub had to read from disk leaves memory again; one that was in memory stays."""
+    store = Store(str(tmp_path), 64 * 1024**2)
+    hot, cold = KEY, KEY[:-1] + "1"
+    for key in (hot, cold):
+        _publish(store, key, os.urandom(256 * KiB))
+    with open(_file_of(tmp_path, cold), "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        if pagecache.resident(f.fileno(), 0, 256 * KiB):
+            pytest.skip("the page cache of this file system cannot be emptied, or mincore(2) is missing")
+    with open(_file_of(tmp_path, hot), "rb") as f:
+        f.read()  # in memory, as a block being served is
+    assert store.scrub_block(cold, 256 * KiB) == store.scrub_block(hot, 256 * KiB) == 256 * KiB
+    for key, resident in ((cold, False), (hot, True)):
+        with open(_file_of(tmp_path, key), "rb") as f:
+            assert pagecache.resident(f.fileno(), 0, 256 * KiB) is resident, key
     store.close()
 
 

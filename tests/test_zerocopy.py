@@ -75,8 +75,9 @@ def sendfile_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 def warm(make_server, settings) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
-    """An edge with 256 KiB blocks whose copy of the clip is complete."""
-    edge = make_server(settings, block_size=BLOCK)
+    """An edge with 256 KiB blocks whose copy of the clip is complete (no scrub: the tests move its
+    pages in and out of memory themselves)."""
+    edge = make_server(settings, block_size=BLOCK, scrub_rate=0)
     assert httpx.get(edge.url + CLIP).content == BODY  # the miss fills every block
     filler = edge.server.config.app.state.service.reads.filler
     deadline = time.monotonic() + 30

@@ -46,7 +46,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from . import pagecache
+from .. import pagecache
 
 EXTENSION = "http.response.zerocopysend"
 HEAD_KEY = "edgecache.head"  # a start message's EncodedHead

@@ -19,6 +19,7 @@ from typing import IO
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
+from .. import pagecache
 from ..files import write_all
 from ..http.freshness import vary_fields
 from ..http.tags import response_tags
@@ -109,6 +110,7 @@ class _Read(enum.Enum):
     OPEN = 1  # keep the file open (its bytes checked once per process)
     BYTES = 2  # read its bytes into memory
     CHECK = 3  # read it to check it, every time
+    SCRUB = 4  # as CHECK, leaving the page cache as it found it: pages it had to read are dropped
 
 
 @dataclass
@@ -580,7 +582,7 @@ class Store:
     def scrub_block(self, key: str, length: int) -> int:
         """Read a stored block again and check it (dropped if damaged), whether or not it was checked
         before; the bytes read."""
-        found = self._examine(key, length, _Read.CHECK)
+        found = self._examine(key, length, _Read.SCRUB)
         if found is None:
             return 0
         self._judge(key, found)
@@ -620,7 +622,11 @@ class Store:
             if how is _Read.OPEN and filename in self._checked:
                 kept = True
                 return _Examined(Verdict.SOUND, filename, handle=handle)
+            # The scrub reads cold blocks: what it brings into memory goes again, not the hits' pages.
+            cold = how is _Read.SCRUB and not pagecache.resident(handle.fileno(), 0, length)
             computed, read = file_checksum(handle.fileno(), length)
+            if cold:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             found = verdict(length, read, recorded, computed if read == length else None)
             kept = how is _Read.OPEN and not found.damaged
             return _Examined(found, filename, computed, handle=handle if kept else None, read=read)
