@@ -286,3 +286,18 @@ async def test_404_is_cached_by_heuristic_only_with_validators(origin: Upstream,
         assert r.status_code == 404 and r.content == b"no such object"
         assert (await c.get("/missing.mp4")).status_code == 404
     assert len(origin.gets("/missing.mp4")) == 2  # no Last-Modified, no max-age: not reused
+
+
+async def test_an_origin_whose_answers_cannot_be_used_gets_a_bounded_number_of_asks(
+        origin: Upstream, edge_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each answer the cache cannot use is asked for again (whole, unconditionally), a bounded
+    number of times: then a 502 that says so, not a loop."""
+    from proxy.cache import reads
+    from proxy.http import cache as hc
+
+    monkeypatch.setattr(reads.hc, "on_response", lambda *args: hc.Refetch.WHOLE)
+    async with httpx.AsyncClient(base_url=edge_server.url) as c:
+        r = await c.get("/movie.mp4")
+    assert r.status_code == 502 and r.text == "Bad Gateway: the origin's answers could not be used\n"
+    assert r.headers["cache-status"] == 'edgecache; fwd=uri-miss; detail="refetch"'
+    assert len(origin.gets("/movie.mp4")) == reads.REFETCHES + 1

@@ -44,6 +44,7 @@ log = logging.getLogger("edgecache")
 
 UNCACHEABLE_TTL = 120.0  # seconds an uncacheable answer sends requests straight to the origin
 COLLAPSE_ROUNDS = 3  # times a request waits for another's exchange before it asks the origin itself
+REFETCHES = 2  # times one request asks the origin again after an answer it could not use (hc.Refetch)
 PART_SWEEP_INTERVAL = 60.0  # seconds between sweeps of part files left by dead fills (kill -9 of a worker)
 SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored before asking the origin
 EAGER_BLOCKS = 16  # missing blocks of one answer filled, and their origin's answer awaited, before its status line
@@ -122,8 +123,10 @@ class ReadPath:
         primary = self.origin.cache_key(req.target)
         facts = hc.Request(req.method, req.headers, primary)
         flight: Flight | None = None  # once we lead the key's exchange with the origin
+        attempt = -1
         try:
-            for attempt in range(COLLAPSE_ROUNDS + 2):
+            while True:  # a round ends in an answer from round COLLAPSE_ROUNDS on (no waiting, no looking again)
+                attempt += 1
                 mark = self.store.change_mark(primary)
                 found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0, epoch=mark[1])
                 now = time.time()
@@ -167,7 +170,6 @@ class ReadPath:
         finally:
             if flight is not None:
                 flight.end()
-        raise AssertionError("unreachable")
 
     async def prefetch(self, target: Target, headers: Headers) -> Reply:
         """A GET the cache makes of itself, ahead of a player (see segments.py)."""
@@ -281,8 +283,26 @@ class ReadPath:
         self, ex: _Exchange, stored: CachedObject | None, action: hc.Fetch | hc.Validate, flight: Flight | None,
         whole: bool,
     ) -> tuple[Reply, bool]:
+        """Ask the origin and do what its answer calls for (on_response). An answer the cache cannot
+        use is asked for again, REFETCHES times at most: unconditionally, or whole (hc.Refetch)."""
         # A manifest (by its name) is asked for whole: it is stored from one response (on_response).
         whole = whole or stored_whole(ex.primary.partition("?")[0], None)
+        for _ in range(REFETCHES + 1):
+            asked = await self._ask_once(ex, stored, action, flight, whole)
+            if not isinstance(asked, hc.Refetch):
+                return asked
+            if asked is hc.Refetch.UNCONDITIONAL:  # the stored response cannot be used: ask as if none
+                stored, action = None, hc.Fetch(action.fwd)
+            else:  # a range answer that cannot be stored in blocks: ask for the whole body
+                whole = True
+        log.warning("the origin's answers for %s could not be used, %d times", ex.primary, REFETCHES + 1)
+        return text_reply(502, "Bad Gateway: the origin's answers could not be used",
+                          [("Cache-Status", cache_status(fwd=action.fwd.value, detail="refetch"))]), False
+
+    async def _ask_once(
+        self, ex: _Exchange, stored: CachedObject | None, action: hc.Fetch | hc.Validate, flight: Flight | None,
+        whole: bool,
+    ) -> tuple[Reply, bool] | hc.Refetch:
         block = None if whole or (isinstance(action, hc.Fetch) and action.as_is) else self._first_block(ex.req)
         body = None
         if isinstance(action, hc.Fetch) and action.as_is:
@@ -337,9 +357,7 @@ class ReadPath:
             return text_reply(502, f"Bad Gateway: {outcome.detail}",
                               [("Cache-Status", cache_status(fwd=fwd.value, fwd_status=response.status,
                                                              detail="bad-range"))]), False
-        if outcome is hc.Refetch.UNCONDITIONAL:
-            return await self._ask(ex, None, hc.Fetch(fwd), flight, whole)
-        return await self._ask(ex, stored, action, flight, True)
+        return outcome
 
     def _serve_stale(
         self, ex: _Exchange, stored: CachedObject, action: hc.Fetch | hc.Validate, fwd_status: int | None,
