@@ -1,5 +1,7 @@
 """The docs tell the truth about the code: every setting is in the configuration reference with
-its default, every EDGECACHE_* variable they name exists, and every relative link leads somewhere."""
+its default, every EDGECACHE_* variable they name exists, every metric the edge exposes is in the
+operations page's table, every module is in the architecture picture, and every relative
+link leads somewhere."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +16,7 @@ from tests.conftest import REPO_ROOT
 DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
 PAGES = [REPO_ROOT / "README.md", *DOCS]
 REFERENCE = (REPO_ROOT / "docs" / "configuration.md").read_text()
+OPERATIONS = (REPO_ROOT / "docs" / "operations.md").read_text()
 EXAMPLE = tomllib.loads((REPO_ROOT / "config" / "edgecache.example.toml").read_text())
 
 
@@ -49,3 +52,27 @@ def test_every_relative_link_leads_somewhere(page) -> None:  # type: ignore[no-u
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
         if not target.startswith(("http://", "https://", "mailto:")):
             assert (page.parent / target).exists(), f"{page.name} links to {target}"
+
+
+def _exposed_metrics() -> set[str]:
+    """Metric families the edge's code defines (proxy/ops/)."""
+    names: set[str] = set()
+    for module in (REPO_ROOT / "proxy" / "ops").glob("*.py"):
+        names.update(re.findall(r'"(edgecache_[a-z_]+)"', module.read_text()))
+    return names
+
+
+def test_every_metric_is_in_the_operations_table() -> None:
+    exposed = _exposed_metrics()
+    assert {"edgecache_requests", "edgecache_store_damaged_blocks", "edgecache_policy_bytes"} <= exposed
+    documented = set(re.findall(r"`(edgecache_[a-z_]+)`", OPERATIONS))
+    for name in exposed:  # a counter is exposed with _total
+        assert name in documented or f"{name}_total" in documented, f"{name} is not in docs/operations.md"
+
+
+def test_every_module_is_in_the_architecture_picture() -> None:
+    picture = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    modules = [m for m in (REPO_ROOT / "proxy").rglob("*.py") if m.name != "__init__.py"]
+    assert len(modules) > 50
+    for module in modules:
+        assert re.search(rf"\b{re.escape(module.name)}\b", picture), f"{module.relative_to(REPO_ROOT)} is not in it"

@@ -29,7 +29,8 @@ class Findings:
 
     def summary(self) -> str:
         seconds = time.monotonic() - self.started
-        line = f"checked {self.blocks} stored blocks, {format_size(self.bytes)} in {seconds:.1f} s: "
+        blocks = f"{self.blocks} stored block{'' if self.blocks == 1 else 's'}"
+        line = f"checked {blocks}, {format_size(self.bytes)} in {seconds:.1f} s: "
         if not self.damage:
             line += "no damage"
         else:
