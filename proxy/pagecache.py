@@ -59,9 +59,21 @@ _vector = _Vector()
 def resident(fd: int, offset: int, count: int) -> bool:
     """Are all pages of bytes [offset, offset + count) of `fd` in memory and up to date now?
     False when unknown (not Linux, a descriptor that cannot be mapped, pages past the end)."""
+    pages = _pages(fd, offset, count)
+    return pages is not None and b"\x00" not in pages
+
+
+def absent(fd: int, offset: int, count: int) -> bool:
+    """Is no page of bytes [offset, offset + count) of `fd` in memory now? False when unknown."""
+    pages = _pages(fd, offset, count)
+    return pages is not None and b"\x01" not in pages
+
+
+def _pages(fd: int, offset: int, count: int) -> bytes | None:
+    """One byte per page of the span, 1 where the page is in memory and up to date; None: unknown."""
     calls = _calls
     if calls is None or count <= 0 or offset < 0:
-        return False
+        return None
     map_, unmap, mincore = calls
     start = offset - offset % PAGE  # a mapping starts on a page
     length = offset + count - start
@@ -69,10 +81,10 @@ def resident(fd: int, offset: int, count: int) -> bool:
     vector = _vector.of(pages)
     address = map_(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
     if address is None or address == _FAILED:
-        return False
+        return None
     try:
         if mincore(address, length, vector) != 0:
-            return False
+            return None
     finally:
         unmap(address, length)
-    return b"\x00" not in ctypes.string_at(vector, pages).translate(_LOW_BIT)
+    return ctypes.string_at(vector, pages).translate(_LOW_BIT)

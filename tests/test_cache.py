@@ -301,3 +301,26 @@ async def test_an_origin_whose_answers_cannot_be_used_gets_a_bounded_number_of_a
     assert r.status_code == 502 and r.text == "Bad Gateway: the origin's answers could not be used\n"
     assert r.headers["cache-status"] == 'edgecache; fwd=uri-miss; detail="refetch"'
     assert len(origin.gets("/movie.mp4")) == reads.REFETCHES + 1
+    origin.delay = 0.2  # requests that come meanwhile wait for the one asking, and answer as it did
+    async with httpx.AsyncClient(base_url=edge_server.url) as c:
+        answers = await asyncio.gather(*(c.get("/movie.mp4") for _ in range(5)))
+    assert [a.status_code for a in answers] == [502] * 5
+    assert len(origin.gets("/movie.mp4")) == 2 * (reads.REFETCHES + 1)
+
+
+async def test_a_request_that_fails_after_the_origin_answered_gives_its_connection_back(
+        origin: Upstream, edge_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever ends a request between the origin's answer and the reply or fill that takes it
+    (here an error; a cancellation alike), the answer is closed: the pool's slot comes back."""
+    from proxy.cache import reads
+
+    pool = edge_server.server.config.app.state.service.reads.origin.inner.pool
+    free = pool._slots.value
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(reads.hc, "on_response", broken)
+    async with httpx.AsyncClient(base_url=edge_server.url) as c:
+        assert (await c.get("/movie.mp4")).status_code == 500
+    assert pool._slots.value == free

@@ -127,22 +127,28 @@ def test_a_block_written_here_is_not_read_again_to_open_it_but_every_read_into_m
 
 
 def test_the_scrub_leaves_the_page_cache_as_it_found_it(tmp_path: Path) -> None:
-    """A block the scrub had to read from disk leaves memory again; one that was in memory stays."""
+    """A block the scrub had to read from disk leaves memory again; one wholly or partly in memory
+    (a hit's pages) keeps what it had."""
     store = Store(str(tmp_path), 64 * 1024**2)
-    hot, cold = KEY, KEY[:-1] + "1"
-    for key in (hot, cold):
+    hot, cold, part = KEY, KEY[:-1] + "1", KEY[:-1] + "2"
+    for key in (hot, cold, part):
         _publish(store, key, os.urandom(256 * KiB))
-    with open(_file_of(tmp_path, cold), "rb") as f:
-        os.fsync(f.fileno())
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        if pagecache.resident(f.fileno(), 0, 256 * KiB):
-            pytest.skip("the page cache of this file system cannot be emptied, or mincore(2) is missing")
+        with open(_file_of(tmp_path, key), "rb") as f:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            if not pagecache.absent(f.fileno(), 0, 256 * KiB):
+                pytest.skip("the page cache of this file system cannot be emptied, or mincore(2) is missing")
     with open(_file_of(tmp_path, hot), "rb") as f:
         f.read()  # in memory, as a block being served is
-    assert store.scrub_block(cold, 256 * KiB) == store.scrub_block(hot, 256 * KiB) == 256 * KiB
-    for key, resident in ((cold, False), (hot, True)):
+    with open(_file_of(tmp_path, part), "rb") as f:
+        os.pread(f.fileno(), 16 * KiB, 0)  # its first pages only (and what the kernel reads ahead)
+    assert [store.scrub_block(key, 256 * KiB) for key in (cold, hot, part)] == [256 * KiB] * 3
+    for key, offset, count, resident in ((cold, 0, 256 * KiB, False), (hot, 0, 256 * KiB, True),
+                                         (part, 0, 16 * KiB, True)):
         with open(_file_of(tmp_path, key), "rb") as f:
-            assert pagecache.resident(f.fileno(), 0, 256 * KiB) is resident, key
+            assert pagecache.resident(f.fileno(), offset, count) is resident, key
+    with open(_file_of(tmp_path, cold), "rb") as f:
+        assert pagecache.absent(f.fileno(), 0, 256 * KiB)
     store.close()
 
 

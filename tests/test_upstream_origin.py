@@ -150,3 +150,15 @@ def test_the_type_of_an_upload_comes_from_its_name(upstream, http_settings, make
     form = httpx.post(edge.url + "/films", files={"file": ("clip.mp4", b"<script>", "text/html")})
     assert form.status_code == 201
     assert [h.headers["content-type"] for h in origin.hits if h.method == "PUT"] == ["video/mp4"]
+
+
+@respx.mock
+async def test_the_origin_gets_the_clients_fields_and_none_of_the_http_librarys() -> None:
+    """A client that sends no Accept-Encoding must not be answered gzip because the library asked."""
+    route = respx.post("http://origin.test:8081/base/form").mock(return_value=httpx.Response(200, content=b"ok"))
+    origin = make()
+    r = await origin.request("POST", Target("form", "/form"), [("host", "edge.test"), ("x-client", "1")])
+    assert r.status == 200 and await body(r) == b"ok"
+    sent = route.calls.last.request
+    assert sorted(name.decode().lower() for name, _ in sent.headers.raw) == ["content-length", "host", "via", "x-client"]
+    await origin.aclose()

@@ -57,7 +57,7 @@ class KeyLocks:
         return True
 
     def release(self, slot: int) -> None:
-        count = self._held.pop(slot) - 1
+        count = self._held.pop(slot, 1) - 1  # not held: the file was closed (shutdown) and gave it back
         if count:
             self._held[slot] = count
         else:

@@ -296,6 +296,8 @@ class ReadPath:
             else:  # a range answer that cannot be stored in blocks: ask for the whole body
                 whole = True
         log.warning("the origin's answers for %s could not be used, %d times", ex.primary, REFETCHES + 1)
+        if flight is not None:  # the waiters answer the same, without asking again each
+            flight.failure = OriginError("invalid", "the origin's answers could not be used")
         return text_reply(502, "Bad Gateway: the origin's answers could not be used",
                           [("Cache-Status", cache_status(fwd=action.fwd.value, detail="refetch"))]), False
 
@@ -325,6 +327,18 @@ class ReadPath:
                 flight.failure = e  # the waiters serve their stale copy without asking again
             log.warning("origin failed, serving stale: %s", e)
             return self._serve_stale(ex, stored, action, None, e.kind), False
+        try:
+            return await self._answered(ex, stored, action, flight, sent, headers, response, request_time)
+        except BaseException:  # cancelled or failed before a reply or a fill took the response: its connection back
+            with anyio.CancelScope(shield=True):
+                await response.close()
+            raise
+
+    async def _answered(
+        self, ex: _Exchange, stored: CachedObject | None, action: hc.Fetch | hc.Validate, flight: Flight | None,
+        sent: hc.Sent, headers: Headers, response: OriginResponse, request_time: float,
+    ) -> tuple[Reply, bool] | hc.Refetch:
+        """Do what the origin's answer to the request as `sent` (with `headers`) calls for."""
         response_time = time.time()
         outcome = hc.on_response(ex.facts, sent, response.status, response.headers, stored, self.policy)
         fwd = action.fwd

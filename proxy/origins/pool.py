@@ -57,8 +57,9 @@ def _as_httpx() -> Iterator[None]:
 
 class OriginPool(httpx.AsyncBaseTransport):
     """At most `max_connections` requests in flight, each on its own connection; a request beyond
-    them waits for one to end (httpx's pool timeout). Idle connections are kept while the origin
-    keeps them, at most `keepalive_expiry` seconds."""
+    them waits for one to end (httpx's pool timeout). An idle connection is reused while the origin
+    keeps it and for `keepalive_expiry` seconds at most; one found closed or expired is dropped when
+    the next request comes (so at most `max_connections` idle sockets wait that long)."""
 
     def __init__(self, max_connections: int, keepalive_expiry: float,
                  ssl_context: ssl.SSLContext | None = None) -> None:

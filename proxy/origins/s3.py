@@ -86,6 +86,7 @@ class S3Origin:
             follow_redirects=False,
             trust_env=False,  # no proxy from the environment: only the configured endpoint
         )
+        self.client.headers.clear()  # only the fields the origin's requests set (upstream.py)
 
     def cache_key(self, target: Target) -> str:
         return "/" + target.path  # the query names no other object: it is not sent

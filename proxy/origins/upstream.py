@@ -46,6 +46,9 @@ class UpstreamOrigin:
             follow_redirects=False,  # redirects go back to the client
             trust_env=False,  # no proxy from the environment: only the configured origin
         )
+        # No fields of httpx's own (Accept-Encoding: gzip, User-Agent, ...): the origin gets the
+        # client's, so a client that accepts no encoding never gets a gzip body (nor stores one).
+        self.client.headers.clear()
 
     def cache_key(self, target: Target) -> str:
         return target.raw

@@ -622,8 +622,9 @@ class Store:
             if how is _Read.OPEN and filename in self._checked:
                 kept = True
                 return _Examined(Verdict.SOUND, filename, handle=handle)
-            # The scrub reads cold blocks: what it brings into memory goes again, not the hits' pages.
-            cold = how is _Read.SCRUB and not pagecache.resident(handle.fileno(), 0, length)
+            # The scrub reads cold blocks: a block none of whose pages was in memory leaves it again
+            # (one partly in memory is left as it is: its pages may be a hit's).
+            cold = how is _Read.SCRUB and pagecache.absent(handle.fileno(), 0, length)
             computed, read = file_checksum(handle.fileno(), length)
             if cold:
                 os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
