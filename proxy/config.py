@@ -190,7 +190,8 @@ def parse_size(text: str) -> int:
 
 def format_size(n: int) -> str:
     """Bytes for people, in binary multiples: 21474836480 -> '20 GiB', 1536 -> '1.5 KiB'."""
-    for unit, multiple in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, multiple in (("EiB", 1024**6), ("PiB", 1024**5), ("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2),
+                           ("KiB", 1024)):
         if n >= multiple:
             return f"{n / multiple:.1f}".removesuffix(".0") + " " + unit
     return f"{n} B"
@@ -204,7 +205,9 @@ def _between(name: str, low: int, high: int) -> Check:
     def check(s: Settings) -> None:
         value = getattr(s, name)
         if not low <= value <= high:
-            raise ConfigError(f"invalid setting '{name}': must be between {low} and {high} (got {value})")
+            shown = format_size if name in _SIZE_FIELDS else str  # a size as people write one
+            raise ConfigError(f"invalid setting '{name}': must be between {shown(low)} and {shown(high)} "
+                              f"(got {shown(value)})")
 
     return check
 

@@ -58,6 +58,8 @@ def test_example_config_documents_every_field_with_its_default() -> None:
         ({"port": "70000"}, {}, "invalid setting 'port': must be between 0 and 65535 (got 70000)"),
         ({}, {"EDGECACHE_WORKERS": "0"}, "invalid setting 'workers': must be between 1 and 64 (got 0)"),
         ({}, {"EDGECACHE_CHUNK_SIZE": "lots"}, "invalid setting 'chunk_size': expected a size in bytes"),
+        ({}, {"EDGECACHE_CACHE_SIZE_LIMIT": "1MiB"},
+         "invalid setting 'cache_size_limit': must be between 64 MiB and 1 EiB (got 1 MiB)"),
         ({}, {"EDGECACHE_SERVE_DOTFILES": "maybe"}, "invalid setting 'serve_dotfiles': expected true or false"),
         ({}, {"EDGECACHE_LOG_LEVEL": "loud"}, "invalid setting 'log_level': must be one of"),
         ({}, {"EDGECACHE_CACHE_CONTROL": "a\nb"}, "invalid setting 'cache_control': control characters"),

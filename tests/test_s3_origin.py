@@ -324,7 +324,7 @@ def test_s3_settings() -> None:
     ({"origin": "s3://videos/a/../b"}, "the S3 key prefix is not a clean path"),
     ({"origin": "s3://videos/a//b"}, "the S3 key prefix is not a clean path"),
     ({"origin": "ftp://host/x"}, "only http://, https:// and s3:// URLs or a directory"),
-    ({"s3_part_size": 4 * MiB}, "invalid setting 's3_part_size': must be between 5242880"),
+    ({"s3_part_size": 4 * MiB}, "invalid setting 's3_part_size': must be between 5 MiB and 5 GiB"),
     ({"origin": "s3://videos", "s3_part_size": 5 * MiB, "max_upload_size": 60 * 1024**3},
      "10,000 parts must hold max_upload_size"),
     ({"s3_endpoint_url": "minio:9000"}, "invalid setting 's3_endpoint_url'"),
