@@ -213,8 +213,13 @@ async def test_size_limit_respected_under_churn(origin: Upstream, http_settings,
         for i in range(30):
             r = await c.get(f"/churn{i}.bin")
             assert r.content == origin.objects[f"/churn{i}.bin"].body
-        last = await c.get("/churn29.bin")
-        assert last.headers["x-cache"] == "HIT"
+        # A new object larger than the recency share of a full cache is kept once it is asked for
+        # again (policy/adaptive.py: admission); until then at most a block of it lingers.
+        for _ in range(3):
+            last = await c.get("/churn29.bin")
+            if last.headers["x-cache"] == "HIT":
+                break
+        assert last.headers["x-cache"] == "HIT" and last.content == origin.objects["/churn29.bin"].body
     await asyncio.sleep(0.3)
     objects = Path(http_settings.cache_dir) / "objects"
     stored = sum(f.stat().st_size for f in objects.rglob("*.val"))
