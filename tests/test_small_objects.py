@@ -10,10 +10,11 @@ import dataclasses
 import functools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,13 @@ import httpx
 import pytest
 
 import proxy.app
+from proxy.cache.entries import Entries
 from proxy.cache.flights import KeyLocks
+from proxy.cache.threads import StoreThreads
 from proxy.config import Settings
 from proxy.origins.upstream import UpstreamOrigin
+from proxy.store.disk import Store
+from proxy.store.objects import CachedObject, meta_key
 from tests.conftest import RunningServer, pattern
 from tests.upstream import Obj, lifespan
 
@@ -282,3 +287,143 @@ async def test_origin_connections_are_kept_reused_and_bounded(settings, http_set
     assert sequential == 1  # one kept connection for one request at a time
     assert [a.content for a in answers] == [f"/many/{n}".encode() for n in range(24)]
     assert counting.most <= 3 and len(counting.peers) <= 3
+
+
+async def test_entries_that_come_while_one_is_stored_go_in_one_transaction(tmp_path: Path, store_writes) -> None:  # type: ignore[no-untyped-def]
+    store = Store(str(tmp_path / "cache"), 64 * 1024**2, block_size=256 * 1024)
+    threads = StoreThreads(2)
+    entries = Entries(store, threads)
+    try:
+        objects = [small_object(f"/b/{n}", n) for n in range(10)]
+        async with writer_busy(threads) as free:
+            puts = [asyncio.ensure_future(entries.put(f"/b/{n}", o.key, o, (), store.generation(f"/b/{n}"), (),
+                                                      pattern(o.size, n)))
+                    for n, o in enumerate(objects)]
+            await asyncio.sleep(0)  # every put queued
+            store_writes.clear()
+            free()
+        assert await asyncio.gather(*puts) == [True] * 10
+        assert dict(store_writes) == {"store": 1, "index": 1, "objects": 1}
+        for n, o in enumerate(objects):
+            assert store.get_meta(o.key, store.generation(f"/b/{n}"), fresh=True) == o
+            assert store.read_block(o.block_key(0), o.size) == pattern(o.size, n)
+    finally:
+        await entries.aclose()
+        threads.close()
+        store.close()
+
+
+def small_object(primary: str, n: int) -> CachedObject:
+    return CachedObject(status=200, headers=[("etag", f'"{n}"'), ("cache-control", "max-age=600")],
+                        request_time=1.0, response_time=1.0, key=meta_key(primary, ""), size=1000 + n,
+                        block_size=256 * 1024, validator=f'"{n}"', sliceable=True)
+
+
+async def test_a_batch_the_store_fails_answers_every_waiter_and_stores_nothing_of_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(str(tmp_path / "cache"), 64 * 1024**2, block_size=256 * 1024)
+    threads = StoreThreads(2)
+    entries = Entries(store, threads)
+    real_put = Store._put
+    faults: dict[str, BaseException] = {"/f/3": sqlite3.OperationalError("disk I/O error"),
+                                        "/g/3": RuntimeError("a bug")}
+
+    def failing_put(self: Store, put: Any, part: Any) -> bool:
+        fault = faults.get(put.primary)
+        if fault is not None:
+            raise fault
+        return real_put(self, put, part)
+
+    monkeypatch.setattr(Store, "_put", failing_put)
+    try:
+        for prefix, answer in (("/f", [False] * 6), ("/g", None)):
+            objects = [small_object(f"{prefix}/{n}", n) for n in range(6)]
+            async with writer_busy(threads) as free:  # every put queues: one batch
+                puts = [asyncio.ensure_future(entries.put(f"{prefix}/{n}", o.key, o, (), 0, (), pattern(o.size, n)))
+                        for n, o in enumerate(objects)]
+                await asyncio.sleep(0)
+                free()
+            results = await asyncio.gather(*puts, return_exceptions=True)
+            if answer is not None:
+                assert results == answer
+            else:
+                assert all(isinstance(r, RuntimeError) and str(r) == "a bug" for r in results)
+            for o in objects:  # nothing of the batch, and no part file left
+                assert store.get_meta(o.key, 0, fresh=True) is None
+                assert not store.has_block(o.block_key(0))
+            assert os.listdir(store.parts_dir) == []
+            assert block_files(store) == []  # those renamed into place before the fault went too
+        after = small_object("/h/0", 0)  # and the next batch is stored
+        assert await entries.put("/h/0", after.key, after, (), 0, (), pattern(after.size, 0))
+        assert store.read_block(after.block_key(0), after.size) == pattern(after.size, 0)
+    finally:
+        await entries.aclose()
+        threads.close()
+        store.close()
+
+
+async def test_closing_waits_for_the_entries_being_stored(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "cache"), 64 * 1024**2, block_size=256 * 1024)
+    threads = StoreThreads(2)
+    entries = Entries(store, threads)
+    objects = [small_object(f"/c/{n}", n) for n in range(4)]
+    try:
+        async with writer_busy(threads) as free:
+            puts = [asyncio.ensure_future(entries.put(f"/c/{n}", o.key, o, (), 0, (), pattern(o.size, n)))
+                    for n, o in enumerate(objects)]
+            await asyncio.sleep(0)
+            closing = asyncio.ensure_future(entries.aclose())
+            await asyncio.sleep(0)
+            assert not closing.done()
+            free()
+        await closing
+        assert all(p.done() and p.result() for p in puts)
+        for n, o in enumerate(objects):
+            assert store.read_block(o.block_key(0), o.size) == pattern(o.size, n)
+    finally:
+        threads.close()
+        store.close()
+
+
+def block_files(store: Store) -> list[str]:
+    return [name for _, _, names in os.walk(store.objects.directory) for name in names if name.endswith(".val")]
+
+
+@contextlib.asynccontextmanager
+async def writer_busy(threads: StoreThreads) -> AsyncIterator[Callable[[], None]]:
+    """The writer thread kept busy with something else until the function given is called (or the
+    block is left): what is put meanwhile queues."""
+    busy, free = threading.Event(), threading.Event()
+
+    def occupy() -> None:
+        busy.set()
+        free.wait()
+
+    occupied = asyncio.ensure_future(threads.write(occupy))
+    await asyncio.to_thread(busy.wait)
+    try:
+        yield free.set
+    finally:
+        free.set()
+        await occupied
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["connects", "cannot-connect"])
+async def test_store_threads_all_start_at_once_and_connect(fails: bool) -> None:
+    connected: set[int] = set()
+    all_in = threading.Event()
+
+    def connect() -> None:
+        connected.add(threading.get_ident())
+        if len(connected) == 5:
+            all_in.set()
+        if fails:
+            raise OSError("no database")  # each thread still serves: it connects when asked
+
+    threads = StoreThreads(4, connect)
+    try:
+        assert await asyncio.to_thread(all_in.wait, 60)  # four store threads and the writer, before any call
+        assert await threads.run(threading.get_ident) in connected
+        assert await threads.write(threading.get_ident) in connected
+    finally:
+        threads.close()

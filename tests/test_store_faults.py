@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 BODY = pattern(3 * 256 * 1024 + 99, 7)  # several blocks of http_settings' 256 KiB
 STORE_METHODS = ["get_meta", "vary_index", "generation", "put_meta", "delete", "open_block", "has_block",
-                 "new_part", "publish_block", "put_whole", "take_lease", "renew_lease", "lease_holder", "release_lease",
+                 "new_part", "publish_block", "put_all", "take_lease", "renew_lease", "lease_holder", "release_lease",
                  "purge", "drop_blocks"]
 FAULTS = {
     "disk full": OSError(errno.ENOSPC, "No space left on device"),

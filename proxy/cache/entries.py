@@ -1,15 +1,16 @@
 """Stored entries by primary key and Vary selection: lookups, writes, invalidation (store I/O only)."""
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
+
+import anyio
 
 from ..http.cache import Entry, Fwd, PassMarker, as_fetched
 from ..http.directives import Headers
 from ..http.freshness import vary_key
-from ..store.disk import NotRemembered, Store, StoreErrors
+from ..store.disk import NotRemembered, Put, Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from .threads import StoreThreads
 
@@ -29,6 +30,8 @@ class Entries:
     def __init__(self, store: Store, threads: StoreThreads) -> None:
         self.store = store
         self.threads = threads
+        self._queued: list[tuple[Put, asyncio.Future[bool]]] = []  # entries to store, and who waits
+        self._writing: asyncio.Task[None] | None = None  # the task handing them to the writer thread
 
     async def lookup(self, primary: str, headers: Headers, fresh: bool = False, epoch: int | None = None) -> Lookup:
         """The entry selected for this request (RFC 9111 section 4.1), the miss reason if none,
@@ -59,36 +62,58 @@ class Entries:
             return Lookup(None, Fwd.MISS, None)
 
     async def put(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None,
-                  generation: int | None, tags: tuple[str, ...] = ()) -> bool:
+                  generation: int | None, tags: tuple[str, ...] = (), body: bytes | None = None) -> bool:
         """Store an entry unless the key was invalidated since `generation` (or the store failed).
 
         `vary`: the request fields the entry's response varies on; None leaves the key's Vary
         index as it is (a pass marker for a response that says nothing about variants).
-        `tags`: its cache tags (http/tags.py), for purges by tag.
+        `tags`: its cache tags (http/tags.py), for purges by tag. `body`: the object's whole body
+        when it is in hand (a small one): stored with it, in the same transaction.
+
+        Entries are stored by the store's writer thread, in batches: every entry that came while
+        it stored the previous batch goes in its next transaction (Store.put_all).
         """
         if generation is None:
             return False  # the lookup failed: the store cannot be trusted with it
-        return await self._put(primary, functools.partial(self.store.put_meta, primary, key, entry, vary, generation,
-                                                          tags))
-
-    async def put_whole(self, primary: str, key: str, obj: CachedObject, body: bytes, vary: tuple[str, ...],
-                        generation: int | None, tags: tuple[str, ...] = ()) -> bool:
-        """As put, for an object whose whole body is in hand (small): the body and the metadata are
-        stored in one store transaction (Store.put_whole)."""
-        if generation is None:
-            return False
-        return await self._put(primary, functools.partial(self.store.put_whole, primary, key, obj, body, vary,
-                                                          generation, tags))
-
-    async def _put(self, primary: str, put: Callable[[], bool]) -> bool:
-        try:
-            stored = await self.threads.run(put)
-        except StoreErrors as e:
-            log.warning("response not stored: %s", e)
-            return False
-        if not stored:
-            log.info("%s was invalidated while it was fetched: not stored", primary)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.append((Put(primary, key, entry, vary, generation, tags, body), done))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write())
+        with anyio.CancelScope(shield=True):  # as a store call: what it did is known before anything else
+            stored = await done
         return stored
+
+    async def _write(self) -> None:
+        """Hand the queued entries to the writer thread, those queued meanwhile in one call, until
+        none is left. Every waiter is answered: what was stored, or the error that stopped it."""
+        batch: list[tuple[Put, asyncio.Future[bool]]] = []
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    stored = await self.threads.write(self.store.put_all, [put for put, _ in batch])
+                except StoreErrors as e:
+                    log.warning("%d responses not stored: %s", len(batch), e)
+                    _answer(batch, False)
+                    continue
+                except Exception as e:  # a fault of this batch: its waiters raise it
+                    _answer(batch, e)
+                    continue
+                for (put, done), result in zip(batch, stored, strict=True):
+                    if not result:
+                        log.info("%s was invalidated while it was fetched: not stored", put.primary)
+                    _answer([(put, done)], result)
+        except BaseException as e:  # cancelled: nothing more is stored
+            _answer([*batch, *self._queued], e)
+            self._queued = []
+            raise
+        finally:
+            self._writing = None
+
+    async def aclose(self) -> None:
+        """Wait for the entries still being stored."""
+        if self._writing is not None:
+            await asyncio.wait([self._writing])
 
     async def forget(self, obj: CachedObject) -> None:
         """Forget one stored response and its blocks: its version is gone at the origin, or it
@@ -118,6 +143,17 @@ class Entries:
 
     async def purge_tag(self, tag: str, stale_at: float | None = None) -> list[str]:
         return await self.threads.run(self.store.purge_tag, tag, stale_at)
+
+
+def _answer(waiting: list[tuple[Put, asyncio.Future[bool]]], answer: bool | BaseException) -> None:
+    """Answer the waiters still waiting (one cancelled by asyncio itself, at shutdown, is gone)."""
+    for _, done in waiting:
+        if done.done():
+            continue
+        if isinstance(answer, BaseException):
+            done.set_exception(answer)
+        else:
+            done.set_result(answer)
 
 
 def _entry(value: object) -> Entry | None:

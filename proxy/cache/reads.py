@@ -85,7 +85,7 @@ class ReadPath:
         self.origin = origin
         self.store = store
         self.policy = policy
-        self.threads = StoreThreads(4)
+        self.threads = StoreThreads(4, store.connect)
         self.entries = Entries(store, self.threads)
         self.filler = Filler(store, self.threads, origin, self.entries.forget)
         self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size,
@@ -114,6 +114,7 @@ class ReadPath:
 
     async def aclose(self) -> None:
         await self.filler.aclose()
+        await self.entries.aclose()
         self.flights.close()
         self.blocks.close()
         self.threads.close()
@@ -463,8 +464,8 @@ class ReadPath:
         finally:
             await response.close()
         obj = self._new_object(outcome, response.status, headers, key, size, request_time, response_time)
-        stored = await self.entries.put_whole(ex.primary, key, obj, body, vary_fields(headers), ex.generation,
-                                              self._tags(headers))
+        stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation,
+                                        self._tags(headers), body)
         if stored and size:
             self.blocks.open_blocks.adopt(obj.block_key(0), body)  # at hand for the hits that follow
         if stored and old is not None and old.validator != obj.validator:

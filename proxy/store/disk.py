@@ -127,6 +127,20 @@ class _Examined:
 
 
 @dataclass(frozen=True)
+class Put:
+    """An entry to store (Store.put_meta's arguments), with its object's whole body when it is in
+    hand (a small one, its one block)."""
+
+    primary: str
+    key: str
+    entry: object
+    vary: tuple[str, ...] | None
+    generation: int
+    tags: tuple[str, ...] = ()
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
 class Listed:
     """One stored response, as the listing shows it."""
 
@@ -466,52 +480,81 @@ class Store:
             value = self._read(key, lambda: self.index.get(key, 0))
         return value if isinstance(value, int) else 0
 
+    def connect(self) -> None:
+        """Open this thread's connections to the databases now rather than at their first use: a
+        store thread then holds the same descriptors from its start (one it cannot open now, it
+        opens when it uses it)."""
+        for cache in (self.objects, self.index, self.leases, self.listings.cache):
+            with contextlib.suppress(*StoreErrors):
+                cache._con  # noqa: B018 - the property opens the connection
+
     def put_meta(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None, generation: int,
-                 tags: tuple[str, ...] = (), block: tuple[FinishedPart, int] | None = None) -> bool:
+                 tags: tuple[str, ...] = ()) -> bool:
         """Store an entry and keep the primary key's Vary index right, in one transaction of the
         index; False (nothing written) when the key was invalidated since `generation`.
-        `vary` None leaves the index as it is. `tags`: the entry's cache tags (they replace the key's).
-        `block`: the object's one block, a finished file and the checksum of its bytes, stored in the
-        same transaction (put_whole)."""
-        with self.index.transact():
-            if self.generation(primary) != generation:
-                return False
-            if vary is not None:
-                self._update_vary_index(primary, key, vary)
-            self.tags.replace(key, tags)
-            if isinstance(entry, CachedObject):
-                self.index.set(_OBJECT + _prefix(entry), (key, entry.size, entry.block_count))
-            with self.objects.transact():
-                if block is not None and isinstance(entry, CachedObject):
-                    self.objects.set(entry.block_key(0), block[0], read=True, tag=block[1])
-                self.objects.set(key, (META_FORMAT, generation, entry))
-        self._changed(key, vary_index_key(primary))
-        if isinstance(entry, CachedObject):
-            if block is not None:
-                self._published(entry.block_key(0), block[0])
-            else:
-                self.keeper.touched([_prefix(entry)])  # a request for it, when it is cached (a 304's freshening)
-        return True
+        `vary` None leaves the index as it is. `tags`: the entry's cache tags (they replace the key's)."""
+        return self.put_all([Put(primary, key, entry, vary, generation, tags)])[0]
 
-    def put_whole(self, primary: str, key: str, obj: CachedObject, body: bytes, vary: tuple[str, ...] | None,
-                  generation: int, tags: tuple[str, ...] = ()) -> bool:
-        """Store a response whose whole body is in memory (a small one, one block): the block and the
-        metadata in one transaction, with no fill, lease or publish of its own (put_meta's `block`).
-        The block is written to a part file first, outside the transaction, and renamed into place in
-        it; a part file left by a kill meanwhile is swept as a dead fill's. False as put_meta."""
-        if not body:
-            return self.put_meta(primary, key, obj, vary, generation, tags)
+    def put_all(self, puts: list[Put]) -> list[bool]:
+        """Store entries (put_meta's, each with its whole body when it is in hand) in one transaction
+        of the index holding one of the objects: each is stored unless its key was invalidated since
+        its generation (False: nothing of it written). A body's block is written to a part file first,
+        outside the transaction, and renamed into place in it, with its checksum: no fill, lease or
+        publish of its own. A part file left by a kill meanwhile is swept as a dead fill's."""
+        parts: list[tuple[FinishedPart, int] | None] = []
+        committed = False
+        try:
+            for put in puts:
+                parts.append(self._written(put.body) if put.body else None)
+            with self.index.transact(), self.objects.transact():
+                stored = [self._put(put, part) for put, part in zip(puts, parts, strict=True)]
+            committed = True
+        finally:
+            for part in parts:
+                if part is None:
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # renamed into place, unless not stored
+                    os.unlink(part[0].path)
+                if part[0].filename and not committed:  # renamed, then rolled back: nobody's file
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.objects.directory, part[0].filename))
+        done = [(put, part) for put, part, ok in zip(puts, parts, stored, strict=True) if ok]
+        self._changed(*(k for put, _ in done for k in (put.key, vary_index_key(put.primary))))
+        for put, part in done:
+            if isinstance(put.entry, CachedObject):
+                if part is not None:
+                    self._published(put.entry.block_key(0), part[0])
+                else:
+                    self.keeper.touched([_prefix(put.entry)])  # a request for a cached one (a 304's freshening)
+        return stored
+
+    def _written(self, body: bytes) -> tuple[FinishedPart, int]:
+        """A part file holding `body`, and the checksum of its bytes."""
         fd, path = self.new_part()
         try:
-            write_all(fd, body)
-        finally:
-            os.close(fd)
-        try:
-            return self.put_meta(primary, key, obj, vary, generation, tags,
-                                 (FinishedPart(path, len(body)), checksum(body)))
-        finally:
-            with contextlib.suppress(FileNotFoundError):  # renamed into place, unless not stored
-                os.unlink(path)
+            try:
+                write_all(fd, body)
+            finally:
+                os.close(fd)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return FinishedPart(path, len(body)), checksum(body)
+
+    def _put(self, put: Put, part: tuple[FinishedPart, int] | None) -> bool:
+        """One entry of put_all, in its transaction."""
+        if self.generation(put.primary) != put.generation:
+            return False
+        if put.vary is not None:
+            self._update_vary_index(put.primary, put.key, put.vary)
+        self.tags.replace(put.key, put.tags)
+        entry = put.entry
+        if isinstance(entry, CachedObject):
+            self.index.set(_OBJECT + _prefix(entry), (put.key, entry.size, entry.block_count))
+            if part is not None:
+                self.objects.set(entry.block_key(0), part[0], read=True, tag=part[1])
+        self.objects.set(put.key, (META_FORMAT, put.generation, entry))
+        return True
 
     def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
         """Record `key` as the newest variant; when the fields the responses vary on change, the
