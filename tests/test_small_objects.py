@@ -28,7 +28,7 @@ from proxy.cache.flights import KeyLocks
 from proxy.cache.threads import StoreThreads
 from proxy.config import Settings
 from proxy.origins.upstream import UpstreamOrigin
-from proxy.store.disk import Store
+from proxy.store.disk import Put, Store
 from proxy.store.objects import CachedObject, meta_key
 from tests.conftest import RunningServer, pattern
 from tests.upstream import Obj, lifespan
@@ -328,11 +328,11 @@ async def test_a_batch_the_store_fails_answers_every_waiter_and_stores_nothing_o
     faults: dict[str, BaseException] = {"/f/3": sqlite3.OperationalError("disk I/O error"),
                                         "/g/3": RuntimeError("a bug")}
 
-    def failing_put(self: Store, put: Any, part: Any) -> bool:
+    def failing_put(self: Store, put: Any, part: Any, replaced: list[str]) -> bool:
         fault = faults.get(put.primary)
         if fault is not None:
             raise fault
-        return real_put(self, put, part)
+        return real_put(self, put, part, replaced)
 
     monkeypatch.setattr(Store, "_put", failing_put)
     try:
@@ -359,6 +359,39 @@ async def test_a_batch_the_store_fails_answers_every_waiter_and_stores_nothing_o
     finally:
         await entries.aclose()
         threads.close()
+        store.close()
+
+
+def test_a_body_stored_again_keeps_its_block_or_replaces_it_only_once_committed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bytes again leave the stored block as it is; other bytes under the block's key
+    replace it only when their transaction commits: one that rolls back leaves the stored block
+    whole, and no file of either behind."""
+    store = Store(str(tmp_path / "cache"), 64 * 1024**2, block_size=256 * 1024)
+    o = small_object("/r/0", 0)
+    try:
+        def put(body: bytes) -> list[bool]:
+            return store.put_all([Put("/r/0", o.key, o, (), 0, (), body)])
+
+        assert put(pattern(o.size, 0)) == [True]
+        first = block_files(store)
+        assert put(pattern(o.size, 0)) == [True] and block_files(store) == first
+        real_put = Store._put
+
+        def failing_after(self: Store, *args: Any) -> bool:
+            real_put(self, *args)
+            raise sqlite3.OperationalError("database or disk is full")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Store, "_put", failing_after)
+            with pytest.raises(sqlite3.OperationalError):
+                put(pattern(o.size, 1))
+        assert block_files(store) == first and os.listdir(store.parts_dir) == []
+        assert store.read_block(o.block_key(0), o.size) == pattern(o.size, 0)
+        assert put(pattern(o.size, 2)) == [True]
+        assert store.read_block(o.block_key(0), o.size) == pattern(o.size, 2)
+        assert len(block_files(store)) == 1 and block_files(store) != first
+    finally:
         store.close()
 
 

@@ -502,12 +502,13 @@ class Store:
         outside the transaction, and renamed into place in it, with its checksum: no fill, lease or
         publish of its own. A part file left by a kill meanwhile is swept as a dead fill's."""
         parts: list[tuple[FinishedPart, int] | None] = []
+        replaced: list[str] = []  # files of blocks these replace: removed once the transaction commits
         committed = False
         try:
             for put in puts:
                 parts.append(self._written(put.body) if put.body else None)
             with self.index.transact(), self.objects.transact():
-                stored = [self._put(put, part) for put, part in zip(puts, parts, strict=True)]
+                stored = [self._put(put, part, replaced) for put, part in zip(puts, parts, strict=True)]
             committed = True
         finally:
             for part in parts:
@@ -518,14 +519,17 @@ class Store:
                 if part[0].filename and not committed:  # renamed, then rolled back: nobody's file
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(self.objects.directory, part[0].filename))
+        for filename in replaced:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.objects.directory, filename))
         done = [(put, part) for put, part, ok in zip(puts, parts, stored, strict=True) if ok]
         self._changed(*(k for put, _ in done for k in (put.key, vary_index_key(put.primary))))
         for put, part in done:
             if isinstance(put.entry, CachedObject):
-                if part is not None:
+                if part is not None and part[0].filename:  # renamed into place (not already stored)
                     self._published(put.entry.block_key(0), part[0])
                 else:
-                    self.keeper.touched([_prefix(put.entry)])  # a request for a cached one (a 304's freshening)
+                    self.keeper.touched([_prefix(put.entry)])  # a 304's freshening, or the same bytes again
         return stored
 
     def _written(self, body: bytes) -> tuple[FinishedPart, int]:
@@ -541,7 +545,7 @@ class Store:
             raise
         return FinishedPart(path, len(body)), checksum(body)
 
-    def _put(self, put: Put, part: tuple[FinishedPart, int] | None) -> bool:
+    def _put(self, put: Put, part: tuple[FinishedPart, int] | None, replaced: list[str]) -> bool:
         """One entry of put_all, in its transaction."""
         if self.generation(put.primary) != put.generation:
             return False
@@ -552,9 +556,24 @@ class Store:
         if isinstance(entry, CachedObject):
             self.index.set(_OBJECT + _prefix(entry), (put.key, entry.size, entry.block_count))
             if part is not None:
-                self.objects.set(entry.block_key(0), part[0], read=True, tag=part[1])
+                self._put_block(entry.block_key(0), part, replaced)
         self.objects.set(put.key, (META_FORMAT, put.generation, entry))
         return True
+
+    def _put_block(self, key: str, part: tuple[FinishedPart, int], replaced: list[str]) -> None:
+        """A whole body's block, in put_all's transaction. The same bytes already stored (the same
+        version fetched again) stay as they are. Another block under the key loses its row here and
+        its file only once the transaction commits (diskcache's set would remove the file at once,
+        inside the caller's transaction: a rollback would leave a row naming no file, and a reader
+        meanwhile would find the file gone under a committed row)."""
+        row = self.objects._sql("SELECT rowid, filename, tag FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        if row is not None:
+            if row[1] is not None and row[2] == part[1]:
+                return  # the part file goes with the others
+            self.objects._sql("DELETE FROM Cache WHERE rowid = ?", (row[0],))
+            if row[1] is not None:
+                replaced.append(row[1])
+        self.objects.set(key, part[0], read=True, tag=part[1])
 
     def _update_vary_index(self, primary: str, key: str, vary: tuple[str, ...]) -> None:
         """Record `key` as the newest variant; when the fields the responses vary on change, the
