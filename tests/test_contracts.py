@@ -99,7 +99,8 @@ def test_diskcaches_private_parts(tmp_path: Path) -> None:
     cache = diskcache.Cache(str(tmp_path / "c"), eviction_policy="none")
     try:
         columns = {row[1] for row in cache._sql("PRAGMA table_info(Cache)").fetchall()}
-        assert {"key", "raw", "store_time", "access_time", "size", "mode", "filename", "value", "tag"} <= columns, \
+        assert {"key", "raw", "store_time", "expire_time", "access_time", "size", "mode", "filename", "value",
+                "tag"} <= columns, \
             f"diskcache's Cache table changed: {sorted(columns)} {SEE}"
         with cache.transact():
             cache.set("k", b"v")

@@ -108,6 +108,11 @@ class AdaptivePolicy(BlockCache):
         blocks[index] = size
         self.refused[key] = (object_size, count, blocks)
         self.refused_bytes += size
+        self._trim_refused(evicted)
+        return Refused(tuple(evicted))
+
+    def _trim_refused(self, evicted: list[Eviction]) -> None:
+        """Refused blocks beyond the linger room (or of too many objects) go, the oldest first."""
         while self.refused_bytes > self.linger or len(self.refused) > REFUSALS:
             oldest, (_, _, older) = next(iter(self.refused.items()))
             block = max(older)
@@ -115,7 +120,23 @@ class AdaptivePolicy(BlockCache):
             evicted.append(Eviction(oldest, block, older.pop(block), Reason.REFUSED))
             if not older:
                 del self.refused[oldest]
-        return Refused(tuple(evicted))
+
+    def resize(self, capacity: int) -> tuple[Eviction, ...]:
+        """`capacity` for what is kept and what lingers together, as at construction, a whole block
+        lingering at least (the store's blocks cost a little more than their bytes), in a quarter
+        of the capacity at most."""
+        linger = min(max(int(capacity * LINGER), self.block_size), capacity // 4)
+        self.linger = linger
+        self.window = max(1, int((capacity - linger) * WINDOW))
+        self.step = (capacity - linger) / self.window
+        self.target = min(self.target, float(capacity - linger))
+        evicted = list(super().resize(capacity - linger))
+        self._trim_refused(evicted)
+        return tuple(evicted)
+
+    def refused_count(self) -> int:
+        """Refused blocks still on disk."""
+        return sum(len(blocks) for _, _, blocks in self.refused.values())
 
     def drop(self, key: Hashable, index: int) -> None:
         super().drop(key, index)
@@ -234,6 +255,7 @@ class AdaptivePolicy(BlockCache):
             entry = queue.get(key)
             if entry is not None:
                 self.used -= entry.bytes
+                self.count -= len(entry.blocks)
                 self._resized(key, entry, -entry.bytes)
                 del queue[key]
         for ghost, total in ((self.b1_recent, "b1_recent_bytes"), (self.b1_older, "b1_older_bytes"),

@@ -87,6 +87,7 @@ class BlockCache(ABC):
         self.block_size = block_size
         self.max_entries = max_entries
         self.used = 0
+        self.count = 0  # blocks kept
 
     # --- what a policy decides ------------------------------------------------
     @abstractmethod
@@ -162,8 +163,17 @@ class BlockCache(ABC):
         entry.blocks[index] = size
         entry.bytes += size
         self.used += size
+        self.count += 1
         self._resized(key, entry, size)
         return Stored(tuple(evicted)) if evicted else KEPT
+
+    def resize(self, capacity: int) -> tuple[Eviction, ...]:
+        """A new capacity (the store measured what the rest of its directory takes): what fitting
+        the blocks into it evicts."""
+        self.capacity = capacity
+        evicted: list[Eviction] = []
+        self._make_room(0, None, evicted)
+        return tuple(evicted)
 
     def drop(self, key: Hashable, index: int) -> None:
         """A block the store no longer has (removed behind the policy's back)."""
@@ -183,6 +193,7 @@ class BlockCache(ABC):
         size = entry.blocks.pop(index)
         entry.bytes -= size
         self.used -= size
+        self.count -= 1
         self._resized(key, entry, -size)
         if not entry.blocks:
             self._emptied(key, entry, reason)

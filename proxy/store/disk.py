@@ -23,6 +23,7 @@ from .. import pagecache
 from ..files import write_all
 from ..http.freshness import vary_fields
 from ..http.tags import response_tags
+from . import footprint
 from .checksums import checksum, file_checksum
 from .epochs import Epochs
 from .heal import (
@@ -186,6 +187,8 @@ class Store:
         self.parts_dir = os.path.join(directory, "parts")
         os.makedirs(self.parts_dir, exist_ok=True)
         self.size_limit = size_limit
+        found = os.statvfs(directory)
+        self.unit = found.f_frsize or found.f_bsize or 4096  # bytes the file system allocates at a time
         self.tallies = Tallies(os.path.join(directory, "integrity"))
         self.healer = Healer(directory)
         self._healing: set[str] = set()  # databases this process is healing
@@ -201,6 +204,7 @@ class Store:
             self.leases = self._open("leases")
             self.epochs = Epochs(os.path.join(directory, "epochs"))
             self._repair(remedies, running=False)
+        self.block_size = block_size
         self.keeper = Keeper(directory, size_limit, block_size, policy_memory, self)
         # the blocks read again and checked, scrub_rate bytes a second (0: no scrub), by the keeping process
         self.scrub = Scrub(scrub_rate, self.stored_blocks, self.scrub_block, self.keeper.keeping,
@@ -222,13 +226,15 @@ class Store:
     def _open(self, database: str) -> HealingCache:
         """One of the store's diskcache databases (created if it is not there)."""
         path = os.path.join(self.directory, database)
+        # WAL files checkpointed, and cut back, at about 512 KiB: they count in the limit
+        wal = {"sqlite_wal_autocheckpoint": footprint.WAL_PAGES, "sqlite_journal_size_limit": footprint.WAL_BYTES}
         if database == "objects":
             objects = CountingCache(path, database, self, disk=BlockDisk, size_limit=self.size_limit,
-                                    eviction_policy="none", timeout=5)  # the cache policy evicts (keeper.py)
+                                    eviction_policy="none", timeout=5, **wal)  # the cache policy evicts (keeper.py)
             # oldest metadata first, when it outgrows the room the policy leaves (cull_metadata)
             objects._sql("CREATE INDEX IF NOT EXISTS Cache_store_time ON Cache (store_time)")
             return objects
-        return HealingCache(path, database, self, eviction_policy="none", timeout=5)
+        return HealingCache(path, database, self, eviction_policy="none", timeout=5, **wal)
 
     def healings(self, database: str) -> int:
         """How many times the database was replaced (healed), in any process."""
@@ -767,14 +773,21 @@ class Store:
 
     def _published(self, key: str, part: FinishedPart) -> None:
         """A block is stored (published, or stored with its metadata): its file is known sound, and
-        the cache policy keeps it or removes it soon."""
+        the cache policy keeps it or removes it soon. A worker that does not keep the policy waits a
+        moment first while the keeper has not made room for its last blocks (Keeper.admit)."""
         self._remember_checked(part.filename)  # its bytes were checksummed as they were written
         size = part.size
+        try:
+            on_disk = os.stat(os.path.join(self.objects.directory, part.filename)).st_blocks * 512
+        except FileNotFoundError:  # evicted already
+            on_disk = 0
+        cost = footprint.block_cost(size, self.unit, on_disk)
+        self.keeper.admit(cost)
         prefix, index = split(key)
         found = self.object_of(prefix)
         if found is None:  # a body stored whole before its metadata (one block)
             found = (key, size * (index + 1), index + 1)
-        self.keeper.filled(prefix, index, size, found[1], found[2])
+        self.keeper.filled(prefix, index, cost, footprint.object_cost(found[1], found[2], self.unit), found[2])
 
     # --- what the cache policy's keeper asks (keeper.Blocks) -------------------
     def object_of(self, prefix: str) -> tuple[str, int, int] | None:
@@ -791,12 +804,19 @@ class Store:
         return found
 
     def remove_blocks(self, keys: list[str]) -> None:
-        """In one transaction (diskcache removes the files once it is committed)."""
+        """In one transaction, their files once it is committed: a reader that finds a block's row
+        finds its file (diskcache's delete in a transaction of the caller's removes the file at once,
+        which a reader in another process would take for a lost block)."""
         if not keys:
             return
+        files = []
         with self.objects.transact():
             for key in keys:
-                self.objects.delete(key)
+                files += self.objects._sql("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
+                self.objects._sql("DELETE FROM Cache WHERE key = ? AND raw = 1", (key,))
+        for (filename,) in files:
+            if filename is not None:
+                self.objects._disk.remove(filename)
         if self.objects.on_evict is not None:
             self.objects.on_evict(len(keys))
 
@@ -914,6 +934,26 @@ class Store:
                 self.leases.delete(name)
 
     # --- figures and listing ------------------------------------------------
+    def overhead(self) -> int:
+        """Bytes on disk of the cache directory but its block and part files (databases, WAL files,
+        the policy's state, folders...): what the keeper reserves from the limit."""
+        return footprint.measure(self.directory, self.objects.directory, self.parts_dir)
+
+    def filling(self) -> int:
+        """Bytes the part files under way will take: a fill's (a live lease names it) a block at
+        least, another's (a small body written whole, about to be stored) what it takes. One query
+        (diskcache keeps a short str value in its row)."""
+        fills = {value for (value,) in self.leases._sql("SELECT value FROM Cache WHERE expire_time IS NULL "
+                                                          "OR expire_time > ?", (time.time(),)).fetchall()}
+        return footprint.filling(self.parts_dir, fills, footprint.block_cost(self.block_size, self.unit))
+
+    def database_bytes(self) -> int:
+        """Bytes of the metadata's database in use (its free pages, which it keeps, not counted)."""
+        (pages,) = self.objects._sql("PRAGMA page_count").fetchone()
+        (free,) = self.objects._sql("PRAGMA freelist_count").fetchone()
+        (page,) = self.objects._sql("PRAGMA page_size").fetchone()
+        return (int(pages) - int(free)) * int(page)
+
     def volume(self) -> int:
         """Bytes the stored responses take on disk (metadata and blocks)."""
         return int(self.objects.volume())

@@ -53,6 +53,17 @@ class Epochs:
             value = _COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0]
             _COUNTER.pack_into(self._map, slot * _COUNTER.size, (value + by) % 2**64)
 
+    def settle(self, slot: int, by: int) -> None:
+        """Take `by` off the slot's count, never below zero (a count of something owed)."""
+        with self._lock, _locked(self._fd):
+            value = _COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0]
+            _COUNTER.pack_into(self._map, slot * _COUNTER.size, max(0, value - by))
+
+    def set(self, slot: int, value: int) -> None:
+        """Start the slot's count again at `value`."""
+        with self._lock, _locked(self._fd):
+            _COUNTER.pack_into(self._map, slot * _COUNTER.size, value % 2**64)
+
     def close(self) -> None:
         self._map.close()
         os.close(self._fd)

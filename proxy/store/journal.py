@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 
+from . import footprint
 from .heal import Watch, is_damage
 
 FILL, TOUCH, FORGET, DROP = 0, 1, 2, 3  # DROP: one block gone behind the policy's back (damaged)
@@ -43,6 +44,8 @@ class Journal:
             db = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA journal_size_limit={footprint.WAL_BYTES}")  # it counts in the limit
+            db.execute(f"PRAGMA wal_autocheckpoint={footprint.WAL_PAGES}")
             self._local.db, self._local.generation = db, generation
             with self._lock:
                 self._connections.append(db)
