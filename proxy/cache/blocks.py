@@ -137,10 +137,11 @@ class BlockSource:
         return None
 
     async def ready(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> Coming | None:
-        """Make sure a block of a sliceable object is coming: None once it is stored (or its fill
-        has every byte already), else how, once the origin has answered its fill: a fill started
-        now, or one under way (here, or in another worker whose part file has bytes). FillFailed
-        when it cannot be filled (`origin`: what the origin did)."""
+        """Make sure a block is coming: None once it is stored (or its fill has every byte
+        already), else how, once the origin has answered its fill: a fill started now, or one
+        under way (here, or in another worker whose part file has bytes). FillFailed when it
+        cannot be filled (`origin`: what the origin did). An object that is not sliceable comes
+        whole from one response or not at all: with none under way, it is gone (changed)."""
         key = obj.block_key(index)
         lease = "f|" + key
         start, end = obj.block_span(index)
@@ -157,6 +158,11 @@ class BlockSource:
                 return None if position >= end else Coming(200, collapsed=True)
             elsewhere = await self.threads.run(self._filled_elsewhere, obj, lease)
             if elsewhere is None:
+                if not obj.sliceable:
+                    if await self.threads.run(self.store.has_block, key):
+                        return None  # its whole-body fill just ended
+                    await self.filler.on_changed(obj)
+                    raise FillFailed(f"block {index} of {obj.key} is gone", changed=True)
                 progress = await self.filler.start(obj, target, headers, index)
                 if progress is not None:
                     return Coming(await progress.origin_answer(), collapsed=False)

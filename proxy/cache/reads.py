@@ -213,7 +213,8 @@ class ReadPath:
         once the fills of the first EAGER_BLOCKS missing ones have the origin's answer (RFC 9211
         section 2.2: the answer is then a miss, collapsed if no fill was its own). An origin that cannot give them
         raises its OriginError, before any status line; a missing block of an object that cannot
-        be patched (no strong validator) means the object is gone (FillFailed, changed)."""
+        be patched (no strong validator) and whose one whole-body fill is not under way means the
+        object is gone (FillFailed, changed)."""
         held = self.blocks.open_blocks
         unknown = [index for index in needed if not held.holds(obj.block_key(index))]
         if not unknown:
@@ -222,9 +223,6 @@ class ReadPath:
         missing = await self.threads.run(lambda: [i for i in unknown if not stored(obj.block_key(i))])
         if not missing:
             return None
-        if not obj.sliceable:
-            await self.filler.on_changed(obj)
-            raise FillFailed(f"{len(missing)} block(s) of {obj.key} are gone", changed=True)
         req = ex.req
         answers = await asyncio.gather(*(self.blocks.ready(obj, req.target, req.headers, index)
                                          for index in missing[:EAGER_BLOCKS]), return_exceptions=True)
