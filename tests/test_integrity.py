@@ -166,6 +166,24 @@ def test_a_truncated_or_missing_block_file_is_dropped(tmp_path: Path) -> None:
     store.close()
 
 
+def test_damage_found_by_two_readers_at_once_is_dropped_and_counted_once(tmp_path: Path) -> None:
+    """Two workers (or a read and the scrub) check the same damaged block before either drops it:
+    one removes it and counts it, the other finds it gone and counts nothing."""
+    data = os.urandom(100 * KiB)
+    one = Store(str(tmp_path), 64 * 1024**2)
+    _publish(one, KEY, data)
+    _flip(_file_of(tmp_path, KEY), 10)
+    other = Store(str(tmp_path), 64 * 1024**2)
+    found = [store.inspect_block(KEY, len(data)) for store in (one, other)]
+    assert [f[0] if f else None for f in found] == [Verdict.CHECKSUM] * 2
+    for store, (verdict_found, _, filename) in zip((one, other), found, strict=True):  # type: ignore[misc]
+        store.drop_damaged(KEY, filename, verdict_found)
+    assert not one.has_block(KEY) and not list((tmp_path / "objects").glob("*/*.val"))
+    assert one.integrity_figures()["damaged_checksum"] == other.integrity_figures()["damaged_checksum"] == 1
+    other.close()
+    one.close()
+
+
 def test_a_block_stored_before_checksums_gets_one_at_its_first_check(tmp_path: Path) -> None:
     data = os.urandom(4 * KiB)
     store = Store(str(tmp_path), 64 * 1024**2)

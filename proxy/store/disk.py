@@ -731,17 +731,20 @@ class Store:
 
     def drop_damaged(self, key: str, filename: str, found: Verdict) -> None:
         """Remove a damaged block (if the store still names that file for it), count it and tell the
-        policy; the object's next request fills the block again from the origin."""
-        log.error("stored block %s is damaged (%s): dropped, the next request fetches it again from the origin",
-                  key, found.value)
-        self.tallies.damaged(found)
+        policy; the object's next request fills the block again from the origin. Readers that found
+        the same damage at once (two workers, a read and the scrub) count and log it once: only the
+        one whose DELETE removed the row does."""
+        with self._memo_lock:
+            self._checked.pop(filename, None)
         with self.objects.transact():
             removed = self.objects._sql("DELETE FROM Cache WHERE key = ? AND raw = 1 AND filename = ?",
                                         (key, filename)).rowcount
-        if removed:
-            self.objects._disk.remove(filename)
-        with self._memo_lock:
-            self._checked.pop(filename, None)
+        if not removed:
+            return  # another reader dropped it first (or the block was replaced meanwhile)
+        self.objects._disk.remove(filename)
+        log.error("stored block %s is damaged (%s): dropped, the next request fetches it again from the origin",
+                  key, found.value)
+        self.tallies.damaged(found)
         prefix, index = split(key)
         self.keeper.dropped(prefix, index)
         found_object = self.object_of(prefix)
