@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .config import Settings, settings_for_worker
 from .ops import metrics
@@ -116,11 +116,13 @@ def create_app(settings: Settings) -> EdgeApp:
 
 
 class EdgeApp:
-    """The ASGI app create_app makes; `state` is the Starlette app's (state.service)."""
+    """The ASGI app create_app makes; `state` is the Starlette app's (state.service), and
+    `answer_at_once` the front's, which the edge's server calls to write a ready answer itself."""
 
-    def __init__(self, app: ASGIApp, state: State) -> None:
+    def __init__(self, app: Front, state: State) -> None:
         self.app = app
         self.state = state
+        self.answer_at_once = app.answer_at_once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -16,7 +16,9 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
+import proxy.app
 import proxy.cache.reads
+import proxy.ops.metrics
 import proxy.server.content
 import proxy.server.front
 from proxy.app import create_app
@@ -348,14 +350,13 @@ def test_an_answer_given_ready_is_the_full_paths_answer(  # type: ignore[no-unty
     origin.objects["/a"] = Obj(body, {"cache-control": "max-age=600"}, etag=_ETAG)
     origin.objects["/v"] = Obj(body[::-1], {"cache-control": "max-age=600", "vary": "accept-language"}, etag=_ETAG)
     replayed: list[int] = []
-    find = ReadyAnswers.find
+    tally = ReadyAnswers.tally
 
-    def counted(self: ReadyAnswers, key: Any, now: float) -> Any:
-        found = find(self, key, now)
-        replayed.extend([1] if found is not None else [])
-        return found
+    def counted(self: ReadyAnswers, ready: Any) -> None:  # every answer given ready is tallied
+        replayed.append(1)
+        tally(self, ready)
 
-    monkeypatch.setattr(ReadyAnswers, "find", counted)
+    monkeypatch.setattr(ReadyAnswers, "tally", counted)
     full_path = create_app(http_settings)
     full_path.app.answers = None  # EdgeApp -> Front, answering nothing ready
     with RunningServer(http_settings) as edge, RunningServer(http_settings, app=full_path) as reference, \
@@ -534,17 +535,34 @@ def _until_ready(port: int, request: bytes, decisions: list[float]) -> bytes:
     raise AssertionError("never answered ready")
 
 
-@pytest.mark.parametrize("request_line, fields", [
-    (b"GET /x HTTP/1.1", b""),
-    (b"HEAD /x HTTP/1.1", b""),
-    (b"GET /x HTTP/1.1", b"Range: bytes=5-9\r\n"),
-    (b"GET /x HTTP/1.1", b"If-None-Match: *\r\n"),
-    (b"GET /x HTTP/1.1", b"Connection: close\r\n"),  # uvicorn adds its Connection: close: the ordinary way
-    (b"GET /x HTTP/1.0", b""),
+@pytest.fixture
+def front_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Requests that entered the edge's ASGI app (one answered at once by the server does not)."""
+    calls: list[int] = []
+    call = proxy.server.front.Front.__call__
+
+    async def counted(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        calls.append(1)
+        await call(self, scope, receive, send)
+
+    monkeypatch.setattr(proxy.server.front.Front, "__call__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("request_line, fields, at_once", [
+    (b"GET /x HTTP/1.1", b"", True),
+    (b"HEAD /x HTTP/1.1", b"", True),
+    (b"GET /x HTTP/1.1", b"Range: bytes=5-9\r\n", True),
+    (b"GET /x HTTP/1.1", b"If-None-Match: *\r\n", True),
+    (b"GET /x HTTP/1.1", b"Connection: close\r\n", False),  # uvicorn adds its Connection: close
+    (b"GET /x HTTP/1.0", b"", False),
 ])
 def test_a_replay_on_the_wire_is_the_full_paths_response_byte_for_byte(  # type: ignore[no-untyped-def]
-    upstream, http_settings: Settings, clock: Clock, decisions: list[float], request_line: bytes, fields: bytes
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], front_calls: list[int],
+    request_line: bytes, fields: bytes, at_once: bool
 ) -> None:
+    """A ready answer, whether the server writes it at once (a keep-alive request) or the app sends
+    it (the ordinary way), is byte for byte what the read path answers at that moment."""
     origin, _ = upstream
     origin.objects["/x"] = Obj(bytes(range(100)) * 3, {"cache-control": "max-age=600"})
     request = request_line + b"\r\nHost: edge\r\n" + fields + b"\r\n"
@@ -552,12 +570,66 @@ def test_a_replay_on_the_wire_is_the_full_paths_response_byte_for_byte(  # type:
     with RunningServer(http_settings) as edge:
         _exchange(edge.port, b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n")  # stored
         clock.now += 0.25
-        replayed = _until_ready(edge.port, request, decisions)
-        made = len(decisions)
+        _until_ready(edge.port, request, decisions)
+        called, made = len(front_calls), len(decisions)
+        replayed = _exchange(edge.port, request)
+        assert len(decisions) == made and len(front_calls) == called + (0 if at_once else 1)
         full = _exchange(edge.port, probe)
         assert len(decisions) > made  # answered by the read path
     assert replayed == full
     assert replayed.startswith(b"HTTP/1.")
+
+
+def test_answers_written_at_once_are_counted_logged_and_keep_the_connection(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], front_calls: list[int],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer the server writes at once is a hit in the metrics and a line in the access log;
+    the connection then waits keepalive_timeout for the next request, and a request that follows
+    on the same bytes, answered by the read path (a miss, slower than that timeout), is not cut
+    by the wait armed after the first."""
+    logged: list[str] = []
+    monkeypatch.setattr(proxy.app.LineWriter, "put", lambda self, line: logged.append(line))
+    origin, _ = upstream
+    body = bytes(range(256)) * 8
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=600"})
+    origin.objects["/slow"] = Obj(b"slow" * 100, {"cache-control": "max-age=600"})
+    settings = dataclasses.replace(http_settings, access_log=True, keepalive_timeout=1)
+    get = b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n"
+    hits = proxy.ops.metrics.REQUESTS.labels("hit", "200")
+    with RunningServer(settings) as edge:
+        _exchange(edge.port, get)  # stored
+        clock.now += 0.25
+        _until_ready(edge.port, get, decisions)
+        called, counted, lines = len(front_calls), hits._value.get(), len(logged)
+        with socket.create_connection(("127.0.0.1", edge.port)) as sock:
+            for _ in range(3):
+                sock.sendall(get)
+                assert _response(sock).endswith(b"\r\n\r\n" + body)
+            assert len(front_calls) == called  # all three written at once
+            assert hits._value.get() == counted + 3
+            assert logged[lines:] and all('"GET /x HTTP/1.1" 200 2048' in line for line in logged[lines:])
+            origin.delay = 1.5  # over keepalive_timeout
+            sock.sendall(get + b"GET /slow HTTP/1.1\r\nHost: edge\r\n\r\n")
+            assert _response(sock).endswith(body)
+            assert _response(sock).endswith(b"slow" * 100)  # not cut by the first answer's keep-alive wait
+            sock.settimeout(30)
+            assert sock.recv(1) == b""  # idle: closed after keepalive_timeout
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read from a connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(1)
+        assert more, data
+        data += more
+    length = int(re.search(rb"\r\ncontent-length: (\d+)", data).group(1))  # type: ignore[union-attr]
+    while len(data) < data.index(b"\r\n\r\n") + 4 + length:
+        more = sock.recv(length)
+        assert more, data
+        data += more
+    return data
 
 
 def test_a_replay_keeps_the_connection_alive(  # type: ignore[no-untyped-def]

@@ -108,6 +108,31 @@ class Front:
             answers.keep(asked, scope["headers"], offer.read, start["status"], start["headers"], offer.body,
                          offer.steady, self.unkeyed)
 
+    def answer_at_once(self, scope: Scope) -> bytes | None:
+        """The whole response to a request that has a ready answer the server may write itself,
+        at once, without an ASGI cycle (server/protocol.py: a keep-alive request with nothing
+        before it on its connection), counted and logged as any answer; None when the request
+        goes the ordinary way. `scope` is the server's, with the request's target filled in."""
+        answers = self.answers
+        if answers is None:
+            return None
+        started, arrived = time.perf_counter(), time.time()
+        asked = asked_of(scope)
+        key = answers.key(asked, scope["headers"]) if asked is not None else None
+        ready = answers.current(key, arrived) if key is not None else None
+        if ready is None:  # (its key holds the Host lines and the version: it passed the Host check)
+            return None
+        data = ready.written(scope["method"])
+        if data is None:
+            return None
+        answers.tally(ready)
+        status, sent, x_cache = ready.status, ready.body_sent, ready.field(b"x-cache")
+        self.meter.record(x_cache, status, sent)
+        if self.write is not None or status >= 500:
+            self._log(scope, arrived, time.perf_counter() - started, status, sent, x_cache,
+                      ready.field(b"cache-status"))
+        return data
+
     def _complete(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         present = {name for name, _ in headers}  # ASGI: names are lower-case
         extra = []

@@ -24,7 +24,9 @@ import asyncio
 import functools
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 
@@ -116,6 +118,9 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.stall: tuple[tuple[int, int], float] | None = None  # (progress, since) of a response not taken
         self.done = False  # read no more: refused, timed out, or the pipeline is full
         self.address: str | None = None  # the peer, counted against max_connections_per_client
+        # The app's ready answers, written here at once (server/front.py); None for another app.
+        self.at_once: Callable[[Any], bytes | None] | None = getattr(self.app, "answer_at_once", None)
+        self.answered = False  # the request being parsed was answered at once
 
     # Connections
 
@@ -193,6 +198,9 @@ class EdgeProtocol(ZeroCopyProtocol):
         if len(self.pipeline) >= self.limits.pipelined:
             raise _Stop(Refusal(0, TOO_DEEP_PIPELINE, f"over {self.limits.pipelined} requests sent ahead of their "
                                 "answers (max_pipelined_requests): the rest is not read"))
+        if self.at_once is not None and self._answer_at_once(self.at_once):
+            return
+        self._unset_keepalive_if_required()  # armed by an answer at once earlier in the same bytes
         super().on_headers_complete()
         now = self.loop.time()
         self.body = BodyClock(self.limits.body_timeout, self.limits.body_min_rate, now, now)
@@ -205,7 +213,42 @@ class EdgeProtocol(ZeroCopyProtocol):
     def on_message_complete(self) -> None:
         self.body = None
         self.meter.begin()
+        if self.answered:  # no cycle: the connection waits for the next request, as after any answer
+            self.answered = False
+            self.server_state.total_requests += 1
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+            return
         super().on_message_complete()
+
+    def _answer_at_once(self, at_once: Callable[[Any], bytes | None]) -> bool:
+        """Write the ready answer of the request whose head just came, with no ASGI cycle, when
+        nothing is before it on the connection (no answer under way or queued, the transport
+        taking bytes) and it keeps the connection alive (HTTP/1.1, no `Connection: close`: uvicorn
+        would add its own field). A request with a body never has a ready answer."""
+        cycle, parser = self.cycle, self.parser
+        if (cycle is not None and not cycle.response_complete) or self.pipeline or self.done or \
+                self.flow.write_paused or self.transport.is_closing() or parser.get_http_version() != "1.1" or \
+                not parser.should_keep_alive() or parser.should_upgrade():
+            return False
+        scope = self.scope
+        try:
+            url = httptools.parse_url(self.url)
+            raw_path = url.path
+            path = raw_path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False  # uvicorn's own path refuses it
+        scope["method"] = parser.get_method().decode("ascii")
+        scope["path"] = self.root_path + (unquote(path) if "%" in path else path)
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = url.query or b""
+        data = at_once(scope)
+        if data is None:
+            return False
+        self.transport.write(data)
+        self.answered = True
+        return True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 from starlette.types import Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..cache.replies import Steady
 from .zerocopy import HEAD_KEY, EncodedHead, encoded_head
@@ -50,14 +51,46 @@ class Ready:
     head: EncodedHead | None = None  # the headers as the server writes them, once sent again
     encoded: bool = False  # `head` worked out (an answer never asked for again never pays for it)
 
+    wire: bytes | None = None  # the whole response as the server writes it (see `written`)
+    wired: bool = False  # `wire` worked out
+    body_sent: int = 0  # body bytes in `wire`
+
     async def send(self, send: Send) -> None:
-        if not self.encoded:
-            self.head, self.encoded = encoded_head(self.headers), True
         start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
-        if self.head is not None:
-            start[HEAD_KEY] = self.head
+        head = self.encoded_head()
+        if head is not None:
+            start[HEAD_KEY] = head
         await send(start)
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+    def encoded_head(self) -> EncodedHead | None:
+        if not self.encoded:
+            self.head, self.encoded = encoded_head(self.headers), True
+        return self.head
+
+    def written(self, method: str) -> bytes | None:
+        """The bytes of the whole response as the server writes it on a keep-alive connection
+        (status line, head, body), for the server to write itself at once; None when its head
+        is one the server must see (server/zerocopy.py) or its length does not frame its body."""
+        if not self.wired:
+            self.wire, self.wired = self._wire(method), True
+        return self.wire
+
+    def _wire(self, method: str) -> bytes | None:
+        head = self.encoded_head()
+        status_line = STATUS_LINE.get(self.status)
+        if head is None or status_line is None:
+            return None
+        if method == "HEAD" or self.status in (204, 304):  # no body (RFC 9110 sections 9.3.2, 15.3.5, 15.4.5)
+            return status_line + head.block + b"\r\n"
+        if head.length != len(self.body):
+            return None
+        self.body_sent = len(self.body)
+        return status_line + head.block + b"\r\n" + self.body
+
+    def field(self, name: bytes) -> bytes:
+        """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
+        return next((value for field_name, value in self.headers if field_name == name), b"")
 
 
 def asked_of(scope: Scope) -> Asked | None:
@@ -127,15 +160,25 @@ class ReadyAnswers:
 
     def find(self, key: RequestKey, now: float) -> Ready | None:
         """The answer kept for this request, if it is still the answer at `now` (a hit, tallied)."""
+        ready = self.current(key, now)
+        if ready is not None:
+            self.tally(ready)
+        return ready
+
+    def current(self, key: RequestKey, now: float) -> Ready | None:
+        """The answer kept for this request, if it is still the answer at `now` (not tallied)."""
         ready = self._answers.get(key)
         if ready is None:
             return None
         steady = ready.steady
         if steady.since <= now < steady.until and self._changes_at(steady.slot) == steady.count:
-            self._hit(steady.hit)
             return ready
         self._drop(key)
         return None
+
+    def tally(self, ready: Ready) -> None:
+        """An answer given: a hit of its stored response."""
+        self._hit(ready.steady.hit)
 
     def keep(self, asked: Asked, request: Iterable[tuple[bytes, bytes]], read: Iterable[str], status: int,
              headers: list[tuple[bytes, bytes]], body: bytes, steady: Steady, unkeyed: Iterable[str]) -> None:
