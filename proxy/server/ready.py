@@ -27,7 +27,7 @@ from starlette.types import Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..cache.replies import Steady
-from .zerocopy import HEAD_KEY, EncodedHead, encoded_head
+from .zerocopy import HEAD_KEY, EncodedHead, encoded_head, has_body
 
 READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
 SEEN = 8192  # requests remembered (by hash) as asked once: an answer is kept when asked again
@@ -81,7 +81,7 @@ class Ready:
         status_line = STATUS_LINE.get(self.status)
         if head is None or status_line is None:
             return None
-        if method == "HEAD" or self.status in (204, 304):  # no body (RFC 9110 sections 9.3.2, 15.3.5, 15.4.5)
+        if not has_body(method, self.status):
             return status_line + head.block + b"\r\n"
         if head.length != len(self.body):
             return None

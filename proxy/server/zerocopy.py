@@ -148,7 +148,8 @@ class ZeroCopyCycle(RequestResponseCycle):
         kind = message["type"]
         if kind == "http.response.start" and self._start_encoded(message):
             return
-        if kind == "http.response.start" and not self.response_started and _has_body(self.scope, message):
+        if kind == "http.response.start" and not self.response_started and \
+                has_body(self.scope["method"], message["status"]):
             # Held, to go out with the first body bytes in one write: one segment and one
             # wake-up of the client instead of two, which is most of a small response's cost.
             # (A head that is the whole response, HEAD, 204, 304, goes at once, as uvicorn sends it.)
@@ -216,8 +217,8 @@ class ZeroCopyCycle(RequestResponseCycle):
             headers = message.get("headers", [])
             # Only a list: another iterable would be consumed here, and uvicorn would get the rest.
             head = encoded_head(headers) if type(headers) is list else None
-        has_body = _has_body(self.scope, message)
-        if head is None or (head.length is None and has_body):
+        body = has_body(self.scope["method"], message["status"])
+        if head is None or (head.length is None and body):
             return False
         self.response_started = True
         self.waiting_for_100_continue = False
@@ -225,7 +226,7 @@ class ZeroCopyCycle(RequestResponseCycle):
             self.expected_content_length = head.length
             self.chunked_encoding = False
         data = STATUS_LINE[message["status"]] + head.block + b"\r\n"
-        if has_body:
+        if body:
             self._head = data  # goes out with the first body bytes, as below
         else:
             self.transport.write(data)
@@ -354,9 +355,10 @@ def _sendfile_owned(out_fd: int, in_fd: int, offset: int, count: int) -> int:
         os.close(in_fd)
 
 
-def _has_body(scope: Any, start: Any) -> bool:
-    """May this response carry body bytes? (RFC 9110 sections 9.3.2, 15.3.5, 15.4.5)"""
-    return bool(scope["method"] != "HEAD" and start["status"] not in (204, 304))
+def has_body(method: str, status: int) -> bool:
+    """May the response of this status to this method carry body bytes? (RFC 9110 sections
+    9.3.2, 15.3.5, 15.4.5)"""
+    return method != "HEAD" and status not in (204, 304)
 
 
 class _Holding:
