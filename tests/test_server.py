@@ -45,6 +45,19 @@ def test_smuggling_and_oversized_requests_are_rejected(server: RunningServer, re
     assert status_line in (b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 431 Request Header Fields Too Large")
 
 
+def test_a_head_refused_while_it_still_comes_is_answered_before_the_close(server: RunningServer) -> None:
+    """A 431 goes out as soon as the head passes its limit, while the client is still sending: the
+    edge reads and drops what follows for a moment before it closes, so the connection ends with
+    the answer and a close, not a reset (closing a socket with bytes unread resets it, and a reset
+    can cost the client the answer)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /small.txt HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 2_000_000 + b"\r\n\r\n")  # refused at 16 KiB
+        data = b""
+        while chunk := s.recv(65536):  # to the close: ConnectionResetError on a reset
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 431 ")
+
+
 def test_exactly_one_date_and_server_header(server: RunningServer) -> None:
     raw = exchange(server, b"GET /small.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     head = raw.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")

@@ -164,8 +164,8 @@ class EdgeProtocol(ZeroCopyProtocol):
         meter = self.meter
         if meter.active:
             refusal = meter.feed(data)
-            if refusal is not None:
-                self.refuse(refusal)
+            if refusal is not None:  # the client is still sending its head: read and drop it a moment
+                self.refuse(refusal, linger=True)
                 return
             if self.head_since is None and (self.cycle is None or self.cycle.response_complete):
                 self.head_since = self.loop.time()
@@ -173,7 +173,7 @@ class EdgeProtocol(ZeroCopyProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as e:
             if isinstance(e.__context__, _Stop):
-                self.refuse(e.__context__.refusal)
+                self.refuse(e.__context__.refusal, linger=True)
                 return
             message = "Invalid HTTP request received."
             self.logger.warning(message)
