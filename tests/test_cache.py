@@ -320,7 +320,7 @@ async def test_a_request_that_fails_after_the_origin_answered_gives_its_connecti
     from proxy.cache import reads
 
     pool = edge_server.server.config.app.state.service.reads.origin.inner.pool
-    free = pool._slots.value
+    free = pool.free
 
     def broken(*args: object) -> object:
         raise RuntimeError("broken")
@@ -328,4 +328,4 @@ async def test_a_request_that_fails_after_the_origin_answered_gives_its_connecti
     monkeypatch.setattr(reads.hc, "on_response", broken)
     async with httpx.AsyncClient(base_url=edge_server.url) as c:
         assert (await c.get("/movie.mp4")).status_code == 500
-    assert pool._slots.value == free
+    assert pool.free == free

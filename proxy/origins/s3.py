@@ -18,7 +18,7 @@ from ..http.headers import content_type_for
 from ..writes.uploads import UploadError
 from .base import OriginError, OriginResponse, Target, Uploaded, text_response
 from .local import SANDBOX, active_content
-from .pool import OriginPool
+from .pool import OriginPool, Timeouts
 from .s3rules import (
     Failure,
     address,
@@ -79,9 +79,10 @@ class S3Origin:
         self.address = address(endpoint_url, bucket, region)
         key_id, secret, token = credentials
         self.signer = _Signer(Credentials(key_id, secret, token or None), "s3", region) if key_id else None
-        self.pool = OriginPool(max_connections, KEEPALIVE_EXPIRY)
+        timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
+        self.pool = OriginPool(max_connections, KEEPALIVE_EXPIRY, Timeouts.of(timeout))
         self.client = httpx.AsyncClient(  # builds the requests; upstream.send sends them on the pool
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
+            timeout=timeout,
             transport=self.pool,
             follow_redirects=False,
             trust_env=False,  # no proxy from the environment: only the configured endpoint
@@ -148,7 +149,7 @@ class S3Origin:
             return text_response(status, "Precondition Failed" if status == 412 else "Range Not Satisfiable", kept)
         if active_content(get(fields, "content-type") or ""):
             fields.append(SANDBOX)  # as a directory origin's: an uploaded page runs in an opaque origin
-        return OriginResponse(status, fields, body_of(response), response.aclose)
+        return OriginResponse(status, fields, body_of(response.aiter_raw()), response.aclose)
 
     async def upload(
         self, target: Target, chunks: AsyncIterator[bytes], length: int | None
@@ -282,7 +283,7 @@ async def _read_some(response: httpx.Response) -> bytes:
     """Up to MAX_XML bytes of a response's body; the response is closed."""
     data = b""
     try:
-        async for chunk in body_of(response):
+        async for chunk in body_of(response.aiter_raw()):
             data += chunk[: MAX_XML - len(data)]
             if len(data) >= MAX_XML:
                 break

@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import anyio
-import h11
 import httpx
 
 from ..http.freshness import Headers, get
 from ..http.headers import content_type_for, end_to_end
 from ..request.paths import origin_path
 from .base import OriginError, OriginResponse, Target, Uploaded
-from .pool import OriginPool
+from .pool import OriginPool, Timeouts
+from .wire import ResponseTimeout
 
 VIA = "1.1 edgecache"
+VIA_BYTES = VIA.encode("ascii")
 KEEPALIVE_EXPIRY = 4.0  # seconds an idle origin connection is kept
-# What talking to the origin can raise; h11's own errors escape httpx in some cases
-# (a request whose framing h11 refuses).
-_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, h11.ProtocolError, OSError)
+# What talking to the origin can raise.
+_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, OSError)
 
 
 class UpstreamOrigin:
@@ -35,20 +35,17 @@ class UpstreamOrigin:
     ) -> None:
         url = httpx.URL(base_url)
         self.scheme, self.host, self.port = url.scheme, url.host, url.port
+        self.where = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        self.netloc = url.netloc  # the Host field: the host, and the port unless it is the scheme's
         self.base_path = url.raw_path.decode("ascii").split("?")[0].rstrip("/")
         self.response_timeout = response_timeout
         # Idle connections are dropped before the usual 5 s idle timeout of origin servers (Node,
-        # uvicorn): reusing one the origin is closing at that moment fails the request.
-        self.pool = OriginPool(max_connections, KEEPALIVE_EXPIRY)
-        self.client = httpx.AsyncClient(  # builds the requests (URL, fields, timeouts); `send` sends them
-            timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout),
-            transport=self.pool,
-            follow_redirects=False,  # redirects go back to the client
-            trust_env=False,  # no proxy from the environment: only the configured origin
-        )
-        # No fields of httpx's own (Accept-Encoding: gzip, User-Agent, ...): the origin gets the
-        # client's, so a client that accepts no encoding never gets a gzip body (nor stores one).
-        self.client.headers.clear()
+        # uvicorn): reusing one the origin is closing at that moment fails the request. A request
+        # is sent with the client's end-to-end fields and none of an HTTP library's own (a client
+        # that accepts no encoding is never answered gzip because a library asked), and nothing
+        # of one request (a cookie an answer set, a redirect) carries over to another.
+        self.pool = OriginPool(max_connections, KEEPALIVE_EXPIRY,
+                               Timeouts(connect_timeout, read_timeout, read_timeout, connect_timeout))
 
     def cache_key(self, target: Target) -> str:
         return target.raw
@@ -70,28 +67,30 @@ class UpstreamOrigin:
         query = url.query.decode("ascii")
         return origin_path(path.lstrip("/")) + (f"?{query}" if query else "")
 
-    def _url(self, target: Target) -> httpx.URL:
-        # The host is fixed here: no request path or header can steer it elsewhere.
-        return httpx.URL(scheme=self.scheme, host=self.host, port=self.port,
-                         raw_path=(self.base_path + target.raw).encode("ascii"))
-
     async def request(
         self, method: str, target: Target, headers: Headers, body: AsyncIterator[bytes] | None = None
     ) -> OriginResponse:
-        """Send the request; the response body streams. Raises OriginError."""
-        outgoing = [(n, v) for n, v in end_to_end(headers) if n.lower() not in ("host", "content-length")]
+        """Send the request; the response body streams. Raises OriginError. The host is fixed
+        here: no request path or field can steer the request elsewhere."""
+        outgoing = [(b"Host", self.netloc)]
+        outgoing += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(headers)
+                     if n.lower() not in ("host", "content-length")]
         length = get(headers, "content-length")
         if length is not None:
-            outgoing.append(("Content-Length", length))
-        outgoing.append(("Via", VIA))
-        request = self.client.build_request(method, self._url(target), headers=outgoing, content=body)
-        response = await send(self.pool, request, self.response_timeout, body is not None)
-        if not 200 <= response.status_code <= 599:  # RFC 9110 section 15: a final status is 200-599
-            await response.aclose()
-            raise OriginError("invalid", f"status {response.status_code}")
-        response_headers = end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw])
+            outgoing.append((b"Content-Length", length.encode("latin-1")))
+        outgoing.append((b"Via", VIA_BYTES))
+        target_bytes = (self.base_path + target.raw).encode("ascii")
+        try:
+            answer = await self.pool.exchange(self.where, method, target_bytes, outgoing, body,
+                                              None if body is not None else self.response_timeout)
+        except BaseException as e:
+            raise _origin_error(e, self.host, self.response_timeout) from None
+        if not 200 <= answer.status <= 599:  # RFC 9110 section 15: a final status is 200-599
+            answer.close()
+            raise OriginError("invalid", f"status {answer.status}")
+        response_headers = end_to_end([(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.fields])
         response_headers.append(("Via", VIA))
-        return OriginResponse(response.status_code, response_headers, body_of(response), response.aclose)
+        return OriginResponse(answer.status, response_headers, body_of(answer), answer.aclose)
 
     async def upload(
         self, target: Target, chunks: AsyncIterator[bytes], length: int | None
@@ -121,7 +120,7 @@ class UpstreamOrigin:
         return True
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.pool.aclose()
 
 
 async def send(pool: OriginPool, request: httpx.Request, response_timeout: float,
@@ -134,18 +133,25 @@ async def send(pool: OriginPool, request: httpx.Request, response_timeout: float
     try:
         with anyio.fail_after(math.inf if has_body else response_timeout):
             return await pool.handle_async_request(request)
-    except TimeoutError:
-        raise OriginError("timeout", f"no response within {response_timeout:g}s") from None
-    except httpx.TimeoutException as e:
-        raise OriginError("timeout", type(e).__name__) from None
-    except _TRANSPORT_ERRORS as e:
-        raise OriginError("unreachable", f"{request.url.host}: {type(e).__name__}") from None
+    except BaseException as e:
+        raise _origin_error(e, request.url.host, response_timeout) from None
 
 
-async def body_of(response: httpx.Response) -> AsyncIterator[bytes]:
+def _origin_error(error: BaseException, host: str, response_timeout: float) -> BaseException:
+    """What an error in asking the origin means (OriginError), or the error itself (a cancellation)."""
+    if isinstance(error, (TimeoutError, ResponseTimeout)):
+        return OriginError("timeout", f"no response within {response_timeout:g}s")
+    if isinstance(error, httpx.TimeoutException):
+        return OriginError("timeout", type(error).__name__)
+    if isinstance(error, _TRANSPORT_ERRORS):
+        return OriginError("unreachable", f"{host}: {type(error).__name__}")
+    return error
+
+
+async def body_of(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """The raw body bytes, as the origin sent them (no decoding); errors become OriginError."""
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in chunks:
             yield chunk
     except httpx.TimeoutException as e:
         raise OriginError("timeout", f"body: {type(e).__name__}") from None
