@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -186,11 +187,26 @@ def server_for(settings: Settings, app: Any, listeners: list[Listener]) -> EdgeS
     return EdgeServer(uvicorn.Config(app, **uvicorn_options(settings)), settings, listeners)
 
 
+GC_YOUNG = 20_000  # allocations between collections of the youngest generation (collect_less)
+
+
 def run_worker(listeners: list[Listener]) -> None:
     """One worker: the app from the settings the first process resolved, on the shared sockets."""
     settings = settings_for_worker()
     log_to_console(logging.getLogger("edgecache"), settings.log_level)
-    server_for(settings, app_from_env(), listeners).run()
+    app = app_from_env()
+    collect_less()
+    server_for(settings, app, listeners).run()
+
+
+def collect_less() -> None:
+    """The cyclic garbage collector of a worker: what exists once it is started (modules, the
+    app) is never looked at again (gc.freeze), and the youngest generation is collected every
+    GC_YOUNG allocations rather than 700: a request allocates thousands of objects, nearly all
+    freed by their reference counts, and each collection walked every object in flight."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, middle, old)
 
 
 def serve(settings: Settings, announce: Callable[[], None] = lambda: None) -> int:
