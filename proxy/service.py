@@ -163,6 +163,7 @@ class EdgeService:
         they may still answer stale, as when they expire)."""
         if self.reads is None:
             return []
+        await self.reads.settled()  # the small answers this worker gave are in the store, to be purged
         entries = self.reads.entries
         stale_at = time.time() if soft else None
         if prefix is not None:

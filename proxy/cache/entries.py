@@ -32,6 +32,7 @@ class Entries:
         self.threads = threads
         self._queued: list[tuple[Put, asyncio.Future[bool]]] = []  # entries to store, and who waits
         self._writing: asyncio.Task[None] | None = None  # the task handing them to the writer thread
+        self.pending = 0  # entries put and not yet answered (stored or not)
 
     async def lookup(self, primary: str, headers: Headers, fresh: bool = False, epoch: int | None = None) -> Lookup:
         """The entry selected for this request (RFC 9111 section 4.1), the miss reason if none,
@@ -79,8 +80,12 @@ class Entries:
         self._queued.append((Put(primary, key, entry, vary, generation, tags, body), done))
         if self._writing is None:
             self._writing = asyncio.create_task(self._write())
-        with anyio.CancelScope(shield=True):  # as a store call: what it did is known before anything else
-            stored = await done
+        self.pending += 1
+        try:
+            with anyio.CancelScope(shield=True):  # as a store call: what it did is known before anything else
+                stored = await done
+        finally:
+            self.pending -= 1
         return stored
 
     async def _write(self) -> None:
@@ -137,6 +142,16 @@ class Entries:
     async def purge_key(self, primary: str, stale_at: float | None) -> int:
         """Forget every stored response for a primary key, or with `stale_at` mark them stale from then."""
         return await self.threads.run(self.store.purge_key, primary, stale_at)
+
+    async def purged_since(self, primary: str, mark: int) -> bool:
+        """Store.purged_since: the key purged now if a purge by prefix or tag came since `mark`."""
+        if self.store.purge_mark() == mark:
+            return False
+        try:
+            return await self.threads.run(self.store.purged_since, primary, mark)
+        except StoreErrors as e:
+            log.warning("%s not purged after a purge that may have missed it: %s", primary, e)
+            return False
 
     async def purge_prefix(self, prefix: str, stale_at: float | None = None) -> list[str]:
         return await self.threads.run(self.store.purge_prefix, prefix, stale_at)

@@ -7,7 +7,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 
@@ -48,6 +49,7 @@ REFETCHES = 2  # times one request asks the origin again after an answer it coul
 PART_SWEEP_INTERVAL = 60.0  # seconds between sweeps of part files left by dead fills (kill -9 of a worker)
 SPOOL_COLLAPSE = 1.0  # seconds others wait for a relayed body to be stored before asking the origin
 EAGER_BLOCKS = 16  # missing blocks of one answer filled, and their origin's answer awaited, before its status line
+WHOLE_BACKLOG = 64  # entries waiting for the store's writer beyond which a small miss waits for its own store
 _FRAMING = frozenset({"content-length", "content-range"})
 
 
@@ -73,6 +75,7 @@ class _Exchange:
     mark: tuple[int, int]
     varies_on: tuple[str, ...]
     now: float
+    purges: int  # Store.purge_mark() as it was looked up
 
     @property
     def method(self) -> str:
@@ -91,6 +94,8 @@ class ReadPath:
         self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size,
                                   settings.read_ahead_blocks)
         self.flights = Flights(store, settings.origin_response_timeout + 5)
+        self._storing: dict[str, asyncio.Future[None]] = {}  # small answers given, their stores to commit
+        self._keeping: set[asyncio.Task[None]] = set()  # ... the tasks storing them
         self.hits = HitTally()
         self.segments = SegmentPrefetch(
             settings.prefetch_segments, settings.prefetch_max_fills, store, self.threads, self.entries,
@@ -113,25 +118,35 @@ class ReadPath:
                     log.info("swept %d part files of dead fills", removed)
 
     async def aclose(self) -> None:
+        await self.settled()
         await self.filler.aclose()
         await self.entries.aclose()
         self.flights.close()
         self.blocks.close()
         self.threads.close()
 
+    async def settled(self) -> None:
+        """Until the stores of the small answers already given have committed (what a purge then
+        looks at holds them)."""
+        while self._storing:
+            await asyncio.wait([asyncio.shield(f) for f in list(self._storing.values())])
+
     # --- a request ---------------------------------------------------------------
     async def read(self, req: ProxyRequest) -> Reply:
         primary = self.origin.cache_key(req.target)
+        storing = self._storing.get(primary)
+        if storing is not None:  # answered already, its store still to commit: what it stores is seen
+            await asyncio.shield(storing)
         facts = hc.Request(req.method, req.headers, primary)
         flight: Flight | None = None  # once we lead the key's exchange with the origin
         attempt = -1
         try:
             while True:  # a round ends in an answer from round COLLAPSE_ROUNDS on (no waiting, no looking again)
                 attempt += 1
-                mark = self.store.change_mark(primary)
+                mark, purges = self.store.change_mark(primary), self.store.purge_mark()
                 found = await self.entries.lookup(primary, req.headers, fresh=attempt > 0, epoch=mark[1])
                 now = time.time()
-                ex = _Exchange(req, primary, facts, found.generation, mark, found.varies_on, now)
+                ex = _Exchange(req, primary, facts, found.generation, mark, found.varies_on, now, purges)
                 action = hc.decide(facts, found.entry, found.miss, now, self.policy)
                 stored = found.entry if isinstance(found.entry, CachedObject) else None
                 if isinstance(action, (hc.Serve, hc.Answer, hc.Relay)) or (
@@ -399,7 +414,7 @@ class ReadPath:
                           min(IN_MEMORY, self.settings.block_size, self.settings.max_object_size))
         if size is not None:
             return await self._store_whole(ex, old, fwd, key, outcome, response, headers, own, size, request_time,
-                                           response_time), False
+                                           response_time, flight)
         if isinstance(outcome, hc.StoreBody):
             return await self._store_body(ex, old, fwd, key, response, headers, sent, request_time, response_time,
                                           flight)
@@ -452,24 +467,63 @@ class ReadPath:
     async def _store_whole(
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, outcome: hc.StoreBlocks | hc.StoreBody,
         response: OriginResponse, headers: Headers, own: Headers, size: int, request_time: float,
-        response_time: float,
-    ) -> Reply:
-        """A small body that comes whole in this answer: read into memory, stored with its metadata in
-        one store transaction (the flight ends once it is), and answered from memory. A body cut short
-        (or too long) is an origin error, and nothing is stored."""
+        response_time: float, flight: Flight | None,
+    ) -> tuple[Reply, bool]:
+        """A small body that comes whole in this answer: read into memory and answered from memory at
+        once, as nginx answers while it writes its cache file. It is stored with its metadata in one
+        store transaction just after (the flight, handed over, ends once it is: a request for the key
+        meanwhile waits for it, then is a hit; any request of this process for the key waits for it
+        before it looks, so what a client was answered it finds stored). The answer waits for its
+        own store instead when anything changed for the key since it was looked up (a purge:
+        Cache-Status then says truly whether it was stored), and while the store's writer has
+        WHOLE_BACKLOG entries waiting (so the bodies held are bounded, and the writer's batches
+        grow). Otherwise
+        Cache-Status says `stored` as it does for a body relayed while it is written: the response
+        was taken to be stored; a purge after the answer, before the store, wins over it. A body
+        cut short (or too long) is an origin error, and nothing is stored."""
         try:
             body = await read_whole(response, size)
         finally:
             await response.close()
         obj = self._new_object(outcome, response.status, headers, key, size, request_time, response_time)
-        stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation,
+        steady = self.store.changes_at(ex.mark[0]) == ex.mark[1]
+        if steady and self.entries.pending < WHOLE_BACKLOG and ex.primary not in self._storing:
+            storing = self._storing[ex.primary] = asyncio.get_running_loop().create_future()
+
+            def settled(_: object) -> None:  # however the store ended, even cancelled before it began
+                if flight is not None:
+                    flight.end()
+                del self._storing[ex.primary]
+                storing.set_result(None)
+
+            task = asyncio.get_running_loop().create_task(_logged(self._keep_whole(ex, old, obj, headers, body),
+                                                                  ex.primary))
+            self._keeping.add(task)  # not cancelled at shutdown: aclose waits for it (settled)
+            task.add_done_callback(self._keeping.discard)
+            task.add_done_callback(settled)
+            stored = True
+        else:
+            try:
+                stored = await self._keep_whole(ex, old, obj, headers, body)
+            finally:
+                if flight is not None:
+                    flight.end()
+        status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=stored)
+        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own, body=body), True
+
+    async def _keep_whole(self, ex: _Exchange, old: CachedObject | None, obj: CachedObject, headers: Headers,
+                          body: bytes) -> bool:
+        """Store a whole small response with its body; was it stored (and not purged since it was
+        asked for: a purge by prefix or tag may have looked before it was stored)?"""
+        stored = await self.entries.put(ex.primary, obj.key, obj, vary_fields(headers), ex.generation,
                                         self._tags(headers), body)
-        if stored and size:
+        if stored and await self.entries.purged_since(ex.primary, ex.purges):
+            return False
+        if stored and obj.size:
             self.blocks.open_blocks.adopt(obj.block_key(0), body)  # at hand for the hits that follow
         if stored and old is not None and old.validator != obj.validator:
             self.filler.spawn(self.entries.drop_blocks(old))
-        status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=stored)
-        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own, body=body)
+        return stored
 
     async def _store_body(
         self, ex: _Exchange, old: CachedObject | None, fwd: Fwd, key: str, response: OriginResponse,
@@ -495,6 +549,8 @@ class ReadPath:
                     await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
                 stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation,
                                                 self._tags(headers))
+                if stored and await self.entries.purged_since(ex.primary, ex.purges):
+                    return  # stored after the answer: a purge by prefix or tag since may have missed it
                 if stored and old is not None:
                     await self.entries.drop_blocks(old)
             except StoreErrors as e:
@@ -664,3 +720,11 @@ async def _primed(reply: Reply) -> Reply:
     # One span whose first chunk is all of it (a small object, a range within one block).
     in_hand = reply.literal == 0 and len(head) == 1 and str(size_of(head[0])) == get(reply.headers, "content-length")
     return dataclasses.replace(reply, chunks=rest(), in_hand=in_hand)
+
+
+async def _logged(keep: Coroutine[Any, Any, bool], primary: str) -> None:
+    """A store that goes on after the answer: a fault of it is logged (nobody waits for it)."""
+    try:
+        await keep
+    except Exception:
+        log.exception("storing %s failed", primary)

@@ -1027,8 +1027,24 @@ class Store:
             self.drop_blocks(obj)
         return len(objects)
 
+    def purge_mark(self) -> int:
+        """The count of purges by prefix or tag, in every process: a store that read it before it
+        asked the origin, and finds it changed once committed, may have missed one (purged_since)."""
+        return self.epochs.read(self.epochs.purges)
+
+    def purged_since(self, primary: str, mark: int) -> bool:
+        """After storing a response for `primary` whose request read purge_mark() as `mark`: when a
+        purge by prefix or tag came since (it may have looked before the response was stored), the
+        key is purged now; was it? A purge counts before it looks (purge_prefix, purge_tag), so one
+        that looked too early always shows here."""
+        if self.purge_mark() == mark:
+            return False
+        self.purge(primary)
+        return True
+
     def purge_prefix(self, prefix: str, stale_at: float | None = None) -> list[str]:
         """Purge every primary key starting with `prefix` (or mark it stale, see purge_key); the keys purged."""
+        self.epochs.bump(self.epochs.purges)
         keys = [*self.objects.iterkeys(), *self.index.iterkeys()]
         primaries = {p for k in keys if isinstance(k, str) and (p := primary_of(k)) is not None}
         purged = sorted(p for p in primaries if p.startswith(prefix))
@@ -1039,6 +1055,7 @@ class Store:
     def purge_tag(self, tag: str, stale_at: float | None = None) -> list[str]:
         """Purge every primary key with a response stored with the cache tag `tag` (or mark it
         stale, see purge_key); the keys that held something."""
+        self.epochs.bump(self.epochs.purges)
         primaries = sorted({p for key in self.tags.keys_with(tag) if (p := primary_of(key)) is not None})
         return [primary for primary in primaries if self.purge_key(primary, stale_at)]
 

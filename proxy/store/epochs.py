@@ -10,6 +10,8 @@ what it remembers is never older than the store for longer than one read.
 Slots are counters in a small memory-mapped file, so checking one costs a memory
 read, not a store transaction. Keys share slots (a hash modulo the slot count): a
 write to one key makes the others in its slot be read again, never served stale.
+One more counter, past the keys' slots (`purges`), counts purges by prefix or tag: they
+may remove keys not yet stored, which a store that was under way then checks itself.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ _COUNTER = struct.Struct("<Q")
 class Epochs:
     def __init__(self, path: str, slots: int = SLOTS) -> None:
         self.slots = slots
-        size = slots * _COUNTER.size
+        self.purges = slots  # the counter of purges by prefix or tag: no key's slot
+        size = (slots + 1) * _COUNTER.size
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             with _locked(self._fd):
