@@ -2,19 +2,27 @@
 
     python bench/small.py [--seconds 8] [--rounds 3] [--workers 2] [--objects 20000] [--size 8192]
                           [--origin-delay-ms 20] [--cache-size-limit 128MiB] [--block-size 2MiB]
-                          [--max-object-size 64MiB]
+                          [--max-object-size 64MiB] [--du-every 0]
 
 The origin (bench/origin.py: edgecache serving a directory uncached, each request delayed)
 holds --objects files of --size bytes under /s/. wrk asks for them on 64 connections, each
 thread counting up through the catalogue from its own start, a quarter of the requests asking
 again for an object asked before (bench/wrk_small.lua): most requests are misses, each for
 an object nobody asked yet. Both proxies run with the same workers; edgecache with the cache
-limit and block size of the kit that found the problem (issue 24). Each run starts the proxy
+limit and block size of the kit that found the problem (issue 24), nginx with the same limit
+(proxy_cache_path max_size, which its cache manager keeps). Each run starts the proxy
 with an empty cache (cold), and the load begins once every worker accepts connections (wrk
 connects all of its connections at once, and keeps them: those made while the other workers
 start would all go to the first one up); the proxies take turns, --rounds times; each figure
 is the median run. After each run a sample of the objects is checked through the proxy: the bytes
 are the origin's, and asked again they are a hit.
+
+--du-every S (seconds, 0: off) also measures each proxy's cache directory on disk as `du` counts
+it (the allocated blocks of every file and folder in it) every S seconds during each run and for
+DU_AFTER seconds after the load, while the edge still runs: the peak, and the last figure. Each
+look walks the whole directory (a system call a file), in this process, on the cores the servers
+share: the rates of such a run are a little lower. Run long enough for the objects asked to pass
+the limit (`--seconds 40` does at this rate, for 20,000 objects of 8 KiB and 128 MiB).
 """
 from __future__ import annotations
 
@@ -29,12 +37,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (  # noqa: E402
     REPO,
     WrkResult,
@@ -51,8 +61,11 @@ from common import (  # noqa: E402
     wrk_binary,
 )
 
+from proxy.config import parse_size  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 CHECKED = 50  # objects checked after each run
+DU_AFTER = 10.0  # seconds the cache directory is measured after the load
 
 
 @dataclass
@@ -62,6 +75,43 @@ class Runs:
     cpu_us: list[float] = field(default_factory=list)  # server CPU per request, each run
     origin_share: list[float] = field(default_factory=list)  # origin requests per proxy request, each run
     rss_growth: list[float] = field(default_factory=list)  # MiB, each run
+    du_peak: list[float] = field(default_factory=list)  # MiB on disk, each run (--du-every)
+    du_after: list[float] = field(default_factory=list)  # MiB on disk DU_AFTER seconds after the load
+
+
+def allocated(directory: Path) -> int:
+    """Bytes a directory takes on disk, as `du` counts them: the allocated blocks of everything in it."""
+    total = 0
+    for root, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:  # removed meanwhile (an eviction, a renamed part)
+                pass
+    return total
+
+
+class DiskWatch(threading.Thread):
+    """The peak and the last of `allocated(directory)`, looked at every `every` seconds until stopped."""
+
+    def __init__(self, directory: Path, every: float) -> None:
+        super().__init__(daemon=True)
+        self.directory, self.every = directory, every
+        self.peak = self.last = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.last = allocated(self.directory)
+            self.peak = max(self.peak, self.last)
+            self.done.wait(self.every)
+
+    def stop(self) -> tuple[float, float]:
+        """(peak, last) in MiB, the last looked at now."""
+        self.done.set()
+        self.join()
+        self.last = allocated(self.directory)
+        return max(self.peak, self.last) / (1 << 20), self.last / (1 << 20)
 
 
 def get(port: int, path: str) -> tuple[int, str, bytes]:
@@ -133,13 +183,17 @@ def all_accepting(proc: subprocess.Popen, workers: int) -> None:
 
 
 def measure(runs: Runs, start: Callable[[], tuple[subprocess.Popen, int] | None], origin_port: int,
-            origin_dir: Path, args: argparse.Namespace) -> bool:
-    """One cold run: start the proxy on an empty cache, load it, check it, stop it. False: not installed."""
+            origin_dir: Path, args: argparse.Namespace, watched: Path | None = None) -> bool:
+    """One cold run: start the proxy on an empty cache, load it, check it, stop it. False: not installed.
+    `watched`: a directory measured on disk during the run and DU_AFTER seconds after (--du-every)."""
     started = start()
     if started is None:
         return False
     proc, port = started
+    watch = DiskWatch(watched, args.du_every) if watched is not None and args.du_every > 0 else None
     try:
+        if watch is not None:
+            watch.start()
         before_cpu = cpu_seconds(proc.pid)
         before_rss = sum(s.rss for s in session_stats(proc.pid).values())
         before_origin = origin_requests(origin_port)
@@ -148,8 +202,15 @@ def measure(runs: Runs, start: Callable[[], tuple[subprocess.Popen, int] | None]
         cpu = cpu_used(before_cpu, cpu_seconds(proc.pid))
         rss = sum(s.rss for s in session_stats(proc.pid).values())
         asked = origin_requests(origin_port) - before_origin
+        if watch is not None:
+            time.sleep(DU_AFTER)
+            peak, last = watch.stop()
+            runs.du_peak.append(peak)
+            runs.du_after.append(last)
         check(runs.name, port, origin_dir, args.objects)
     finally:
+        if watch is not None and watch.is_alive():
+            watch.stop()
         stop(proc)
     runs.results.append(result)
     runs.cpu_us.append(cpu / max(result.requests, 1) * 1e6)
@@ -179,6 +240,10 @@ ROWS: tuple[tuple[str, Callable[[Runs], float], str], ...] = (
     ("origin requests per request", lambda r: median(r.origin_share), "{:.2f}"),
     ("RSS growth over a run, MiB", lambda r: median(r.rss_growth), "{:,.1f}"),
 )
+DISK_ROWS: tuple[tuple[str, Callable[[Runs], float], str], ...] = (
+    ("cache directory on disk (du), peak during the run, MiB", lambda r: median(r.du_peak), "{:,.1f}"),
+    (f"... {DU_AFTER:g} s after the load, MiB", lambda r: median(r.du_after), "{:,.1f}"),
+)
 
 
 def table(rows: list[Runs]) -> str:
@@ -191,6 +256,11 @@ def table(rows: list[Runs]) -> str:
             value, ref = figure(r), figure(reference)
             cells += [fmt.format(value), f"{value / ref:.2f}" if ref else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    for label, figure, fmt in DISK_ROWS:
+        if any(r.du_peak for r in rows):
+            shown = [fmt.format(figure(r)) if r.du_peak else "-" for r in rows]
+            cells = [label, shown[0]] + [c for value in shown[1:] for c in (value, "")]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -206,6 +276,8 @@ def main() -> None:
     parser.add_argument("--block-size", default="2MiB", help="edgecache's block_size")
     parser.add_argument("--max-object-size", default="64MiB",
                         help="edgecache's max_object_size (half the limit at most)")
+    parser.add_argument("--du-every", type=float, default=0,
+                        help="seconds between looks at edgecache's cache directory on disk (0: none)")
     args = parser.parse_args()
     wrk_binary()
     command = "python " + shlex.join(sys.argv)
@@ -245,15 +317,17 @@ def main() -> None:
                 raise
             return proc, port
 
+        nginx_limit = f"{parse_size(args.cache_size_limit) // 1024}k"  # the same limit for nginx's cache
         starters: list[Callable[[], tuple[subprocess.Popen, int] | None]] = [
-            lambda: nginx_proxy(fresh("nginx"), origin_port, args.workers), edgecache,
+            lambda: nginx_proxy(fresh("nginx"), origin_port, args.workers, max_size=nginx_limit), edgecache,
         ]
         try:
             wait_port(origin_port, origin)
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1} of {args.rounds}", flush=True)
-                for runs, start in zip(rows, starters, strict=True):
-                    if not measure(runs, start, origin_port, origin_dir, args):
+                watch_dirs = (work / "nginx" / "nginx-cache", work / "edgecache-cache")
+                for runs, start, watched in zip(rows, starters, watch_dirs, strict=True):
+                    if not measure(runs, start, origin_port, origin_dir, args, watched):
                         print(f"{runs.name}: not installed, skipped")
         finally:
             stop(origin)
@@ -268,6 +342,9 @@ def main() -> None:
           "median run; ratio = this column / the first. wrk, the proxies and the origin share the machine's "
           "cores: the ratios are the point.\n")
     print(table(rows))
+    if args.du_every > 0:
+        print(f"\nOn disk: each proxy's cache directory as du counts it, every {args.du_every:g} s during the load "
+              f"and for {DU_AFTER:g} s after it (the limit: {args.cache_size_limit}).")
     errors = {r.name: sum(x.error_count for x in r.results) for r in rows if any(x.error_count for x in r.results)}
     if errors:
         print(f"WARNING: wrk reported errors or non-2xx/3xx answers: {errors}")
