@@ -256,8 +256,55 @@ async def test_each_framing_is_read_exactly_and_the_connection_kept_when_it_may_
         for _ in range(2):
             r = await origin.request(method, Target("a", "/a"), [])
             assert (r.status, await body(r)) == (int(answer.rpartition(b"HTTP/1.")[2][2:5]), expected)
+            assert ("X-Trailer", "1") not in r.headers and ("Link", "</a.css>") not in r.headers
         await origin.aclose()
     assert raw.connections == (1 if reused else 2)
+
+
+async def test_trailers_and_bytes_after_the_answer_are_not_its_fields() -> None:
+    """Trailer fields (RFC 9110 section 6.5) and a message the origin sends after the answer,
+    arriving in the same segment, change nothing of the answer's head."""
+    answer = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+              b"Cache-Control: max-age=31536000\r\nSet-Cookie: a=b\r\n\r\n"
+              b"HTTP/1.1 408 Request Timeout\r\nX-Stray: 1\r\nContent-Length: 0\r\n\r\n")
+    async with Raw(answer) as raw:
+        origin = make(raw.url)
+        r = await origin.request("GET", Target("a", "/a"), [])
+        assert (r.status, await body(r)) == (200, b"ok")
+        assert r.headers == [("Transfer-Encoding", "chunked"), ("Via", "1.1 edgecache")] or \
+            r.headers == [("Via", "1.1 edgecache")]
+        r = await origin.request("GET", Target("a", "/a"), [])  # not on that connection
+        assert r.status == 200
+        await r.close()
+        await origin.aclose()
+    assert raw.connections == 2
+
+
+async def test_a_request_that_finds_no_free_connection_in_time_gives_no_slot_away() -> None:
+    async with Raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as raw:
+        origin = UpstreamOrigin(raw.url, connect_timeout=0.2, read_timeout=1, response_timeout=2, max_connections=1)
+        first = await origin.request("GET", Target("a", "/a"), [])
+        with pytest.raises(OriginError) as e:
+            await origin.request("GET", Target("a", "/a"), [])
+        assert (e.value.kind, e.value.detail) == ("timeout", "PoolTimeout")
+        assert origin.pool.free == 0
+        assert await body(first) == b"ok"
+        assert origin.pool.free == 1
+        r = await origin.request("GET", Target("a", "/a"), [])
+        assert await body(r) == b"ok"
+        await origin.aclose()
+
+
+async def test_a_target_with_bytes_a_request_line_cannot_hold_is_sent_percent_encoded() -> None:
+    async with Raw(OK) as raw:
+        origin = make(raw.url)
+        r = await origin.request("GET", Target("seg 1.ts", "/seg 1.ts?x=\u00e9&y=\u20ac"), [])
+        assert await body(r) == b"ok"
+        r = await origin.request("GET", Target("a", "/a?x=\u00c3\u00a9"), [])  # bytes C3 A9 as received
+        assert await body(r) == b"ok"
+        await origin.aclose()
+    assert raw.requests[0].startswith(b"GET /seg%201.ts?x=%C3%A9&y=%E2%82%AC HTTP/1.1\r\n")
+    assert raw.requests[1].startswith(b"GET /a?x=%C3%A9 HTTP/1.1\r\n")
 
 
 async def test_a_body_that_runs_to_the_close_is_read_to_the_close() -> None:

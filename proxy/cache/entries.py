@@ -63,13 +63,16 @@ class Entries:
             return Lookup(None, Fwd.MISS, None)
 
     async def put(self, primary: str, key: str, entry: object, vary: tuple[str, ...] | None,
-                  generation: int | None, tags: tuple[str, ...] = (), body: bytes | None = None) -> bool:
+                  generation: int | None, tags: tuple[str, ...] = (), body: bytes | None = None,
+                  purges: int | None = None) -> bool:
         """Store an entry unless the key was invalidated since `generation` (or the store failed).
 
         `vary`: the request fields the entry's response varies on; None leaves the key's Vary
         index as it is (a pass marker for a response that says nothing about variants).
         `tags`: its cache tags (http/tags.py), for purges by tag. `body`: the object's whole body
-        when it is in hand (a small one): stored with it, in the same transaction.
+        when it is in hand (a small one): stored with it, in the same transaction. `purges`: the
+        store's purge_mark() when the request was looked up, for a response stored after it was
+        answered: not stored if a purge by prefix or tag came since (Store._purge_begins).
 
         Entries are stored by the store's writer thread, in batches: every entry that came while
         it stored the previous batch goes in its next transaction (Store.put_all).
@@ -77,7 +80,7 @@ class Entries:
         if generation is None:
             return False  # the lookup failed: the store cannot be trusted with it
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queued.append((Put(primary, key, entry, vary, generation, tags, body), done))
+        self._queued.append((Put(primary, key, entry, vary, generation, tags, body, purges), done))
         if self._writing is None:
             self._writing = asyncio.create_task(self._write())
         self.pending += 1
@@ -142,16 +145,6 @@ class Entries:
     async def purge_key(self, primary: str, stale_at: float | None) -> int:
         """Forget every stored response for a primary key, or with `stale_at` mark them stale from then."""
         return await self.threads.run(self.store.purge_key, primary, stale_at)
-
-    async def purged_since(self, primary: str, mark: int) -> bool:
-        """Store.purged_since: the key purged now if a purge by prefix or tag came since `mark`."""
-        if self.store.purge_mark() == mark:
-            return False
-        try:
-            return await self.threads.run(self.store.purged_since, primary, mark)
-        except StoreErrors as e:
-            log.warning("%s not purged after a purge that may have missed it: %s", primary, e)
-            return False
 
     async def purge_prefix(self, prefix: str, stale_at: float | None = None) -> list[str]:
         return await self.threads.run(self.store.purge_prefix, prefix, stale_at)

@@ -126,9 +126,9 @@ class ReadPath:
         self.threads.close()
 
     async def settled(self) -> None:
-        """Until the stores of the small answers already given have committed (what a purge then
-        looks at holds them)."""
-        while self._storing:
+        """Until the stores of the small answers given so far have ended (what a purge then looks at
+        holds them); those of answers given meanwhile are not waited for."""
+        if self._storing:
             await asyncio.wait([asyncio.shield(f) for f in list(self._storing.values())])
 
     # --- a request ---------------------------------------------------------------
@@ -136,7 +136,7 @@ class ReadPath:
         primary = self.origin.cache_key(req.target)
         storing = self._storing.get(primary)
         if storing is not None:  # answered already, its store still to commit: what it stores is seen
-            await asyncio.shield(storing)
+            await asyncio.wait([asyncio.shield(storing)], timeout=self.flights.wait_limit)
         facts = hc.Request(req.method, req.headers, primary)
         flight: Flight | None = None  # once we lead the key's exchange with the origin
         attempt = -1
@@ -513,12 +513,10 @@ class ReadPath:
 
     async def _keep_whole(self, ex: _Exchange, old: CachedObject | None, obj: CachedObject, headers: Headers,
                           body: bytes) -> bool:
-        """Store a whole small response with its body; was it stored (and not purged since it was
-        asked for: a purge by prefix or tag may have looked before it was stored)?"""
+        """Store a whole small response with its body (not if a purge by prefix or tag came since its
+        request was looked up: it may have looked before the store); was it stored?"""
         stored = await self.entries.put(ex.primary, obj.key, obj, vary_fields(headers), ex.generation,
-                                        self._tags(headers), body)
-        if stored and await self.entries.purged_since(ex.primary, ex.purges):
-            return False
+                                        self._tags(headers), body, ex.purges)
         if stored and obj.size:
             self.blocks.open_blocks.adopt(obj.block_key(0), body)  # at hand for the hits that follow
         if stored and old is not None and old.validator != obj.validator:
@@ -548,9 +546,7 @@ class ReadPath:
                 if size:
                     await self.threads.run(self.store.publish_block, obj.block_key(0), part, size)
                 stored = await self.entries.put(ex.primary, key, obj, vary_fields(headers), ex.generation,
-                                                self._tags(headers))
-                if stored and await self.entries.purged_since(ex.primary, ex.purges):
-                    return  # stored after the answer: a purge by prefix or tag since may have missed it
+                                                self._tags(headers), purges=ex.purges)  # (as _keep_whole)
                 if stored and old is not None:
                     await self.entries.drop_blocks(old)
             except StoreErrors as e:

@@ -150,13 +150,13 @@ class OriginPool(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(self.timeouts.pool):
                 await waiter
-        except TimeoutError:
-            raise httpx.PoolTimeout(f"no origin connection free within {self.timeouts.pool:g}s") from None
-        except BaseException:
+        except BaseException as e:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # given a slot as it was cancelled: the next one has it
-            else:
+                self._release()  # given a slot as it timed out or was cancelled: the next one has it
+            elif waiter in self._waiting:
                 self._waiting.remove(waiter)
+            if isinstance(e, TimeoutError):
+                raise httpx.PoolTimeout(f"no origin connection free within {self.timeouts.pool:g}s") from None
             raise
 
     def _release(self) -> None:
@@ -189,6 +189,7 @@ class OriginPool(httpx.AsyncBaseTransport):
         self._busy.discard(connection)
         try:
             if connection.reusable:
+                connection.rest()
                 connection.idle_since = asyncio.get_running_loop().time()
                 idle = self._idle.setdefault(where, [])
                 idle.append(connection)

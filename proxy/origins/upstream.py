@@ -79,7 +79,7 @@ class UpstreamOrigin:
         if length is not None:
             outgoing.append((b"Content-Length", length.encode("latin-1")))
         outgoing.append((b"Via", VIA_BYTES))
-        target_bytes = (self.base_path + target.raw).encode("ascii")
+        target_bytes = _as_sent(self.base_path + target.raw)
         try:
             answer = await self.pool.exchange(self.where, method, target_bytes, outgoing, body,
                                               None if body is not None else self.response_timeout)
@@ -135,6 +135,16 @@ async def send(pool: OriginPool, request: httpx.Request, response_timeout: float
             return await pool.handle_async_request(request)
     except BaseException as e:
         raise _origin_error(e, request.url.host, response_timeout) from None
+
+
+def _as_sent(target: str) -> bytes:
+    """A request target's bytes: as received (a target's text holds the bytes a client sent, one
+    character each), or UTF-8 for text from elsewhere (a manifest's); the wire percent-encodes
+    what a request line cannot hold."""
+    try:
+        return target.encode("latin-1")
+    except UnicodeEncodeError:
+        return target.encode("utf-8", "surrogateescape")
 
 
 def _origin_error(error: BaseException, host: str, response_timeout: float) -> BaseException:

@@ -28,6 +28,7 @@ HIGH_WATER = 256 * 1024  # bytes of a response body held before reading stops
 LOW_WATER = 64 * 1024  # ... and starts again below this
 NO_BODY_STATUS = frozenset({204, 304})  # RFC 9112 section 6.3, item 1 (and 1xx)
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2
+_NOT_IN_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")  # RFC 9110 section 5.5: no CR, LF or NUL in a field value
 Fields = list[tuple[bytes, bytes]]
 
@@ -38,7 +39,11 @@ class ResponseTimeout(httpx.TimeoutException):
 
 def request_head(method: str, target: bytes, fields: Fields) -> bytes:
     """The request line and fields of a request, as sent; LocalProtocolError for a field that
-    cannot be sent as it is (a name that is not a token, a value with CR, LF or NUL)."""
+    cannot be sent as it is (a name that is not a token, a value with CR, LF or NUL). Bytes a
+    request target may not hold (controls, space, non-ASCII: RFC 3986 section 2) are
+    percent-encoded."""
+    if _NOT_IN_TARGET.search(target) is not None:
+        target = _NOT_IN_TARGET.sub(lambda m: b"%%%02X" % m[0][0], target)
     lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
     for name, value in fields:
         if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
@@ -115,11 +120,7 @@ class Connection(asyncio.Protocol):
         self.exchanges += 1
         self._reset()
         self._error = None
-        self._chunks.clear()  # what the last response's reader left
-        self._buffered = 0
-        if self._reading_paused:
-            self._reading_paused = False
-            self._transport.resume_reading()
+        self.rest()  # what the last response's reader left goes
         self._head_only = method == "HEAD"
         self._parser = httptools.HttpResponseParser(self)
         self._transport.write(head)
@@ -180,6 +181,14 @@ class Connection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         return self._done and self._keep and not self.closed and self._error is None
+
+    def rest(self) -> None:
+        """Between exchanges: reading goes on (so a close by the origin is seen while idle)."""
+        self._chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     def close(self) -> None:
         self.closed = True
@@ -259,10 +268,14 @@ class Connection(asyncio.Protocol):
             self._keep = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
+        if not self._head_done:  # trailer fields (and a message never asked for) are not the head's
+            self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        if self._head_done:  # a message after the response, never asked for: nothing of it is taken
+            self._keep = False
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._interim, self._fields = True, []  # an interim answer: the final one follows

@@ -139,6 +139,7 @@ class Put:
     generation: int
     tags: tuple[str, ...] = ()
     body: bytes | None = None
+    purges: int | None = None  # purge_mark() when its request was looked up: not stored if a purge came since
 
 
 @dataclass(frozen=True)
@@ -555,6 +556,8 @@ class Store:
         """One entry of put_all, in its transaction."""
         if self.generation(put.primary) != put.generation:
             return False
+        if put.purges is not None and self.purge_mark() != put.purges:
+            return False  # a purge by prefix or tag since its request was looked up (purge_prefix)
         if put.vary is not None:
             self._update_vary_index(put.primary, put.key, put.vary)
         self.tags.replace(put.key, put.tags)
@@ -1028,23 +1031,21 @@ class Store:
         return len(objects)
 
     def purge_mark(self) -> int:
-        """The count of purges by prefix or tag, in every process: a store that read it before it
-        asked the origin, and finds it changed once committed, may have missed one (purged_since)."""
+        """The count of purges by prefix or tag, in every process (see _purge_begins)."""
         return self.epochs.read(self.epochs.purges)
 
-    def purged_since(self, primary: str, mark: int) -> bool:
-        """After storing a response for `primary` whose request read purge_mark() as `mark`: when a
-        purge by prefix or tag came since (it may have looked before the response was stored), the
-        key is purged now; was it? A purge counts before it looks (purge_prefix, purge_tag), so one
-        that looked too early always shows here."""
-        if self.purge_mark() == mark:
-            return False
-        self.purge(primary)
-        return True
+    def _purge_begins(self) -> None:
+        """A purge by prefix or tag counts itself, then waits for the index's write lock, before it
+        looks: a store whose request was looked up before the count and whose transaction had begun
+        (it checks the count in it, Put.purges) has committed, and is found; one whose transaction
+        begins later sees the count and stores nothing."""
+        self.epochs.bump(self.epochs.purges)
+        with self.index.transact():
+            pass
 
     def purge_prefix(self, prefix: str, stale_at: float | None = None) -> list[str]:
         """Purge every primary key starting with `prefix` (or mark it stale, see purge_key); the keys purged."""
-        self.epochs.bump(self.epochs.purges)
+        self._purge_begins()
         keys = [*self.objects.iterkeys(), *self.index.iterkeys()]
         primaries = {p for k in keys if isinstance(k, str) and (p := primary_of(k)) is not None}
         purged = sorted(p for p in primaries if p.startswith(prefix))
@@ -1055,7 +1056,7 @@ class Store:
     def purge_tag(self, tag: str, stale_at: float | None = None) -> list[str]:
         """Purge every primary key with a response stored with the cache tag `tag` (or mark it
         stale, see purge_key); the keys that held something."""
-        self.epochs.bump(self.epochs.purges)
+        self._purge_begins()
         primaries = sorted({p for key in self.tags.keys_with(tag) if (p := primary_of(key)) is not None})
         return [primary for primary in primaries if self.purge_key(primary, stale_at)]
 
