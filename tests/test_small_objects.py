@@ -130,10 +130,11 @@ async def test_a_small_error_page_is_stored_whole(upstream, http_settings, make_
     edge = make_server(http_settings)
     async with httpx.AsyncClient(base_url=edge.url, timeout=20) as c:
         await c.get("/warm")
+        await c.get("/warm")  # (a hit: once its store committed)
         store_writes.clear()
         first = await c.get("/gone")
+        second = await c.get("/gone")  # once the first's store committed
         writes = dict(store_writes)
-        second = await c.get("/gone")
     assert writes == {"store": 1, "index": 1, "objects": 1}
     for answer in (first, second):
         assert (answer.status_code, answer.content, answer.headers["content-length"]) == (410, b"not here any more",

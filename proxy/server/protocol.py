@@ -273,9 +273,9 @@ class EdgeProtocol(ZeroCopyProtocol):
         """A head or a body that has had its time."""
         limits = self.limits
         if self.head_since is not None and now - self.head_since > limits.head_timeout and not self.done:
-            if self.meter.count:
+            if self.meter.count:  # (the client may still be sending it: its bytes are dropped, then the close)
                 self.refuse(Refusal(408, HEAD_TIMEOUT, f"the request head did not come within "
-                                    f"{limits.head_timeout:g} seconds (client_header_timeout)"))
+                                    f"{limits.head_timeout:g} seconds (client_header_timeout)"), linger=True)
             else:  # nothing came: an idle connection, closed without a word (nor a line in the log)
                 self.done = True
                 self.transport.close()
