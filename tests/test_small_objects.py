@@ -173,6 +173,19 @@ async def test_a_small_body_cut_short_is_a_bad_gateway_and_never_stored(settings
     assert parts(http_settings) == []
 
 
+def held_store_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every store transaction (Store.put_all) waits until the event returned is set (10 s at most)."""
+    gate = threading.Event()
+    real_put_all = Store.put_all
+
+    def held(self: Store, puts: list[Put]) -> list[bool]:
+        gate.wait(10)
+        return real_put_all(self, puts)
+
+    monkeypatch.setattr(Store, "put_all", held)
+    return gate
+
+
 @pytest.mark.parametrize("backlog", [False, True], ids=["answered-first", "writer-behind"])
 async def test_a_small_miss_is_answered_before_its_store_and_a_request_meanwhile_waits_for_it(  # type: ignore[no-untyped-def]
         upstream, http_settings, make_server, monkeypatch, backlog: bool) -> None:
@@ -183,14 +196,7 @@ async def test_a_small_miss_is_answered_before_its_store_and_a_request_meanwhile
 
     origin, _ = upstream
     origin.objects["/w.bin"] = Obj(SMALL, FRESH)
-    gate = threading.Event()
-    real_put_all = Store.put_all
-
-    def held(self: Store, puts: list[Put]) -> list[bool]:
-        gate.wait(10)
-        return real_put_all(self, puts)
-
-    monkeypatch.setattr(Store, "put_all", held)
+    gate = held_store_writes(monkeypatch)
     if backlog:
         monkeypatch.setattr(reads, "WHOLE_BACKLOG", 0)
     edge = make_server(http_settings)
@@ -212,20 +218,13 @@ async def test_a_small_miss_is_answered_before_its_store_and_a_request_meanwhile
 @pytest.mark.parametrize("chunked", [False, True], ids=["whole", "relayed"])
 async def test_a_purge_by_prefix_between_the_answer_and_its_store_still_purges_it(  # type: ignore[no-untyped-def]
         upstream, http_settings, make_server, monkeypatch, chunked: bool) -> None:
-    """A purge by prefix in another worker that looks while an answer's store is still to commit
+    """A purge by prefix in another worker that looks while an answer's store is still to come
     (a small body answered whole, or one of no stated length relayed while it is written) does
-    not find it: the store, once committed, sees that a purge came since its request was looked
-    up and purges the key itself. What was answered before the purge is never served after it."""
+    not find it: the store then sees, in its transaction, that a purge came since its request was
+    looked up, and stores nothing. What was answered before the purge is never served after it."""
     origin, _ = upstream
     origin.objects["/q/a.bin"] = Obj(SMALL, FRESH, chunked=chunked)
-    gate = threading.Event()
-    real_put_all = Store.put_all
-
-    def held(self: Store, puts: list[Put]) -> list[bool]:
-        gate.wait(10)
-        return real_put_all(self, puts)
-
-    monkeypatch.setattr(Store, "put_all", held)
+    gate = held_store_writes(monkeypatch)
     edge = make_server(http_settings)
     store = edge.server.config.app.state.service.reads.store
     other = Store(store.directory, store.size_limit, block_size=store.block_size)  # another worker's

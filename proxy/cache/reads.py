@@ -94,8 +94,7 @@ class ReadPath:
         self.blocks = BlockSource(store, self.threads, origin, self.filler, settings.chunk_size,
                                   settings.read_ahead_blocks)
         self.flights = Flights(store, settings.origin_response_timeout + 5)
-        self._storing: dict[str, asyncio.Future[None]] = {}  # small answers given, their stores to commit
-        self._keeping: set[asyncio.Task[None]] = set()  # ... the tasks storing them
+        self._storing: dict[str, asyncio.Task[None]] = {}  # small answers given: the tasks storing them
         self.hits = HitTally()
         self.segments = SegmentPrefetch(
             settings.prefetch_segments, settings.prefetch_max_fills, store, self.threads, self.entries,
@@ -128,15 +127,15 @@ class ReadPath:
     async def settled(self) -> None:
         """Until the stores of the small answers given so far have ended (what a purge then looks at
         holds them); those of answers given meanwhile are not waited for."""
-        if self._storing:
-            await asyncio.wait([asyncio.shield(f) for f in list(self._storing.values())])
+        if self._storing:  # (asyncio.wait cancels none of them)
+            await asyncio.wait(list(self._storing.values()))
 
     # --- a request ---------------------------------------------------------------
     async def read(self, req: ProxyRequest) -> Reply:
         primary = self.origin.cache_key(req.target)
         storing = self._storing.get(primary)
         if storing is not None:  # answered already, its store still to commit: what it stores is seen
-            await asyncio.wait([asyncio.shield(storing)], timeout=self.flights.wait_limit)
+            await asyncio.wait([storing], timeout=self.flights.wait_limit)
         facts = hc.Request(req.method, req.headers, primary)
         flight: Flight | None = None  # once we lead the key's exchange with the origin
         attempt = -1
@@ -477,10 +476,9 @@ class ReadPath:
         own store instead when anything changed for the key since it was looked up (a purge:
         Cache-Status then says truly whether it was stored), and while the store's writer has
         WHOLE_BACKLOG entries waiting (so the bodies held are bounded, and the writer's batches
-        grow). Otherwise
-        Cache-Status says `stored` as it does for a body relayed while it is written: the response
-        was taken to be stored; a purge after the answer, before the store, wins over it. A body
-        cut short (or too long) is an origin error, and nothing is stored."""
+        grow). Otherwise Cache-Status says `stored` as it does for a body relayed while it is
+        written: the response was taken to be stored; a purge after the answer, before the store,
+        wins over it. A body cut short (or too long) is an origin error, and nothing is stored."""
         try:
             body = await read_whole(response, size)
         finally:
@@ -488,19 +486,17 @@ class ReadPath:
         obj = self._new_object(outcome, response.status, headers, key, size, request_time, response_time)
         steady = self.store.changes_at(ex.mark[0]) == ex.mark[1]
         if steady and self.entries.pending < WHOLE_BACKLOG and ex.primary not in self._storing:
-            storing = self._storing[ex.primary] = asyncio.get_running_loop().create_future()
+            # Not the filler's (its tasks are cancelled at shutdown): aclose waits for it (settled).
+            task = asyncio.get_running_loop().create_task(_logged(self._keep_whole(ex, old, obj, headers, body),
+                                                                  ex.primary))
+            self._storing[ex.primary] = task
 
-            def settled(_: object) -> None:  # however the store ended, even cancelled before it began
+            def ended(_: object) -> None:  # however the store ended; before those waiting for it resume
                 if flight is not None:
                     flight.end()
                 del self._storing[ex.primary]
-                storing.set_result(None)
 
-            task = asyncio.get_running_loop().create_task(_logged(self._keep_whole(ex, old, obj, headers, body),
-                                                                  ex.primary))
-            self._keeping.add(task)  # not cancelled at shutdown: aclose waits for it (settled)
-            task.add_done_callback(self._keeping.discard)
-            task.add_done_callback(settled)
+            task.add_done_callback(ended)
             stored = True
         else:
             try:
