@@ -87,9 +87,10 @@ class EdgeService:
             self.store.close()
 
     async def settle(self) -> None:
-        """Wait for the block fills in progress to be stored (before a warmer stops its app)."""
+        """Wait for the block fills and small stores in progress to end (before a warmer stops its app)."""
         if self.reads is not None:
             await self.reads.filler.settle()
+            await self.reads.settled()
 
     async def handle(self, req: ProxyRequest) -> Reply:
         try:
