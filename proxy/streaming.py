@@ -123,11 +123,8 @@ async def send_response(
     if chunks is None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
-    if isinstance(chunks, Given):  # each descriptor stays open until the reply is closed
-        try:
-            await _send_held(chunks.rest(), send, zerocopy)
-        except _ABORTED as e:
-            log.warning("response body aborted: %s", e)
+    if isinstance(chunks, Given):
+        await send_in_hand(chunks, send, zerocopy)
         return
     if in_hand:  # (a span's descriptor may close once the next chunk is asked for: one at a time)
         try:
@@ -156,6 +153,15 @@ async def send_response(
             watcher.cancel()
         if complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def send_in_hand(chunks: Given, send: Send, zerocopy: bool) -> None:
+    """Send a body in hand, after its response's start (each descriptor stays open until the reply
+    is closed); a body that fails midway is left incomplete."""
+    try:
+        await _send_held(chunks.rest(), send, zerocopy)
+    except _ABORTED as e:
+        log.warning("response body aborted: %s", e)
 
 
 async def _send_all(chunks: AsyncIterator[Chunk], send: Send, zerocopy: bool) -> bool:

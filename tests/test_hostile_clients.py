@@ -8,7 +8,7 @@ import dataclasses
 import os
 import re
 import resource
-import select
+import selectors
 import socket
 import threading
 import time
@@ -80,7 +80,7 @@ def test_slowloris_connections_are_closed_on_time_while_others_are_served(site: 
                     except OSError:
                         closed[s] = time.monotonic()
             sent += 1
-            readable, _, _ = select.select([s for s in loris if s not in closed], [], [], 0.25)
+            readable = _readable([s for s in loris if s not in closed], 0.25)
             for s in readable:
                 try:
                     data = s.recv(65536)
@@ -185,7 +185,7 @@ def test_a_body_that_drips_is_answered_408(settings: Settings, make_server) -> N
         answer = b""
         while not answer and time.monotonic() - started < 10:
             s.sendall(b"x")  # a byte every 0.1 s: never idle for the timeout, far below the rate
-            if select.select([s], [], [], 0.1)[0]:
+            if _readable([s], 0.1):
                 answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"\r\nconnection: close\r\n" in answer
@@ -275,3 +275,12 @@ def test_an_idle_keep_alive_connection_costs_a_few_kib(site: Path) -> None:
         assert each < 10 * 1024, f"{each:.0f} bytes a connection"
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Those of `socks` with bytes (or an end) to read within `timeout` seconds (poll, not select:
+    descriptor numbers past 1024 are fine)."""
+    with selectors.DefaultSelector() as sel:
+        for sock in socks:
+            sel.register(sock, selectors.EVENT_READ)
+        return [key.fileobj for key, _ in sel.select(timeout)]  # type: ignore[misc]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import random
 import re
 import socket
 import time
@@ -21,6 +23,7 @@ import proxy.cache.reads
 import proxy.ops.metrics
 import proxy.server.content
 import proxy.server.front
+import proxy.server.ready
 from proxy.app import create_app
 from proxy.cache.replies import Steady
 from proxy.config import Settings
@@ -122,10 +125,11 @@ HEADERS = [(b"content-length", b"5")]
 REQUEST = ((b"host", b"edge.test"), (b"user-agent", b"curl"))
 
 
-def offer_twice(ready: ReadyAnswers, asked: Asked, *args: Any, request: Any = REQUEST, read: Any = ()) -> None:
+def offer_twice(ready: ReadyAnswers, asked: Asked, *args: Any, request: Any = REQUEST, read: Any = (),
+                **kwargs: Any) -> None:
     """An answer is kept when its request is offered a second time."""
-    ready.keep(asked, request, read, *args)
-    ready.keep(asked, request, read, *args)
+    ready.keep(asked, request, read, *args, **kwargs)
+    ready.keep(asked, request, read, *args, **kwargs)
 
 
 def find(ready: ReadyAnswers, asked: Asked, now: float, request: Any = REQUEST) -> Any:
@@ -139,16 +143,16 @@ def key(name: str) -> Asked:
 
 def test_an_answer_is_kept_when_its_request_is_offered_again() -> None:
     ready = answers(Counters())
-    ready.keep(key("k"), REQUEST, (), 200, HEADERS, b"hello", steady(), ())
+    ready.keep(key("k"), REQUEST, (), 200, HEADERS, steady(), (), body=b"hello")
     assert find(ready, key("k"), 100.25) is None  # asked once: most requests with a client's own fields
-    ready.keep(key("k"), REQUEST, (), 200, HEADERS, b"hello", steady(), ())
+    ready.keep(key("k"), REQUEST, (), 200, HEADERS, steady(), (), body=b"hello")
     assert find(ready, key("k"), 100.25) is not None
 
 
 def test_an_answer_is_found_while_it_holds_and_tallied_as_a_hit() -> None:
     c = Counters()
     ready = answers(c)
-    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
+    offer_twice(ready, key("k"), 200, HEADERS, steady(), (), body=b"hello")
     found = find(ready, key("k"), 100.25)
     assert found is not None and (found.status, found.headers, found.body) == (200, HEADERS, b"hello")
     assert c.hits == ["/x"]
@@ -159,7 +163,7 @@ def test_an_answer_is_found_while_it_holds_and_tallied_as_a_hit() -> None:
 def test_an_answer_outside_its_time_is_gone(now: float) -> None:
     c = Counters()
     ready = answers(c)
-    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
+    offer_twice(ready, key("k"), 200, HEADERS, steady(), (), body=b"hello")
     assert find(ready, key("k"), now) is None
     assert find(ready, key("k"), 100.25) is None  # dropped, not kept for later
     assert c.hits == []
@@ -168,7 +172,7 @@ def test_an_answer_outside_its_time_is_gone(now: float) -> None:
 def test_an_answer_is_gone_once_its_key_changed_in_any_process() -> None:
     c = Counters()
     ready = answers(c)
-    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), ())
+    offer_twice(ready, key("k"), 200, HEADERS, steady(), (), body=b"hello")
     c.counts[7] = 2
     assert find(ready, key("k"), 100.25) is None
 
@@ -177,11 +181,11 @@ def test_an_answer_selected_or_read_by_a_field_the_edge_sets_is_not_kept() -> No
     c = Counters()
     ready = answers(c)
     by_address = steady(varies_on=("accept", "x-forwarded-for"))
-    offer_twice(ready, key("k"), 200, HEADERS, b"hello", by_address, {"x-forwarded-for"})
+    offer_twice(ready, key("k"), 200, HEADERS, by_address, {"x-forwarded-for"}, body=b"hello")
     assert find(ready, key("k"), 100.25) is None
-    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(), {"x-forwarded-for"}, read={"x-forwarded-for"})
+    offer_twice(ready, key("k"), 200, HEADERS, steady(), {"x-forwarded-for"}, body=b"hello", read={"x-forwarded-for"})
     assert find(ready, key("k"), 100.25) is None
-    offer_twice(ready, key("k"), 200, HEADERS, b"hello", steady(varies_on=("accept",)), {"x-forwarded-for"})
+    offer_twice(ready, key("k"), 200, HEADERS, steady(varies_on=("accept",)), {"x-forwarded-for"}, body=b"hello")
     assert find(ready, key("k"), 100.25) is not None
 
 
@@ -189,28 +193,52 @@ def test_requests_asking_the_same_share_an_answer() -> None:
     """Keyed by the fields the rules read: a client's own User-Agent or cookie is not one of them."""
     ready = answers(Counters())
     mine = ((b"host", b"edge.test"), (b"range", b"bytes=0-9"), (b"user-agent", b"a"), (b"cookie", b"x=1"))
-    offer_twice(ready, key("k"), 206, HEADERS, b"0123456789", steady(), (), request=mine, read={"range", "if-range"})
+    offer_twice(ready, key("k"), 206, HEADERS, steady(), (), body=b"0123456789", request=mine,
+                read={"range", "if-range"})
     theirs = ((b"user-agent", b"b"), (b"host", b"edge.test"), (b"range", b"bytes=0-9"), (b"cookie", b"y=2"))
     assert find(ready, key("k"), 100.25, theirs) is not None
     for other in ((b"range", b"bytes=0-8"), (b"if-range", b'"v1"'), (b"range", b"bytes=0-9")):
         asks = (*theirs, other) if other[0] != b"range" else ((b"host", b"edge.test"), other, other)
         assert find(ready, key("k"), 100.25, asks) is None, other  # another value of a field read: another answer
     # More fields read for the path (a Vary, say): the answers kept under fewer names go.
-    offer_twice(ready, key("k"), 206, HEADERS, b"0123456789", steady(varies_on=("accept",)), (), request=mine,
+    offer_twice(ready, key("k"), 206, HEADERS, steady(varies_on=("accept",)), (), body=b"0123456789", request=mine,
                 read={"range"})
     assert find(ready, key("k"), 100.25, theirs) is not None  # neither sent an Accept: the same
     assert find(ready, key("k"), 100.25, (*theirs, (b"accept", b"text/html"))) is None
+
+
+def test_a_ranged_answer_is_found_for_any_range_and_the_same_other_fields() -> None:
+    """Kept from one request, a ranged answer is found for requests that differ in their Range (or
+    have none) and in fields no rule read, never for another value of another field read; an exact
+    answer kept for the same request stays its own."""
+    ready = answers(Counters())
+    mine = ((b"host", b"edge.test"), (b"range", b"bytes=0-9"), (b"if-range", b'"v1"'), (b"user-agent", b"a"))
+    again = lambda scope: None  # noqa: E731 - never asked here
+    offer_twice(ready, key("k"), 206, HEADERS, steady(), (), request=mine, read={"range", "if-range"}, again=again)
+    for theirs in (mine, ((b"range", b"bytes=7-"), (b"if-range", b'"v1"'), (b"host", b"edge.test")),
+                   ((b"if-range", b'"v1"'), (b"host", b"edge.test"), (b"cookie", b"c"))):
+        k = ready.key(key("k"), theirs)
+        assert k is not None and ready.current(k, 100.25) is None  # no exact answer was kept
+        found = ready.ranged(k, 100.25)
+        assert found is not None and found.again is again, theirs
+    other = ready.key(key("k"), ((b"host", b"edge.test"), (b"range", b"bytes=0-9"), (b"if-range", b'"v2"')))
+    assert other is not None and ready.ranged(other, 100.25) is None
+    assert ready.ranged(ready.key(key("k"), mine), 101.0) is None  # type: ignore[arg-type]  # its time is over
+    offer_twice(ready, key("k"), 206, HEADERS, steady(), (), body=b"0123456789", request=mine, read={"range"},
+                again=again)
+    k = ready.key(key("k"), mine)
+    assert k is not None and ready.current(k, 100.25) is not None and ready.ranged(k, 100.25) is not None
 
 
 def test_answers_are_bounded_in_bytes() -> None:
     c = Counters()
     ready = answers(c, max_bytes=64 * 1024)
     for i in range(1000):
-        offer_twice(ready, key(f"k{i}"), 200, HEADERS, bytes(400), steady(), ())
+        offer_twice(ready, key(f"k{i}"), 200, HEADERS, steady(), (), body=bytes(400))
     assert ready._bytes <= 64 * 1024
     assert find(ready, key("k999"), 100.25) is not None and find(ready, key("k0"), 100.25) is None
     assert len(ready._read) == len(ready._kept) == len(ready._answers)  # what was read, for kept answers only
-    offer_twice(ready, key("big"), 200, HEADERS, bytes(2048), steady(), ())  # over 1/64 of the bound
+    offer_twice(ready, key("big"), 200, HEADERS, steady(), (), body=bytes(2048))  # over 1/64 of the bound
     assert find(ready, key("big"), 100.25) is None
 
 
@@ -703,3 +731,163 @@ async def test_a_stored_answer_of_another_status_is_dated_when_decided(  # type:
         answers = [await c.get("/gone") for _ in range(2)]
     assert [a.status_code for a in answers] == [404, 404]
     assert [a.headers["date"] for a in answers] == [format_http_date(clock.now)] * 2
+
+
+# --- ranged answers: a hit of one span answers the same request with any other Range -------
+
+_BIG = random.Random(7).randbytes(1_000_003)  # four 256 KiB blocks, and a bit
+
+
+def _range(size: int) -> st.SearchStrategy[str | None]:
+    """Range values a player sends, and some no player should: any span, an open end, a suffix,
+    past the end, several spans, nonsense; or none."""
+    point = st.integers(0, size + 10)
+    span = st.tuples(point, st.integers(0, 300_000)).map(lambda p: f"bytes={p[0]}-{p[0] + p[1]}")  # a player's
+    return st.one_of(
+        span, span, span,
+        st.tuples(point, point).map(lambda p: f"bytes={min(p)}-{max(p)}"),
+        st.integers(size - 300_000, size).map(lambda p: f"bytes={p}-"),
+        st.integers(0, size + 10).map(lambda n: f"bytes=-{n}"),
+        st.tuples(point, point, point).map(lambda p: f"bytes={p[0]}-{p[0] + 9},{p[1]}-{p[2]}"),
+        st.sampled_from(["bytes=x", "items=0-9", "bytes=5-1"]),
+        st.none(),
+    )
+
+
+@pytest.fixture
+def ranged_replays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Answers a Ranged answer gave (at once by the server, or through the app)."""
+    given: list[int] = []
+    at_once, send = proxy.server.ready.Ranged.at_once, proxy.server.ready.Ranged.send
+
+    def counted_at_once(self: Any, scope: Any) -> Any:
+        answer = at_once(self, scope)
+        given.extend([1] if answer is not None else [])
+        return answer
+
+    async def counted_send(self: Any, scope: Any, out: Any) -> bool:
+        sent = await send(self, scope, out)
+        given.extend([1] if sent else [])
+        return sent
+
+    monkeypatch.setattr(proxy.server.ready.Ranged, "at_once", counted_at_once)
+    monkeypatch.setattr(proxy.server.ready.Ranged, "send", counted_send)
+    return given
+
+
+def test_a_ranged_answer_is_the_full_paths_answer_for_any_range(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, ranged_replays: list[int]
+) -> None:
+    """Random requests, each asked twice with one Range (so that its answer may be kept, ranged),
+    then a twin with another Range and fields of its own no rule reads: the twin's answer (from
+    the ranged answer, when it holds) must be the answer of the read path itself, from another
+    edge on the same cache with no ready answers, byte for byte. Over HTTP/1.1 keep-alive (the
+    server writes it at once) and HTTP/1.0 (through the app)."""
+    origin, _ = upstream
+    origin.objects["/big"] = Obj(_BIG, {"cache-control": "max-age=600"}, etag=_ETAG)
+    origin.objects["/weak"] = Obj(_BIG[::-1], {"cache-control": "max-age=600"}, etag='W/"w1"')
+    origin.objects["/one"] = Obj(_BIG[:100_000], {"cache-control": "max-age=600"}, etag=_ETAG)  # one block
+    full_path = create_app(http_settings)
+    full_path.app.answers = None
+    with RunningServer(http_settings) as edge, RunningServer(http_settings, app=full_path) as reference, \
+            httpx.Client(base_url=edge.url) as c:
+        for path in ("/big", "/weak", "/one"):  # stored, and every block read and held
+            c.get(path)
+            for first in range(0, len(origin.objects[path].body), 200_000):
+                c.get(path, headers={"range": f"bytes={first}-{first + 10}"})
+            time.sleep(0.05)
+        conditions = {name: _FIELDS[name] for name in ("if-range", "if-none-match", "if-match", "cache-control")}
+
+        @settings(max_examples=60, deadline=None)
+        @given(path=st.sampled_from(["/big", "/weak", "/one"]), kept=_range(len(_BIG)), other=_range(len(_BIG)),
+               fields=st.dictionaries(st.sampled_from(sorted(conditions)), st.sampled_from(['"v1"', "*"]),
+                                      max_size=1),
+               version=st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"]),
+               agent=st.text("abcXYZ/1.0", min_size=1, max_size=20))
+        def check(path: str, kept: str | None, other: str | None, fields: dict[str, str], version: str,
+                  agent: str) -> None:
+            clock.now += 0.125  # both edges answer at one moment; ranged answers step each second
+            asked = {**fields, **({"range": kept} if kept else {})}
+            for _ in range(2):
+                c.get(path, headers=asked)
+            twin = {**fields, **({"range": other} if other else {}), "user-agent": agent, "x-someone": "else"}
+            request = f"GET {path} {version}\r\nHost: edge\r\n".encode() + \
+                b"".join(f"{n}: {v}\r\n".encode() for n, v in twin.items()) + b"\r\n"
+            got, full = _exchange(edge.port, request), _exchange(reference.port, request)
+            assert _wire_comparable(got) == _wire_comparable(full), (path, kept, other, fields, version)
+
+        check()
+    assert len(ranged_replays) >= 20  # the twins were answered by ranged answers, not only by the read path
+
+
+def _wire_comparable(response: bytes) -> bytes:
+    """A response off the wire without its Date and Age lines (two servers, one moment) and with
+    any multipart boundary as B."""
+    response = re.sub(rb"\r\n(date|age): [^\r]*", b"", response)
+    boundary = re.search(rb"boundary=([0-9a-f]+)", response)
+    return response.replace(boundary.group(1), b"B") if boundary else response
+
+
+def test_a_ranged_answer_larger_than_a_turn_goes_on_through_its_own_cycle(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], ranged_replays: list[int]
+) -> None:
+    """A ranged answer the server writes at once sends on the loop at most ON_LOOP bytes, and only
+    what the socket takes; the rest goes out through a cycle of its own, waiting for a client that
+    reads slowly, with the requests pipelined behind it answered after it, exact; a client gone
+    midway leaves no descriptor open."""
+    origin, _ = upstream
+    body = random.Random(3).randbytes(3 * 1024 * 1024)
+    origin.objects["/v"] = Obj(body, {"cache-control": "max-age=600"})
+    settings = dataclasses.replace(http_settings, block_size=1024 * 1024)
+    first, last = 500_000, 2_000_000  # two blocks, more than ON_LOOP
+    big = f"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes={first}-{last}\r\n\r\n".encode()
+    small = b"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes=5-14\r\n\r\n"
+    with RunningServer(settings) as edge:
+        _exchange(edge.port, b"GET /v HTTP/1.1\r\nHost: edge\r\n\r\n")  # stored
+        for offset in (0, 1_500_000, 2_500_000):  # each block read and held
+            _exchange(edge.port, f"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes={offset}-{offset}\r\n\r\n".encode())
+        clock.now += 0.25
+        _until_ready(edge.port, small, decisions)
+        time.sleep(0.1)
+        descriptors = _block_files_open(settings)
+        made, replayed = len(decisions), len(ranged_replays)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the server's socket fills at once
+            sock.connect(("127.0.0.1", edge.port))
+            sock.sendall(big + small)
+            time.sleep(0.3)  # not reading: the rest waits for room
+            sock.settimeout(10)
+            data = b""
+            while not data.endswith(b"\r\n\r\n" + body[5:15]):
+                more = sock.recv(1 << 20)
+                assert more, data[-200:]
+                data += more
+        got, _, after = data.partition(body[first:last + 1])
+        assert got.startswith(b"HTTP/1.1 206 ") and got.endswith(b"\r\n\r\n")
+        assert f"content-range: bytes {first}-{last}/{len(body)}\r\n".encode() in got
+        assert after.startswith(b"HTTP/1.1 206 ") and after.endswith(b"\r\n\r\n" + body[5:15])
+        assert after.count(b"HTTP/1.1") == 1
+        assert len(decisions) == made and len(ranged_replays) == replayed + 2  # both from the ranged answer
+        for _ in range(5):  # clients gone midway: the rest's descriptors are closed
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", edge.port))
+                sock.sendall(big)
+                time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while _block_files_open(settings) > descriptors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _block_files_open(settings) == descriptors
+
+
+def _block_files_open(settings: Settings) -> int:
+    """Descriptors of this process open on the cache's block files (each held block's one, and
+    those of answers being sent)."""
+    opened = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        opened += target.startswith(settings.cache_dir) and target.endswith(".val")
+    return opened

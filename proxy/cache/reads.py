@@ -17,13 +17,13 @@ from ..http import cache as hc
 from ..http.cache import Fwd
 from ..http.cachestatus import cache_status, x_cache
 from ..http.conditional import conditions_from
-from ..http.directives import Headers, get
+from ..http.directives import Fields, Headers, get
 from ..http.freshness import Policy, selection, stored_headers, vary_fields
 from ..http.headers import format_http_date
 from ..http.lifetimes import Changes, changes_of
 from ..http.manifests import stored_whole
 from ..http.model import ResponsePlan, Span
-from ..http.plan import plan_response
+from ..http.plan import one_span, plan_response, same_but_span
 from ..http.ranges import parse_range
 from ..http.tags import response_tags
 from ..origins.base import Origin, OriginError, OriginResponse, Target
@@ -35,7 +35,7 @@ from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
 from .hits import HitTally
-from .replies import Reply, Steady, nothing_to_close, relay, relay_forwarded, text_reply
+from .replies import InHand, Reply, Steady, nothing_to_close, relay, relay_forwarded, text_reply
 from .segments import MANIFEST_BASE, Parsed, SegmentPrefetch, read_manifest
 from .spool import Spool
 from .threads import StoreThreads
@@ -216,11 +216,40 @@ class ReadPath:
             self.hits.count(obj.key)
         detail = "stale" if action.stale else None
         status = cache_status(hit=True, ttl=action.ttl, detail=detail)
-        reply = self._serve(ex, obj, action.age, status, x_cache(hit=True, stale=action.stale), now=ex.now, plan=plan)
+        xcache = x_cache(hit=True, stale=action.stale)
+        reply = self._serve(ex, obj, action.age, status, xcache, now=ex.now, plan=plan)
         until = hc.steady_until(action, ex.now)
-        if reply.whole is not None and until > ex.now:
-            reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on)
+        if until > ex.now:
+            if reply.in_hand and plan is not None and ex.method == "GET" and one_span(plan):
+                reply.rerange = self._rerange(ex, obj, action.age, status, xcache, plan)
+            if reply.whole is not None or reply.rerange is not None:
+                reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on)
         return reply
+
+    def _rerange(self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str,
+                 plan: ResponsePlan) -> Callable[[Fields], InHand | None]:
+        """The hit just served, for a request that differs from this one only in its Range and in
+        fields no rule read (replies.Reply.rerange); None where that is not so or its blocks are
+        not at hand. Within the hit's steady time, nothing else it depends on can have changed."""
+        read = ex.req.headers.reads if isinstance(ex.req.headers, Fields) else None
+        blocks = self.blocks
+
+        def again(headers: Fields) -> InHand | None:
+            now = time.time()
+            headers.reads = set()
+            req = dataclasses.replace(ex.req, headers=headers)
+            new = self._plan(req, obj, now)
+            if new is None or not same_but_span(plan, new) or read is None or not headers.reads <= read:
+                return None
+            held, active = blocks.open_blocks, self.filler.active
+            for index in needed_blocks(obj, new, "GET"):
+                key = obj.block_key(index)
+                if key in active or not held.holds(key):
+                    return None
+            reply = self._serve(dataclasses.replace(ex, req=req, now=now), obj, age, status, xcache, now=now,
+                                plan=new)
+            return InHand(reply.headers, reply.chunks.rest()) if isinstance(reply.chunks, Given) else None
+        return again
 
     async def _fill_missing(self, ex: _Exchange, obj: CachedObject, needed: list[int]) -> Coming | None:
         """None when the blocks `needed` are all stored; else how the first missing one comes,

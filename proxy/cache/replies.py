@@ -1,14 +1,15 @@
 """What the driver hands the server: a status, headers and a body stream, closed once sent."""
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from ..http.cache import Fwd
 from ..http.cachestatus import cache_status
-from ..http.directives import Headers
+from ..http.directives import Fields, Headers
 from ..origins.base import OriginResponse, text_response
-from ..streaming import Chunk
+from ..streaming import Chunk, FileSpan
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,27 @@ class Reply:
     in_hand: bool = False  # the chunks hold the whole body already: sending it waits for nothing
     whole: bytes | None = None  # the whole body when it is bytes in hand (b"" for none)
     steady: Steady | None = None  # set when identical requests may be answered with this again
+    # ... and, for a hit of one span in hand, how the read path answers the same request with another
+    # Range (its fields but for Content-Range and Content-Length, or None: ask the read path)
+    rerange: Callable[[Fields], InHand | None] | None = None
+
+
+@dataclass(frozen=True)
+class InHand:
+    """A reply's fields and its whole body in hand, as chunks whose descriptors are the receiver's
+    to close (close(), once)."""
+
+    headers: Headers
+    chunks: list[Chunk]
+
+    @property
+    def length(self) -> int:
+        return sum(len(c) if isinstance(c, bytes) else c.count for c in self.chunks)
+
+    def close(self) -> None:
+        for chunk in self.chunks:
+            if isinstance(chunk, FileSpan):
+                os.close(chunk.fd)
 
 
 async def nothing_to_close() -> None:

@@ -133,3 +133,24 @@ def _error(status: int, rep: Representation, extra: list[tuple[str, str]] | None
     text = {412: b"Precondition Failed\n", 416: b"Range Not Satisfiable\n"}[status]
     headers = [("Accept-Ranges", "bytes"), *(extra or []), *validator_headers(rep)]
     return _finish(ResponsePlan(status, headers, [text]), "text/plain; charset=utf-8")
+
+
+def one_span(plan: ResponsePlan) -> bool:
+    """Is the plan's body one span of the representation (a 200's, or a single-part 206's)?"""
+    return len(plan.body) == 1 and isinstance(plan.body[0], Span)
+
+
+_SPAN_FIELDS = frozenset({"content-range", "content-length"})
+
+
+def same_but_span(old: ResponsePlan, new: ResponsePlan) -> bool:
+    """Is `new` the answer `old` is, but for the one span of the representation it sends: the
+    same status and fields, in the same order, but for the values of Content-Range and
+    Content-Length? (What another Range makes of a 200 or a single-part 206: server/ready.py
+    sends it with the fields `old` went out with, those two changed.)"""
+    if new.status != old.status or not one_span(new) or len(new.headers) != len(old.headers):
+        return False
+    for (name, value), (old_name, old_value) in zip(new.headers, old.headers, strict=True):
+        if name != old_name or (value != old_value and name.lower() not in _SPAN_FIELDS):
+            return False
+    return True

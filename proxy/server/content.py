@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
 from ..http.cachestatus import chained
+from ..http.directives import Fields
 from ..request.client import forwarding_headers
 from ..request.paths import BadPath, HiddenPath, clean_path
 from ..request.target import content_path, target_of
@@ -96,10 +97,7 @@ class ContentRoute:
             if isinstance(verdict, signing.Refused):
                 return text(403, f"Forbidden: {verdict.reason}", {"Cache-Control": "no-store"})
             target = dataclasses.replace(target, raw=verdict.raw)
-        received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-        peer = request.client.host if request.client else None
-        headers = forwarding_headers(received, peer, request.scope.get("scheme", "http"), self.public_host,
-                                     settings.proxies)
+        headers = self.fields_of(request.scope)
         offer = request.scope.get(OFFER)
         if offer is not None:
             headers.reads = offer.read  # the fields the rules read: what the answer depends on
@@ -109,10 +107,21 @@ class ContentRoute:
             return gone(request, "while sending the request body")
         reply.headers = chained(reply.headers, settings.cache_name)
         # Kept for requests that ask the same: not a signed one (its verdict depends on the time), nor one with a body.
-        if offer is not None and reply.steady is not None and reply.whole is not None and body is None \
-                and not settings.signing_key:
-            offer.steady, offer.body = reply.steady, b"" if method == "HEAD" else reply.whole
+        if offer is not None and reply.steady is not None and body is None and not settings.signing_key:
+            offer.steady = reply.steady
+            if reply.whole is not None:
+                offer.body = b"" if method == "HEAD" else reply.whole
+            rerange = reply.rerange
+            if rerange is not None:
+                offer.again = lambda scope: rerange(self.fields_of(scope))
         return ReplyResponse(reply, head=method == "HEAD")
+
+    def fields_of(self, scope: Scope) -> Fields:
+        """The request's fields as the read path takes them (and the origin gets them)."""
+        received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        peer = scope.get("client")
+        return forwarding_headers(received, peer[0] if peer else None, scope.get("scheme", "http"), self.public_host,
+                                  self.settings.proxies)
 
 
 # A content request: scope, receive, send, the path decoded, the path as received.

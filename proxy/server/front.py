@@ -22,7 +22,8 @@ from ..http.headers import format_http_date, host_problem
 from ..ops.accesslog import Entry, as_json, combined
 from ..ops.metrics import RequestMeter
 from ..request.client import Network, identify
-from .ready import OFFER, Offer, ReadyAnswers, asked_of
+from ..streaming import zero_copy
+from .ready import OFFER, FileAnswer, Offer, Ranged, Ready, ReadyAnswers, asked_of
 
 log = logging.getLogger("edgecache")
 _LOGGED = (b"range", b"referer", b"user-agent")
@@ -97,36 +98,50 @@ class Front:
             await self.app(scope, receive, completed)
             return
         key = answers.key(asked, scope["headers"])
-        ready = answers.find(key, time.time()) if key is not None else None
-        if ready is not None:
-            await ready.send(observed)  # its fields were completed when it was kept
-            return
+        if key is not None:  # (the fields of kept answers were completed when they were kept)
+            now = time.time()
+            ready = answers.find(key, now)
+            if ready is not None:
+                await ready.send(observed)
+                return
+            ranged = answers.ranged(key, now)
+            if ranged is not None and await ranged.send(scope, observed):
+                answers.tally(ranged)
+                return
         offer = scope[OFFER] = Offer()
         await self.app(scope, receive, completed)
         if offer.steady is not None and kept:
             start = kept[0]
-            answers.keep(asked, scope["headers"], offer.read, start["status"], start["headers"], offer.body,
-                         offer.steady, self.unkeyed)
+            answers.keep(asked, scope["headers"], offer.read, start["status"], start["headers"], offer.steady,
+                         self.unkeyed, body=offer.body, again=offer.again)
 
-    def answer_at_once(self, scope: Scope) -> bytes | None:
+    def answer_at_once(self, scope: Scope) -> bytes | FileAnswer | None:
         """The whole response to a request that has a ready answer the server may write itself,
         at once, without an ASGI cycle (server/protocol.py: a keep-alive request with nothing
-        before it on its connection), counted and logged as any answer; None when the request
-        goes the ordinary way. `scope` is the server's, with the request's target filled in."""
+        before it on its connection), counted and logged as any answer: bytes, or a FileAnswer
+        (a ranged answer's, sent with sendfile when the connection allows it); None when the
+        request goes the ordinary way. `scope` is the server's, with the request's target filled in."""
         answers = self.answers
         if answers is None:
             return None
         started, arrived = time.perf_counter(), time.time()
         asked = asked_of(scope)
         key = answers.key(asked, scope["headers"]) if asked is not None else None
-        ready = answers.current(key, arrived) if key is not None else None
-        if ready is None:  # (its key holds the Host lines and the version: it passed the Host check)
+        if key is None:  # (its key holds the Host lines and the version: it passed the Host check)
             return None
-        data = ready.written(scope["method"])
-        if data is None:
+        data: bytes | FileAnswer | None
+        ready: Ready | Ranged | None
+        exact = answers.current(key, arrived)
+        if exact is not None:
+            ready, data, sent = exact, exact.written(scope["method"]), exact.body_sent
+        else:
+            ready = answers.ranged(key, arrived) if zero_copy(scope) else None
+            data = ready.at_once(scope) if ready is not None else None
+            sent = data.body.length if data is not None else 0
+        if data is None or ready is None:
             return None
         answers.tally(ready)
-        status, sent, x_cache = ready.status, ready.body_sent, ready.field(b"x-cache")
+        status, x_cache = ready.status, ready.field(b"x-cache")
         self.meter.record(x_cache, status, sent)
         if self.write is not None or status >= 500:
             self._log(scope, arrived, time.perf_counter() - started, status, sent, x_cache,

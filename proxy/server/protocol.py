@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -30,9 +31,12 @@ from urllib.parse import unquote
 
 import httptools
 
+from .. import pagecache
+from ..cache.replies import InHand
 from ..config import Settings
 from ..ops import metrics
 from ..request.client import Network, is_trusted
+from ..streaming import Chunk, FileSpan
 from .limits import (
     BODY_TIMEOUT,
     HEAD_TIMEOUT,
@@ -47,7 +51,8 @@ from .limits import (
     Refusal,
     refusal_bytes,
 )
-from .zerocopy import ZeroCopyCycle, ZeroCopyProtocol
+from .ready import FileAnswer
+from .zerocopy import EXTENSION, GONE, ON_LOOP, ZeroCopyCycle, ZeroCopyProtocol
 
 log = logging.getLogger("edgecache.server")
 TIMED_OUT = "edgecache.timed_out"  # scope key: the Refusal of a request whose body stopped coming
@@ -246,9 +251,62 @@ class EdgeProtocol(ZeroCopyProtocol):
         data = at_once(scope)
         if data is None:
             return False
-        self.transport.write(data)
-        self.answered = True
+        if isinstance(data, bytes):
+            self.transport.write(data)
+            self.answered = True
+        else:
+            self.answered = self._send_at_once(data)
         return True
+
+    def _send_at_once(self, answer: FileAnswer) -> bool:
+        """Write a file answer: its head, then its chunks, each span with sendfile here, on the
+        loop, while its pages are in memory and the socket takes them (as ZeroCopyCycle does, at
+        most ON_LOOP bytes); what is left goes out through a cycle of its own, as any response
+        (True: all of it went now; the descriptors are closed once the body is sent)."""
+        transport, body = self.transport, answer.body
+        transport.write(answer.head)
+        chunks = body.chunks
+        budget, at = ON_LOOP, 0
+        try:
+            while at < len(chunks):
+                chunk = chunks[at]
+                if isinstance(chunk, bytes):
+                    transport.write(chunk)
+                elif budget < chunk.count or transport.get_write_buffer_size() or \
+                        not pagecache.resident(chunk.fd, chunk.offset, chunk.count):
+                    break
+                else:
+                    sent = os.sendfile(transport.get_extra_info("socket").fileno(), chunk.fd, chunk.offset,
+                                       chunk.count)
+                    if sent < chunk.count:  # the socket took part of it (0 for a file cut short, too)
+                        chunks = [FileSpan(chunk.fd, chunk.offset + sent, chunk.count - sent), *chunks[at + 1:]]
+                        at = 0
+                        break
+                    budget -= sent
+                at += 1
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            body.close()
+            if e.errno not in GONE:
+                log.error("a ready answer's body failed: %s", e)
+            transport.abort()  # the response cannot be whole: the client sees it cut
+            return True
+        rest = chunks[at:]
+        if not rest:
+            body.close()
+            return True
+        self.cycle = cycle = self.cycle_class(
+            scope=self.scope, transport=transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log,
+            default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=False, keep_alive=True, on_response=self.on_response_complete)
+        cycle.response_started, cycle.chunked_encoding = True, False
+        cycle.expected_content_length = sum(len(c) if isinstance(c, bytes) else c.count for c in rest)
+        task = self.loop.create_task(_send_rest(cycle, rest, body))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+        return False
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -363,6 +421,24 @@ class EdgeProtocol(ZeroCopyProtocol):
         peer = self.client[0] if self.client else "unknown"
         answer = f"answered {refusal.status}" if refusal.status else "closed"
         log.info("%s from %s: %s, %s", refusal.reason.replace("_", " "), peer, refusal.detail, answer)
+
+
+async def _send_rest(cycle: EdgeCycle, chunks: list[Chunk], body: InHand) -> None:
+    """The rest of a file answer, through its cycle (which waits for room, and sees the client
+    go); then its descriptors are closed. A body that fails is left cut, and the connection with it."""
+    try:
+        for chunk in chunks:
+            if isinstance(chunk, bytes):
+                await cycle.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                await cycle.send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
+                                  "more_body": True})
+        await cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception as e:  # noqa: BLE001 - a file cut short, say: nothing more can be sent
+        log.error("a ready answer's body failed: %s", e)
+        cycle.transport.abort()
+    finally:
+        body.close()
 
 
 def protocol_for(settings: Settings) -> Any:

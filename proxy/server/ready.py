@@ -26,7 +26,9 @@ from itertools import chain
 from starlette.types import Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from ..cache.replies import Steady
+from ..cache.replies import InHand, Steady
+from ..http.directives import get
+from ..streaming import Given, send_in_hand, zero_copy
 from .zerocopy import HEAD_KEY, EncodedHead, encoded_head, has_body
 
 READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
@@ -36,8 +38,9 @@ OFFER = "edgecache.ready"  # the scope key of a request's Offer
 # What every request asking the same of the edge has in common: method, scheme, HTTP version,
 # root path, path, raw path, query, and its Host lines.
 Asked = tuple[str, str, str | None, str, str, bytes | None, bytes | None, tuple[bytes, ...]]
-# ... and its lines of the fields the answer's rules read, in the order of their names.
-RequestKey = tuple[Asked, tuple[tuple[bytes, ...], ...]]
+# ... and its lines of the fields the answer's rules read, in the order of their names (a ranged
+# answer's key has None for its Range lines: it answers any Range).
+RequestKey = tuple[Asked, tuple[tuple[bytes, ...] | None, ...]]
 _BODY = (b"content-length", b"transfer-encoding")
 
 
@@ -93,6 +96,66 @@ class Ready:
         return next((value for field_name, value in self.headers if field_name == name), b"")
 
 
+_SPAN_FIELDS = (b"content-range", b"content-length")
+_RANGE = b"range"
+
+
+@dataclass
+class Ranged:
+    """A hit of one span, kept for the requests that ask the same but for their Range: each is
+    answered by the read path's `again` (replies.Reply.rerange, given the request's scope), sent
+    with the fields this answer went out with, its Content-Range and Content-Length changed."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    steady: Steady
+    again: Callable[[Scope], InHand | None]
+    size: int  # approximate bytes held
+
+    def field(self, name: bytes) -> bytes:
+        """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
+        return next((value for field_name, value in self.headers if field_name == name), b"")
+
+    async def send(self, scope: Scope, send: Send) -> bool:
+        """Answer the request of `scope`; False (nothing sent) when the read path must."""
+        body = self.again(scope)
+        if body is None:
+            return False
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": self._fields(body)})
+            await send_in_hand(Given(*body.chunks), send, zero_copy(scope))
+        finally:
+            body.close()
+        return True
+
+    def at_once(self, scope: Scope) -> FileAnswer | None:
+        """The answer to the request of `scope` for the server to write itself, at once (its head
+        as the server writes it on a keep-alive connection, server/zerocopy.py); None when the read
+        path must answer, or the server must see the head."""
+        body = self.again(scope)
+        if body is None:
+            return None
+        head = encoded_head(self._fields(body))
+        status_line = STATUS_LINE.get(self.status)
+        if head is None or status_line is None or head.length != body.length:
+            body.close()
+            return None
+        return FileAnswer(status_line + head.block + b"\r\n", body)
+
+    def _fields(self, body: InHand) -> list[tuple[bytes, bytes]]:
+        span = {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
+        return [(name, span.get(name, value)) for name, value in self.headers]
+
+
+@dataclass(frozen=True)
+class FileAnswer:
+    """A response for the server to write at once: its head, then its body's chunks (bytes, and
+    spans of files to send with sendfile), whose descriptors the server closes once sent."""
+
+    head: bytes
+    body: InHand
+
+
 def asked_of(scope: Scope) -> Asked | None:
     """What a request has in common with every one asking the same (None: never answered ready:
     it has a body, or header pairs that are not bytes)."""
@@ -134,7 +197,7 @@ def _fields_size(fields: Iterable[tuple[bytes, bytes]]) -> int:
 def _key_size(key: RequestKey) -> int:
     (*parts, hosts), lines = key
     return 200 + sum(len(p) for p in parts if p is not None) + len(b"".join(hosts)) + \
-        len(b"".join(chain.from_iterable(lines))) + _FIELD * len(lines)
+        len(b"".join(chain.from_iterable(line for line in lines if line is not None))) + _FIELD * len(lines)
 
 
 class ReadyAnswers:
@@ -147,7 +210,7 @@ class ReadyAnswers:
         self._changes_at = changes_at
         self._hit = hit
         self._max_bytes = max_bytes
-        self._answers: dict[RequestKey, Ready] = {}
+        self._answers: dict[RequestKey, Ready | Ranged] = {}
         self._read: dict[Asked, tuple[bytes, ...]] = {}  # what the rules read for a path, so far
         self._kept: dict[Asked, set[RequestKey]] = {}  # the answers kept for a path
         self._bytes = 0
@@ -167,23 +230,40 @@ class ReadyAnswers:
 
     def current(self, key: RequestKey, now: float) -> Ready | None:
         """The answer kept for this request, if it is still the answer at `now` (not tallied)."""
-        ready = self._answers.get(key)
-        if ready is None:
+        ready = self._holding(key, now)
+        return ready if isinstance(ready, Ready) else None
+
+    def ranged(self, key: RequestKey, now: float) -> Ranged | None:
+        """The ranged answer kept for this request (`key` its own), if it still holds at `now`:
+        asked of it (Ranged.send), it answers this request whatever its Range (not tallied)."""
+        names = self._read.get(key[0], ())  # (gone if the answer just found no longer held)
+        if _RANGE not in names:
             return None
-        steady = ready.steady
+        at = names.index(_RANGE)
+        asked, lines = key
+        ranged = self._holding((asked, (*lines[:at], None, *lines[at + 1:])), now)
+        return ranged if isinstance(ranged, Ranged) else None
+
+    def _holding(self, key: RequestKey, now: float) -> Ready | Ranged | None:
+        kept = self._answers.get(key)
+        if kept is None:
+            return None
+        steady = kept.steady
         if steady.since <= now < steady.until and self._changes_at(steady.slot) == steady.count:
-            return ready
+            return kept
         self._drop(key)
         return None
 
-    def tally(self, ready: Ready) -> None:
+    def tally(self, ready: Ready | Ranged) -> None:
         """An answer given: a hit of its stored response."""
         self._hit(ready.steady.hit)
 
     def keep(self, asked: Asked, request: Iterable[tuple[bytes, bytes]], read: Iterable[str], status: int,
-             headers: list[tuple[bytes, bytes]], body: bytes, steady: Steady, unkeyed: Iterable[str]) -> None:
-        """Keep an answer for the requests that ask the same (see the module's docstring), unless
-        the rules read a field the edge sets (`unkeyed`) or it is large."""
+             headers: list[tuple[bytes, bytes]], steady: Steady, unkeyed: Iterable[str], body: bytes | None = None,
+             again: Callable[[Scope], InHand | None] | None = None) -> None:
+        """Keep an answer for the requests that ask the same (see the module's docstring): as it is
+        (its whole `body`), and as a Ranged answer for those that ask the same but for their Range
+        (`again`); unless the rules read a field the edge sets (`unkeyed`) or it is large."""
         used = {*read, *steady.varies_on}
         if not used.isdisjoint(unkeyed):
             return
@@ -192,16 +272,26 @@ class ReadyAnswers:
         if union != names:  # answers kept under fewer names are no longer found: they go
             for old in list(self._kept.get(asked, ())):
                 self._drop(old)
-        key = (asked, lines_of(request, union))
-        if not self._asked_again(key):
+        lines = lines_of(request, union)
+        fields = 2 * _fields_size(headers)  # the list, and its encoded block
+        if body is not None:
+            key: RequestKey = (asked, lines)
+            self._add(key, union, _key_size(key) + len(body) + fields,
+                      lambda size: Ready(status, headers, body, steady, size))
+        if again is not None and _RANGE in union:
+            at = union.index(_RANGE)
+            key = (asked, (*lines[:at], None, *lines[at + 1:]))
+            self._add(key, union, _key_size(key) + fields, lambda size: Ranged(status, headers, steady, again, size))
+
+    def _add(self, key: RequestKey, union: tuple[bytes, ...], size: int, made: Callable[[int], Ready | Ranged]) -> None:
+        """Keep an answer under `key` (its lines those of `union`) if it was offered before and is not large."""
+        if not self._asked_again(key) or size > self._max_bytes // 64:  # room for many small answers
             return
-        size = _key_size(key) + len(body) + 2 * _fields_size(headers)  # the list, and its encoded block
-        if size > self._max_bytes // 64:  # room for many small answers, not a few large ones
-            return
+        asked = key[0]
         self._drop(key)
         self._read[asked] = union
         self._kept.setdefault(asked, set()).add(key)
-        self._answers[key] = Ready(status, headers, body, steady, size)
+        self._answers[key] = made(size)
         self._bytes += size
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._answers)))
@@ -232,9 +322,11 @@ class ReadyAnswers:
 
 @dataclass
 class Offer:
-    """Set by the app when the answer it sends may be kept: what makes it steady, its whole body,
-    and the request fields its rules read (the read path records them in `read`)."""
+    """Set by the app when the answer it sends may be kept: what makes it steady, its whole body
+    (when in hand) and how another Range is answered (`again`, a hit of one span), and the request
+    fields its rules read (the read path records them in `read`)."""
 
     steady: Steady | None = None
-    body: bytes = b""
+    body: bytes | None = None
+    again: Callable[[Scope], InHand | None] | None = None
     read: set[str] = field(default_factory=set)

@@ -53,7 +53,7 @@ HEAD_KEY = "edgecache.head"  # a start message's EncodedHead
 SENDFILE_THREADS = 4
 MAX_PER_CALL = 8 * 1024**2  # bytes one sendfile call in a thread may move (at most what the socket takes)
 ON_LOOP = 1024**2  # ... and one on the event loop: a bound on one turn of the loop
-_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
+GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN)
 _pool = ThreadPoolExecutor(max_workers=SENDFILE_THREADS, thread_name_prefix="edgecache-sendfile")
 
 
@@ -264,7 +264,7 @@ class ZeroCopyCycle(RequestResponseCycle):
                     await self._room(sock)
                     continue
                 except OSError as e:
-                    if e.errno in _GONE:
+                    if e.errno in GONE:
                         self._gone()
                         return False
                     raise
