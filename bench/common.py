@@ -123,9 +123,10 @@ def nginx_binary() -> str | None:
 
 
 def start_nginx(
-    workdir: Path, workers: int, server_block: str, http_extra: str = ""
+    workdir: Path, workers: int, server_block: str, http_extra: str = "", connections: int = 1024
 ) -> tuple[subprocess.Popen, int] | None:
-    """nginx with one server block ({port} is filled in); None when nginx is not installed."""
+    """nginx with one server block ({port} is filled in), `connections` per worker; None when nginx
+    is not installed."""
     nginx = nginx_binary()
     if not nginx:
         return None
@@ -134,7 +135,7 @@ def start_nginx(
     conf = workdir / "nginx.conf"
     conf.write_text(f"""
 daemon off; worker_processes {workers}; pid {workdir}/nginx.pid; error_log {workdir}/nginx.err;
-events {{ worker_connections 1024; }}
+worker_rlimit_nofile {connections + 64}; events {{ worker_connections {connections}; }}
 http {{
   access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
   types {{ video/mp4 mp4; }}
@@ -343,10 +344,11 @@ SLICE = 4 << 20  # bytes: the slice size of nginx and the block size of edgecach
 
 
 def nginx_proxy(workdir: Path, origin_port: int, workers: int, http_extra: str = "",
-                tls: tuple[Path, Path] | None = None, max_size: str = "20g") -> tuple[subprocess.Popen, int] | None:
+                tls: tuple[Path, Path] | None = None, max_size: str = "20g",
+                connections: int = 1024) -> tuple[subprocess.Popen, int] | None:
     """nginx proxy_cache + slice (4 MiB, with a cache lock) in front of the origin; X-Cache says HIT or MISS.
     `http_extra`: more directives for its http block; `tls`: (certificate, key) to serve HTTPS;
-    `max_size`: its cache's limit (proxy_cache_path max_size, nginx's units)."""
+    `max_size`: its cache's limit (proxy_cache_path max_size, nginx's units); `connections` per worker."""
     cache = workdir / "nginx-cache"
     http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size={max_size} inactive=1h "
                   f"use_temp_path=off; {http_extra}")
@@ -368,4 +370,4 @@ def nginx_proxy(workdir: Path, origin_port: int, workers: int, http_extra: str =
       proxy_pass http://127.0.0.1:{origin_port};
     }}
   }}"""
-    return start_nginx(workdir / "nginx", workers, server, http_extra)
+    return start_nginx(workdir / "nginx", workers, server, http_extra, connections)
