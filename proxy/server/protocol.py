@@ -52,7 +52,7 @@ from .limits import (
     refusal_bytes,
 )
 from .ready import FileAnswer
-from .zerocopy import EXTENSION, GONE, ON_LOOP, ZeroCopyCycle, ZeroCopyProtocol
+from .zerocopy import EXTENSION, GONE, ON_LOOP, ZeroCopyCycle, ZeroCopyProtocol, send_more
 
 log = logging.getLogger("edgecache.server")
 TIMED_OUT = "edgecache.timed_out"  # scope key: the Refusal of a request whose body stopped coming
@@ -264,8 +264,14 @@ class EdgeProtocol(ZeroCopyProtocol):
         most ON_LOOP bytes); what is left goes out through a cycle of its own, as any response
         (True: all of it went now; the descriptors are closed once the body is sent)."""
         transport, body = self.transport, answer.body
-        transport.write(answer.head)
         chunks = body.chunks
+        head = answer.head
+        if chunks and isinstance(chunks[0], FileSpan) and not transport.get_write_buffer_size():
+            # Held by the kernel to go out with the first bytes sendfile sends (one segment and one
+            # wake-up of the client, not two); what the socket does not take, the transport writes.
+            head = head[send_more(transport.get_extra_info("socket").fileno(), head):]
+        if head:
+            transport.write(head)
         budget, at = ON_LOOP, 0
         try:
             while at < len(chunks):

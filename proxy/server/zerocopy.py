@@ -37,9 +37,12 @@ a list of bytes pairs, the head goes the ordinary way.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import re
+import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -312,6 +315,27 @@ class ZeroCopyCycle(RequestResponseCycle):
 
 
 ZeroCopyProtocol.cycle_class = ZeroCopyCycle
+
+
+def _send_call() -> Callable[[int, bytes, int, int], int] | None:
+    if not hasattr(socket, "MSG_MORE"):
+        return None
+    call = ctypes.CDLL(None, use_errno=True).send
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+    call.restype = ctypes.c_ssize_t
+    return call
+
+
+_send = _send_call()
+
+
+def send_more(sock: int, data: bytes) -> int:
+    """send(2) of `data` with MSG_MORE on a non-blocking socket: the kernel holds the bytes to go
+    out with what is sent next (a sendfile's); how many it took (0 when none: the socket is full,
+    it failed, or the call is missing: then the caller's transport writes them, and sees why)."""
+    if _send is None:
+        return 0
+    return max(_send(sock, data, len(data), socket.MSG_MORE), 0)
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:
