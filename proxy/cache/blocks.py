@@ -83,11 +83,12 @@ class BlockSource:
                 yield chunk
 
     def at_hand(
-        self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int
+        self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int, borrow: bool = False
     ) -> list[Chunk] | None:
         """Bytes [start, end) of the object when they lie in at most AT_HAND_BLOCKS stored blocks,
         all kept at hand (a hit), else None: then `read` them. Bytes, or spans of descriptors
-        that are the caller's to close."""
+        that are the caller's to close; with `borrow`, of the files' own descriptors instead, valid
+        until the caller next yields to the event loop (OpenBlocks.borrow), not to be closed."""
         first, last = start // obj.block_size, (end - 1) // obj.block_size
         if last - first >= AT_HAND_BLOCKS:
             return None
@@ -99,7 +100,7 @@ class BlockSource:
                 if key in self.filler.active:
                     return None
                 try:
-                    held = self.open_blocks.acquire(key)
+                    held = self.open_blocks.borrow(key) if borrow else self.open_blocks.acquire(key)
                 except StoreErrors:  # no descriptor to spare, say: `read` copes with the store's failures
                     return None
                 if held is None:
@@ -114,7 +115,7 @@ class BlockSource:
             complete = True
             return chunks
         finally:
-            if not complete:
+            if not complete and not borrow:
                 for chunk in chunks:
                     if isinstance(chunk, FileSpan):
                         os.close(chunk.fd)

@@ -227,17 +227,17 @@ class ReadPath:
         return reply
 
     def _rerange(self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str,
-                 plan: ResponsePlan) -> Callable[[Fields], InHand | None]:
+                 plan: ResponsePlan) -> Callable[[Fields, bool], InHand | None]:
         """The hit just served, for a request that differs from this one only in its Range and in
         fields no rule read (replies.Reply.rerange); None where that is not so or its blocks are
         not at hand. Within the hit's steady time, nothing else it depends on can have changed."""
         read = ex.req.headers.reads if isinstance(ex.req.headers, Fields) else None
         blocks = self.blocks
 
-        def again(headers: Fields) -> InHand | None:
+        def again(headers: Fields, borrow: bool) -> InHand | None:
             now = time.time()
             headers.reads = set()
-            req = dataclasses.replace(ex.req, headers=headers)
+            req = ProxyRequest(ex.req.method, ex.req.target, headers)
             new = self._plan(req, obj, now)
             if new is None or not same_but_span(plan, new) or read is None or not headers.reads <= read:
                 return None
@@ -247,8 +247,8 @@ class ReadPath:
                 if key in active or not held.holds(key):
                     return None
             reply = self._serve(dataclasses.replace(ex, req=req, now=now), obj, age, status, xcache, now=now,
-                                plan=new)
-            return InHand(reply.headers, reply.chunks.rest()) if isinstance(reply.chunks, Given) else None
+                                plan=new, borrow=borrow)
+            return InHand(reply.headers, reply.chunks.rest(), borrow) if isinstance(reply.chunks, Given) else None
         return again
 
     async def _fill_missing(self, ex: _Exchange, obj: CachedObject, needed: list[int]) -> Coming | None:
@@ -623,10 +623,12 @@ class ReadPath:
     def _serve(
         self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None,
         now: float | None = None, plan: ResponsePlan | None = None, body: bytes | None = None,
+        borrow: bool = False,
     ) -> Reply:
         """Answer from a stored response at `now` (default: now), with its `plan` if already made;
         `own`: fields for this client only, not stored; `body`: its whole body, when in hand (the
-        blocks are not read)."""
+        blocks are not read); `borrow`: the blocks at hand are sent before the caller yields to the
+        event loop (BlockSource.at_hand: the reply closes no descriptor)."""
         req = ex.req
         now = time.time() if now is None else now
         self._served(req, obj)
@@ -653,10 +655,10 @@ class ReadPath:
         blocks = self.blocks
         if len(plan.body) == 1 and isinstance(plan.body[0], Span):
             span = plan.body[0]
-            chunks = blocks.at_hand(obj, req.target, req.headers, span.start, span.end) if body is None else \
-                [body[span.start:span.end]]
+            chunks = blocks.at_hand(obj, req.target, req.headers, span.start, span.end, borrow) if body is None \
+                else [body[span.start:span.end]]
             if chunks is not None:
-                fds = [chunk.fd for chunk in chunks if isinstance(chunk, FileSpan)]
+                fds = [chunk.fd for chunk in chunks if isinstance(chunk, FileSpan) and not borrow]
                 whole = chunks[0] if len(chunks) == 1 and isinstance(chunks[0], bytes) else None
                 return Reply(plan.status, headers, Given(*chunks), closing(*fds) if fds else nothing_to_close,
                              in_hand=True, whole=whole)

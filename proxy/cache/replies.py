@@ -40,25 +40,48 @@ class Reply:
     steady: Steady | None = None  # set when identical requests may be answered with this again
     # ... and, for a hit of one span in hand, how the read path answers the same request with another
     # Range (its fields but for Content-Range and Content-Length, or None: ask the read path)
-    rerange: Callable[[Fields], InHand | None] | None = None
+    # (its second argument: borrow the blocks' descriptors, see InHand)
+    rerange: Callable[[Fields, bool], InHand | None] | None = None
 
 
 @dataclass(frozen=True)
 class InHand:
     """A reply's fields and its whole body in hand, as chunks whose descriptors are the receiver's
-    to close (close(), once)."""
+    to close (close(), once); `borrowed`: they are the block files' own, to be sent before the
+    receiver yields to the event loop (OpenBlocks.borrow), and never closed."""
 
     headers: Headers
     chunks: list[Chunk]
+    borrowed: bool = False
 
     @property
     def length(self) -> int:
         return sum(len(c) if isinstance(c, bytes) else c.count for c in self.chunks)
 
     def close(self) -> None:
-        for chunk in self.chunks:
-            if isinstance(chunk, FileSpan):
-                os.close(chunk.fd)
+        if not self.borrowed:
+            for chunk in self.chunks:
+                if isinstance(chunk, FileSpan):
+                    os.close(chunk.fd)
+
+    def kept(self, chunks: list[Chunk]) -> InHand:
+        """`chunks` (the rest of this body, once the rest was sent) as a body of its own, to send
+        later: its own descriptors (borrowed ones duplicated); those of the chunks sent are closed."""
+        if not self.borrowed:
+            keep = {chunk.fd for chunk in chunks if isinstance(chunk, FileSpan)}
+            for chunk in self.chunks:
+                if isinstance(chunk, FileSpan) and chunk.fd not in keep:
+                    os.close(chunk.fd)
+            return InHand(self.headers, chunks)
+        owned: list[Chunk] = []
+        try:
+            for chunk in chunks:
+                owned.append(FileSpan(os.dup(chunk.fd), chunk.offset, chunk.count)
+                             if isinstance(chunk, FileSpan) else chunk)
+        except BaseException:
+            InHand(self.headers, owned).close()
+            raise
+        return InHand(self.headers, owned)
 
 
 async def nothing_to_close() -> None:

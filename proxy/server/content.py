@@ -113,7 +113,7 @@ class ContentRoute:
                 offer.body = b"" if method == "HEAD" else reply.whole
             rerange = reply.rerange
             if rerange is not None:
-                offer.again = lambda scope: rerange(self.fields_of(scope))
+                offer.again = lambda scope, borrow: rerange(self.fields_of(scope), borrow)
         return ReplyResponse(reply, head=method == "HEAD")
 
     def fields_of(self, scope: Scope) -> Fields:

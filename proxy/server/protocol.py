@@ -36,7 +36,7 @@ from ..cache.replies import InHand
 from ..config import Settings
 from ..ops import metrics
 from ..request.client import Network, is_trusted
-from ..streaming import Chunk, FileSpan
+from ..streaming import FileSpan
 from .limits import (
     BODY_TIMEOUT,
     HEAD_TIMEOUT,
@@ -302,14 +302,15 @@ class EdgeProtocol(ZeroCopyProtocol):
         if not rest:
             body.close()
             return True
+        later = body.kept(rest)  # (the loop runs before they are sent)
         self.cycle = cycle = self.cycle_class(
             scope=self.scope, transport=transport, flow=self.flow, logger=self.logger,
             access_logger=self.access_logger, access_log=self.access_log,
             default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
             expect_100_continue=False, keep_alive=True, on_response=self.on_response_complete)
         cycle.response_started, cycle.chunked_encoding = True, False
-        cycle.expected_content_length = sum(len(c) if isinstance(c, bytes) else c.count for c in rest)
-        task = self.loop.create_task(_send_rest(cycle, rest, body))
+        cycle.expected_content_length = later.length
+        task = self.loop.create_task(_send_rest(cycle, later))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
         return False
@@ -429,11 +430,11 @@ class EdgeProtocol(ZeroCopyProtocol):
         log.info("%s from %s: %s, %s", refusal.reason.replace("_", " "), peer, refusal.detail, answer)
 
 
-async def _send_rest(cycle: EdgeCycle, chunks: list[Chunk], body: InHand) -> None:
+async def _send_rest(cycle: EdgeCycle, body: InHand) -> None:
     """The rest of a file answer, through its cycle (which waits for room, and sees the client
     go); then its descriptors are closed. A body that fails is left cut, and the connection with it."""
     try:
-        for chunk in chunks:
+        for chunk in body.chunks:
             if isinstance(chunk, bytes):
                 await cycle.send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:

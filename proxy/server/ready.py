@@ -29,7 +29,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from ..cache.replies import InHand, Steady
 from ..http.directives import get
 from ..streaming import Given, send_in_hand, zero_copy
-from .zerocopy import HEAD_KEY, EncodedHead, encoded_head, has_body
+from .zerocopy import HEAD_KEY, EncodedHead, encoded_head, encoded_line, has_body
 
 READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
 SEEN = 8192  # requests remembered (by hash) as asked once: an answer is kept when asked again
@@ -109,8 +109,9 @@ class Ranged:
     status: int
     headers: list[tuple[bytes, bytes]]
     steady: Steady
-    again: Callable[[Scope], InHand | None]
+    again: Callable[[Scope, bool], InHand | None]
     size: int  # approximate bytes held
+    _lines: tuple[bytes | None, ...] | None = None  # see _encoded, once worked out
 
     def field(self, name: bytes) -> bytes:
         """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
@@ -118,7 +119,7 @@ class Ranged:
 
     async def send(self, scope: Scope, send: Send) -> bool:
         """Answer the request of `scope`; False (nothing sent) when the read path must."""
-        body = self.again(scope)
+        body = self.again(scope, False)
         if body is None:
             return False
         try:
@@ -132,25 +133,44 @@ class Ranged:
         """The answer to the request of `scope` for the server to write itself, at once (its head
         as the server writes it on a keep-alive connection, server/zerocopy.py); None when the read
         path must answer, or the server must see the head."""
-        body = self.again(scope)
+        if self._lines is None:
+            self._lines = self._encoded()
+        if not self._lines:
+            return None
+        body = self.again(scope, True)  # (the server sends what it can at once, and keeps the rest)
         if body is None:
             return None
-        head = encoded_head(self._fields(body))
-        status_line = STATUS_LINE.get(self.status)
-        if head is None or status_line is None or head.length != body.length:
+        span = {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
+        length = span[b"content-length"]
+        if not length.isdigit() or int(length) != body.length:
             body.close()
             return None
-        return FileAnswer(status_line + head.block + b"\r\n", body)
+        head = b"".join(line if line is not None else b"%s: %s\r\n" % (name.lower(), span[name.lower()])
+                        for (name, _), line in zip(self.headers, self._lines, strict=True))
+        return FileAnswer(STATUS_LINE[self.status] + head + b"\r\n", body)
+
+    def _encoded(self) -> tuple[bytes | None, ...]:
+        """Its fields' lines as the server writes them, None in place of Content-Range and
+        Content-Length (each answer's own); () when the server must see them (or its status)."""
+        lines: list[bytes | None] = []
+        for name, value in self.headers:
+            span = name.lower() in _SPAN_FIELDS
+            line = None if span else encoded_line(name, value)
+            if line is None and not span:
+                return ()
+            lines.append(line)
+        names = [name.lower() for name, _ in self.headers]
+        return tuple(lines) if self.status in STATUS_LINE and names.count(b"content-length") == 1 else ()
 
     def _fields(self, body: InHand) -> list[tuple[bytes, bytes]]:
         span = {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
-        return [(name, span.get(name, value)) for name, value in self.headers]
+        return [(name, span.get(name.lower(), value)) for name, value in self.headers]
 
 
 @dataclass(frozen=True)
 class FileAnswer:
     """A response for the server to write at once: its head, then its body's chunks (bytes, and
-    spans of files to send with sendfile), whose descriptors the server closes once sent."""
+    spans of files to send with sendfile; see InHand for their descriptors)."""
 
     head: bytes
     body: InHand
@@ -260,7 +280,7 @@ class ReadyAnswers:
 
     def keep(self, asked: Asked, request: Iterable[tuple[bytes, bytes]], read: Iterable[str], status: int,
              headers: list[tuple[bytes, bytes]], steady: Steady, unkeyed: Iterable[str], body: bytes | None = None,
-             again: Callable[[Scope], InHand | None] | None = None) -> None:
+             again: Callable[[Scope, bool], InHand | None] | None = None) -> None:
         """Keep an answer for the requests that ask the same (see the module's docstring): as it is
         (its whole `body`), and as a Ranged answer for those that ask the same but for their Range
         (`again`); unless the rules read a field the edge sets (`unkeyed`) or it is large."""
@@ -328,5 +348,5 @@ class Offer:
 
     steady: Steady | None = None
     body: bytes | None = None
-    again: Callable[[Scope], InHand | None] | None = None
+    again: Callable[[Scope, bool], InHand | None] | None = None
     read: set[str] = field(default_factory=set)

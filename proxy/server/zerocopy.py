@@ -84,7 +84,7 @@ def encoded_head(headers: list[tuple[bytes, bytes]]) -> EncodedHead | None:
         except TypeError:  # not bytes (a bytearray, say): uvicorn's own path takes it
             return None
         if line is None:
-            line = _line(name, value)
+            line = encoded_line(name, value)
             if line is None:
                 return None
             if len(name) + len(value) <= _LINE_KEPT:
@@ -99,7 +99,7 @@ def encoded_head(headers: list[tuple[bytes, bytes]]) -> EncodedHead | None:
     return EncodedHead(b"".join(lines), length)
 
 
-def _line(name: bytes, value: bytes) -> bytes | None:
+def encoded_line(name: bytes, value: bytes) -> bytes | None:
     """One field's line, checked as uvicorn checks it; None for a field it must see itself."""
     name = name.lower()
     if not _NAME.fullmatch(name) or not _VALUE.fullmatch(value) or name in _SERVERS_OWN:

@@ -29,6 +29,12 @@ class OpenBlocks:
 
     def acquire(self, key: str) -> int | bytes | None:
         """A new descriptor for the block (or its bytes), or None when it must be looked up in the store."""
+        held = self.borrow(key)
+        return os.dup(held) if isinstance(held, int) else held
+
+    def borrow(self, key: str) -> int | bytes | None:
+        """The block file's own descriptor (or its bytes), or None, as `acquire`: valid only until the
+        caller next yields to the event loop (what changes these entries runs on it, as the caller does)."""
         if not self.holds(key):
             return None
         small = self._small.get(key)
@@ -36,7 +42,7 @@ class OpenBlocks:
             self._small.move_to_end(key)
             return small[0]
         self._files.move_to_end(key)
-        return os.dup(self._files[key][0].fileno())
+        return self._files[key][0].fileno()
 
     def holds(self, key: str) -> bool:
         """Is the block at hand (and not yet due to be asked about again)?"""
