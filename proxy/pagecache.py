@@ -74,17 +74,57 @@ def _pages(fd: int, offset: int, count: int) -> bytes | None:
     calls = _calls
     if calls is None or count <= 0 or offset < 0:
         return None
-    map_, unmap, mincore = calls
+    map_, unmap, _ = calls
     start = offset - offset % PAGE  # a mapping starts on a page
     length = offset + count - start
-    pages = (length + PAGE - 1) // PAGE
-    vector = _vector.of(pages)
     address = map_(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
     if address is None or address == _FAILED:
         return None
     try:
-        if mincore(address, length, vector) != 0:
-            return None
+        return _mapped_pages(address, length)
     finally:
         unmap(address, length)
+
+
+def _mapped_pages(address: int, length: int) -> bytes | None:
+    """mincore's answer for `length` bytes of a mapping from `address` (a page's start), as _pages."""
+    assert _calls is not None
+    pages = (length + PAGE - 1) // PAGE
+    vector = _vector.of(pages)
+    if _calls[2](address, length, vector) != 0:
+        return None
     return ctypes.string_at(vector, pages).translate(_LOW_BIT)
+
+
+class Mapped:
+    """A file's first `length` bytes mapped once, never read through the mapping (no page of it is
+    faulted in, nor counted in the process's memory): `resident` asks `mincore` of a span with no
+    mapping made and unmade each time. close() unmaps it; after that it answers False."""
+
+    def __init__(self, address: int, length: int) -> None:
+        self.address: int | None = address
+        self.length = length
+
+    def resident(self, offset: int, count: int) -> bool:
+        """As resident() for bytes [offset, offset + count) of the file (False past `length`)."""
+        address = self.address
+        if address is None or count <= 0 or offset < 0 or offset + count > self.length:
+            return False
+        start = offset - offset % PAGE
+        pages = _mapped_pages(address + start, offset + count - start)
+        return pages is not None and b"\x00" not in pages
+
+    def close(self) -> None:
+        if self.address is not None and _calls is not None:
+            _calls[1](self.address, self.length)
+        self.address = None
+
+
+def mapped(fd: int, length: int) -> Mapped | None:
+    """The first `length` bytes of `fd` mapped for `Mapped.resident`; None where they cannot be."""
+    if _calls is None or length <= 0:
+        return None
+    address = _calls[0](None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address is None or address == _FAILED:
+        return None
+    return Mapped(address, length)

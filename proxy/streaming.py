@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from .http.model import ResponsePlan, Span
 from .origins.base import BodyAborted, OriginError
+from .pagecache import Mapped
 from .server.zerocopy import EXTENSION
 
 log = logging.getLogger("edgecache")
@@ -36,6 +37,7 @@ class FileSpan:
     fd: int
     offset: int
     count: int
+    pages: Mapped | None = None  # the file mapped, to ask whether the span is in memory (a block at hand's)
 
 
 Chunk = bytes | FileSpan

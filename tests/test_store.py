@@ -207,3 +207,30 @@ def test_blocks_at_hand_are_bounded_in_descriptors_and_in_bytes(tmp_path: Path) 
     assert [key for key in ("s0", "s1", "s2", "s3", "s4") if at_hand.holds(key)] == ["s3", "s4"]
     at_hand.close()
     assert not at_hand.holds("f4") and not at_hand.holds("s4")
+
+
+def test_a_block_at_hand_is_mapped_once_and_unmapped_when_it_goes(tmp_path: Path) -> None:
+    """The mapping a block at hand's residency is asked of lives as long as its entry: made the
+    first time it is asked for, the same one after, unmapped when the entry is forgotten, evicted
+    or closed (an unmapped one answers that nothing is resident)."""
+    from proxy.store.handles import OpenBlocks
+
+    at_hand = OpenBlocks(capacity=2)
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / name).write_bytes(os.urandom(3 * 4096))
+        os.close(int(at_hand.adopt(name, open(tmp_path / name, "rb"))))
+        os.pread(int(at_hand.borrow(name)), 3 * 4096, 0)  # type: ignore[arg-type]  # in the page cache
+    assert at_hand.pages("a") is None and at_hand.pages("s") is None  # evicted; never held
+    c, d = at_hand.pages("c"), at_hand.pages("d")
+    if c is None or d is None:
+        pytest.skip("no mincore(2) here")
+    assert at_hand.pages("c") is c and c.resident(0, 3 * 4096) and c.length == 3 * 4096
+    at_hand.forget("c")
+    assert c.address is None and not c.resident(0, 4096)
+    for name in ("e", "f"):  # d is evicted
+        (tmp_path / name).write_bytes(b"x")
+        os.close(int(at_hand.adopt(name, open(tmp_path / name, "rb"))))
+    assert d.address is None
+    e = at_hand.pages("e")
+    at_hand.close()
+    assert e is not None and e.address is None

@@ -243,7 +243,8 @@ def test_clients_gone_mid_send_leave_no_descriptor_and_the_edge_serving(warm, se
     assert not state.tasks and not left  # both responses ended with their clients
     # The block descriptors and the sockets' duplicates are closed. (Files the edge keeps open
     # at hand, a bounded set, may have been opened again meanwhile: they are not leaks.)
-    kept = {h.name for h, _ in warm.server.config.app.state.service.reads.blocks.open_blocks._files.values()}
+    held = warm.server.config.app.state.service.reads.blocks.open_blocks._files
+    kept = {opened.handle.name for opened in held.values()}
     grown = [t for t in (Counter(_fd_targets()) - Counter(named)).elements() if t not in kept]
     assert not grown
     assert sum(sendfile_calls) < 2 * IN_FILES, sendfile_calls  # both sends stopped when their client went away
@@ -469,6 +470,13 @@ def test_a_span_is_resident_when_every_page_it_touches_is(evicted_file, offset, 
     touched = range(offset // PAGE, (offset + count - 1) // PAGE + 1)
     expected = touched[0] >= 20 and touched[-1] <= 29
     assert zerocopy.pagecache.resident(evicted_file, offset, count) == expected
+    mapped = zerocopy.pagecache.mapped(evicted_file, 64 * PAGE)  # a block at hand's: mapped once, asked often
+    assert mapped is not None
+    try:
+        assert mapped.resident(offset, count) == expected
+    finally:
+        mapped.close()
+    assert not mapped.resident(offset, count)  # unmapped: never resident
 
 
 def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # type: ignore[no-untyped-def]
@@ -598,7 +606,7 @@ def test_a_span_over_two_blocks_at_hand_leaves_no_descriptor_open(warm, sendfile
     assert _moved(sendfile_calls, 20 * 21)
     # Each block file is open once, by what is kept at hand: every reply's own descriptors are
     # closed (a thread closes its duplicates just after its call: the client may be quicker).
-    kept = Counter(h.name for h, _ in entries.values() if not isinstance(h, bytes))
+    kept = Counter(opened.handle.name for opened in entries.values())
     cache = os.path.realpath(warm.settings.cache_dir)
 
     def open_block_files() -> Counter[str]:

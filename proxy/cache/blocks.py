@@ -108,7 +108,7 @@ class BlockSource:
                 block_start, block_end = obj.block_span(index)
                 lo, hi = max(start, block_start) - block_start, min(end, block_end) - block_start
                 if isinstance(held, int):
-                    chunks.append(FileSpan(held, lo, hi - lo))
+                    chunks.append(FileSpan(held, lo, hi - lo, self.open_blocks.pages(key) if borrow else None))
                 else:
                     chunks.append(held[lo:hi] if lo or hi < len(held) else held)
                 self.read_ahead.served(obj, target, headers, index)

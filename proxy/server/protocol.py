@@ -278,8 +278,9 @@ class EdgeProtocol(ZeroCopyProtocol):
                 chunk = chunks[at]
                 if isinstance(chunk, bytes):
                     transport.write(chunk)
-                elif budget < chunk.count or transport.get_write_buffer_size() or \
-                        not pagecache.resident(chunk.fd, chunk.offset, chunk.count):
+                elif budget < chunk.count or transport.get_write_buffer_size() or not (
+                        chunk.pages.resident(chunk.offset, chunk.count) if chunk.pages is not None else
+                        pagecache.resident(chunk.fd, chunk.offset, chunk.count)):
                     break
                 else:
                     sent = os.sendfile(transport.get_extra_info("socket").fileno(), chunk.fd, chunk.offset,

@@ -5,7 +5,22 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import IO
+
+from ..pagecache import Mapped, mapped
+
+
+@dataclass
+class _Open:
+    handle: IO[bytes]
+    since: float  # when it was adopted (monotonic)
+    pages: Mapped | None = None  # the file mapped for residency checks, once asked for
+
+    def close(self) -> None:
+        if self.pages is not None:
+            self.pages.close()
+        self.handle.close()
 
 
 class OpenBlocks:
@@ -23,7 +38,7 @@ class OpenBlocks:
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.refresh_after = refresh_after
-        self._files: OrderedDict[str, tuple[IO[bytes], float]] = OrderedDict()  # the least recent first
+        self._files: OrderedDict[str, _Open] = OrderedDict()  # the least recent first
         self._small: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0  # of the small blocks'
 
@@ -42,12 +57,27 @@ class OpenBlocks:
             self._small.move_to_end(key)
             return small[0]
         self._files.move_to_end(key)
-        return self._files[key][0].fileno()
+        return self._files[key].handle.fileno()
+
+    def pages(self, key: str) -> Mapped | None:
+        """A held block file mapped, to ask which of its pages are in memory (pagecache.Mapped),
+        mapped the first time it is asked for; valid as `borrow`'s descriptor is. None for a small
+        block's bytes, or where it cannot be mapped."""
+        opened = self._files.get(key)
+        if opened is None:
+            return None
+        if opened.pages is None:
+            fd = opened.handle.fileno()
+            opened.pages = mapped(fd, os.fstat(fd).st_size)
+        return opened.pages
 
     def holds(self, key: str) -> bool:
         """Is the block at hand (and not yet due to be asked about again)?"""
-        entry = self._files.get(key) or self._small.get(key)
-        return entry is not None and time.monotonic() - entry[1] <= self.refresh_after
+        opened = self._files.get(key)
+        if opened is not None:
+            return time.monotonic() - opened.since <= self.refresh_after
+        small = self._small.get(key)
+        return small is not None and time.monotonic() - small[1] <= self.refresh_after
 
     def adopt(self, key: str, handle: IO[bytes] | bytes) -> int | bytes:
         """Keep `handle` for later readers; a new descriptor (or the bytes) for this one."""
@@ -59,9 +89,9 @@ class OpenBlocks:
             while self._bytes > self.max_bytes:
                 self._bytes -= len(self._small.popitem(last=False)[1][0])
             return handle
-        self._files[key] = (handle, now)
+        self._files[key] = _Open(handle, now)
         while len(self._files) > self.capacity:
-            self._files.popitem(last=False)[1][0].close()
+            self._files.popitem(last=False)[1].close()
         return os.dup(handle.fileno())
 
     def forget(self, key: str) -> None:
@@ -70,10 +100,10 @@ class OpenBlocks:
             self._bytes -= len(small[0])
         opened = self._files.pop(key, None)
         if opened is not None:
-            opened[0].close()
+            opened.close()
 
     def close(self) -> None:
         while self._files:
-            self._files.popitem()[1][0].close()
+            self._files.popitem()[1].close()
         self._small.clear()
         self._bytes = 0
