@@ -3,6 +3,7 @@ full read path gives at that moment, and never outlive what it depends on."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import random
@@ -20,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 
 import proxy.app
 import proxy.cache.reads
+import proxy.cache.replies
 import proxy.ops.metrics
 import proxy.server.content
 import proxy.server.front
@@ -787,11 +789,12 @@ def test_a_ranged_answer_is_the_full_paths_answer_for_any_range(  # type: ignore
     origin.objects["/big"] = Obj(_BIG, {"cache-control": "max-age=600"}, etag=_ETAG)
     origin.objects["/weak"] = Obj(_BIG[::-1], {"cache-control": "max-age=600"}, etag='W/"w1"')
     origin.objects["/one"] = Obj(_BIG[:100_000], {"cache-control": "max-age=600"}, etag=_ETAG)  # one block
+    origin.objects["/vary"] = Obj(_BIG[:300_000], {"cache-control": "max-age=600", "vary": "range"}, etag=_ETAG)
     full_path = create_app(http_settings)
     full_path.app.answers = None
     with RunningServer(http_settings) as edge, RunningServer(http_settings, app=full_path) as reference, \
             httpx.Client(base_url=edge.url) as c:
-        for path in ("/big", "/weak", "/one"):  # stored, and every block read and held
+        for path in ("/big", "/weak", "/one", "/vary"):  # stored, and every block read and held
             c.get(path)
             for first in range(0, len(origin.objects[path].body), 200_000):
                 c.get(path, headers={"range": f"bytes={first}-{first + 10}"})
@@ -799,7 +802,8 @@ def test_a_ranged_answer_is_the_full_paths_answer_for_any_range(  # type: ignore
         conditions = {name: _FIELDS[name] for name in ("if-range", "if-none-match", "if-match", "cache-control")}
 
         @settings(max_examples=60, deadline=None)
-        @given(path=st.sampled_from(["/big", "/weak", "/one"]), kept=_range(len(_BIG)), other=_range(len(_BIG)),
+        @given(path=st.sampled_from(["/big", "/weak", "/one", "/vary"]), kept=_range(len(_BIG)),
+               other=_range(len(_BIG)),
                fields=st.dictionaries(st.sampled_from(sorted(conditions)), st.sampled_from(['"v1"', "*"]),
                                       max_size=1),
                version=st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"]),
@@ -891,3 +895,91 @@ def _block_files_open(settings: Settings) -> int:
             continue
         opened += target.startswith(settings.cache_dir) and target.endswith(".val")
     return opened
+
+
+def _warm_blocks(port: int, offsets: tuple[int, ...]) -> None:
+    """Store /v and read each block holding one of `offsets`, so that they are held at hand."""
+    _exchange(port, b"GET /v HTTP/1.1\r\nHost: edge\r\n\r\n")
+    for offset in offsets:
+        _exchange(port, f"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes={offset}-{offset}\r\n\r\n".encode())
+
+
+def test_a_ranged_answer_that_goes_on_is_not_cut_by_the_wait_of_the_answer_before_it(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], ranged_replays: list[int]
+) -> None:
+    """Two requests in one segment, both answered at once: the first arms the connection's
+    keep-alive wait; the second's rest goes on through its cycle, to a client that reads nothing
+    for longer than keepalive_timeout, and is not cut when that wait ends."""
+    origin, _ = upstream
+    body = random.Random(5).randbytes(12 * 1024 * 1024)
+    origin.objects["/v"] = Obj(body, {"cache-control": "max-age=600"})
+    settings = dataclasses.replace(http_settings, block_size=4 * 1024 * 1024, cache_size_limit=256 * 1024 * 1024,
+                                   keepalive_timeout=1)
+    small = b"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes=5-14\r\n\r\n"
+    big = b"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes=1000000-7000000\r\n\r\n"  # more than a socket holds
+    with RunningServer(settings) as edge:
+        _warm_blocks(edge.port, (0, 5_000_000))
+        clock.now += 0.25
+        _until_ready(edge.port, small, decisions)
+        made, replayed = len(decisions), len(ranged_replays)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", edge.port))
+            sock.sendall(small + big)
+            time.sleep(2.0)  # over keepalive_timeout
+            sock.settimeout(10)
+            data = b""
+            while not data.endswith(body[1_000_000:7_000_001]):
+                more = sock.recv(1 << 20)
+                assert more, f"cut after {len(data)} bytes"
+                data += more
+        assert len(decisions) == made and len(ranged_replays) >= replayed + 1
+    assert data.count(b"HTTP/1.1 206 ") == 2 and body[5:15] + b"HTTP/1.1 206 " in data
+
+
+def test_a_ranged_answer_that_cannot_go_on_is_cut_not_followed_by_another_answer(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the rest of an answer begun at once cannot be kept for later (no descriptor to
+    spare), the connection is cut: the client sees a short 206, never an error page inside it."""
+    origin, _ = upstream
+    body = random.Random(6).randbytes(3 * 1024 * 1024)
+    origin.objects["/v"] = Obj(body, {"cache-control": "max-age=600"})
+    settings = dataclasses.replace(http_settings, block_size=1024 * 1024)
+    big = b"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes=500000-2000000\r\n\r\n"
+    with RunningServer(settings) as edge:
+        _warm_blocks(edge.port, (0, 1_500_000))
+        clock.now += 0.25
+        _until_ready(edge.port, b"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes=5-14\r\n\r\n", decisions)
+
+        def no_descriptors(self: Any, chunks: Any) -> Any:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(proxy.cache.replies.InHand, "kept", no_descriptors)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", edge.port))
+            sock.sendall(big)
+            sock.settimeout(10)
+            data = b""
+            while more := sock.recv(1 << 20):
+                data += more
+    assert data.startswith(b"HTTP/1.1 206 ") and data.count(b"HTTP/1.1") == 1
+    head, _, sent = data.partition(b"\r\n\r\n")
+    assert 0 < len(sent) < 1_500_001 and body[500_000:].startswith(sent)
+
+
+def test_a_response_that_ends_while_the_next_head_is_coming_leaves_that_head_whole(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings
+) -> None:
+    """An answer that ends while the next request's head is half received (a slow miss, say) does
+    not drop what the connection is making of that head: the next request is answered, not 400."""
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(b"x" * 100, {"cache-control": "max-age=600"})
+    origin.delay = 0.5
+    with RunningServer(http_settings) as edge, socket.create_connection(("127.0.0.1", edge.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\nGET /x HTTP/1.1\r\nHo")
+        assert _response(sock).endswith(b"\r\n\r\n" + b"x" * 100)  # the miss, answered while the head waits
+        sock.sendall(b"st: edge\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")

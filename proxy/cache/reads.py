@@ -30,7 +30,7 @@ from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from ..streaming import Chunk, FileSpan, Given, multipart_boundary, plan_chunks, size_of
-from .blocks import IN_MEMORY, BlockSource, Coming
+from .blocks import AT_HAND_BLOCKS, IN_MEMORY, BlockSource, Coming
 from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
@@ -211,43 +211,52 @@ class ReadPath:
         partial = await self._fill_missing(ex, obj, needed_blocks(obj, plan, ex.method))
         if partial is not None:
             status = cache_status(fwd=Fwd.PARTIAL.value, fwd_status=partial.status, collapsed=partial.collapsed)
-            return self._serve(ex, obj, action.age, status, x_cache(hit=False), now=ex.now, plan=plan)
+            return self._serve(ex.req, obj, action.age, status, x_cache(hit=False), now=ex.now, plan=plan)
         if not ex.req.prefetch:  # the cache policy and the listing count clients' hits only
             self.hits.count(obj.key)
         detail = "stale" if action.stale else None
         status = cache_status(hit=True, ttl=action.ttl, detail=detail)
         xcache = x_cache(hit=True, stale=action.stale)
-        reply = self._serve(ex, obj, action.age, status, xcache, now=ex.now, plan=plan)
+        reply = self._serve(ex.req, obj, action.age, status, xcache, now=ex.now, plan=plan)
         until = hc.steady_until(action, ex.now)
         if until > ex.now:
-            if reply.in_hand and plan is not None and ex.method == "GET" and one_span(plan):
-                reply.rerange = self._rerange(ex, obj, action.age, status, xcache, plan)
+            # (Not when the response varies on Range: another Range selects another stored response.)
+            if reply.in_hand and plan is not None and ex.method == "GET" and one_span(plan) and \
+                    "range" not in ex.varies_on and isinstance(ex.req.headers, Fields) and \
+                    ex.req.headers.reads is not None:
+                reply.rerange = self._rerange(ex.req.target, ex.req.headers.reads, obj, action.age, until, status,
+                                              xcache, plan)
             if reply.whole is not None or reply.rerange is not None:
                 reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on)
         return reply
 
-    def _rerange(self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str,
-                 plan: ResponsePlan) -> Callable[[Fields, bool], InHand | None]:
-        """The hit just served, for a request that differs from this one only in its Range and in
-        fields no rule read (replies.Reply.rerange); None where that is not so or its blocks are
-        not at hand. Within the hit's steady time, nothing else it depends on can have changed."""
-        read = ex.req.headers.reads if isinstance(ex.req.headers, Fields) else None
+    def _rerange(self, target: Target, read: set[str], obj: CachedObject, age: float, until: float, status: str,
+                 xcache: str, plan: ResponsePlan) -> Callable[[Fields, bool], InHand | None]:
+        """The hit just served (of `target`, its rules having read the fields named in `read`), for
+        a request that differs from its own only in its Range and in fields no rule read
+        (replies.Reply.rerange); None where that is not so, its blocks are not at hand, or it is
+        `until` (the hit's steady time: until then nothing else it depends on can change). Holds
+        nothing of the request it was made for but those names."""
         blocks = self.blocks
 
         def again(headers: Fields, borrow: bool) -> InHand | None:
             now = time.time()
+            if now >= until:
+                return None
             headers.reads = set()
-            req = ProxyRequest(ex.req.method, ex.req.target, headers)
+            req = ProxyRequest("GET", target, headers)
             new = self._plan(req, obj, now)
-            if new is None or not same_but_span(plan, new) or read is None or not headers.reads <= read:
+            if new is None or not same_but_span(plan, new) or not headers.reads <= read:
+                return None
+            needed = needed_blocks(obj, new, "GET")
+            if len(needed) > AT_HAND_BLOCKS:
                 return None
             held, active = blocks.open_blocks, self.filler.active
-            for index in needed_blocks(obj, new, "GET"):
+            for index in needed:
                 key = obj.block_key(index)
                 if key in active or not held.holds(key):
                     return None
-            reply = self._serve(dataclasses.replace(ex, req=req, now=now), obj, age, status, xcache, now=now,
-                                plan=new, borrow=borrow)
+            reply = self._serve(req, obj, age, status, xcache, now=now, plan=new, borrow=borrow)
             return InHand(reply.headers, reply.chunks.rest(), borrow) if isinstance(reply.chunks, Given) else None
         return again
 
@@ -402,7 +411,7 @@ class ReadPath:
             updated = await self.entries.put(ex.primary, stored.key, fresh, vary_fields(fresh.headers), ex.generation,
                                              self._tags(fresh.headers))
             status = cache_status(fwd=fwd.value, fwd_status=304, stored=updated)
-            return self._serve(ex, fresh, self._age(fresh), status, x_cache(hit=True)), False
+            return self._serve(ex.req, fresh, self._age(fresh), status, x_cache(hit=True)), False
         if isinstance(outcome, hc.ServeStale):
             assert stored is not None
             return self._serve_stale(ex, stored, action, outcome.fwd_status, None), False
@@ -420,7 +429,7 @@ class ReadPath:
         detail: str | None,
     ) -> Reply:
         status = cache_status(fwd=action.fwd.value, fwd_status=fwd_status, detail=detail or "stale")
-        return self._serve(ex, stored, self._age(stored), status, x_cache(hit=True, stale=True))
+        return self._serve(ex.req, stored, self._age(stored), status, x_cache(hit=True, stale=True))
 
     async def _remember(self, ex: _Exchange, marker: hc.PassMarker, response: Headers, sent: Headers) -> None:
         """Store a pass marker where the response's variant lives, leaving other variants alone."""
@@ -472,7 +481,7 @@ class ReadPath:
         else:
             self.filler.fill(obj, ex.req.target, ex.req.headers, index, progress, response)
         status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=True)
-        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own), False
+        return self._serve(ex.req, obj, self._age(obj), status, x_cache(hit=False), own), False
 
     def _new_object(self, outcome: hc.StoreBlocks | hc.StoreBody, status: int, headers: Headers, key: str, size: int,
                     request_time: float, response_time: float, changes: Changes | None = None) -> CachedObject:
@@ -534,7 +543,7 @@ class ReadPath:
                 if flight is not None:
                     flight.end()
         status = cache_status(fwd=fwd.value, fwd_status=response.status, stored=stored)
-        return self._serve(ex, obj, self._age(obj), status, x_cache(hit=False), own, body=body), True
+        return self._serve(ex.req, obj, self._age(obj), status, x_cache(hit=False), own, body=body), True
 
     async def _keep_whole(self, ex: _Exchange, old: CachedObject | None, obj: CachedObject, headers: Headers,
                           body: bytes) -> bool:
@@ -621,7 +630,7 @@ class ReadPath:
         )
 
     def _serve(
-        self, ex: _Exchange, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None,
+        self, req: ProxyRequest, obj: CachedObject, age: float, status: str, xcache: str, own: Headers | None = None,
         now: float | None = None, plan: ResponsePlan | None = None, body: bytes | None = None,
         borrow: bool = False,
     ) -> Reply:
@@ -629,7 +638,6 @@ class ReadPath:
         `own`: fields for this client only, not stored; `body`: its whole body, when in hand (the
         blocks are not read); `borrow`: the blocks at hand are sent before the caller yields to the
         event loop (BlockSource.at_hand: the reply closes no descriptor)."""
-        req = ex.req
         now = time.time() if now is None else now
         self._served(req, obj)
         extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]

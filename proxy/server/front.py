@@ -136,7 +136,12 @@ class Front:
             ready, data, sent = exact, exact.written(scope["method"]), exact.body_sent
         else:
             ready = answers.ranged(key, arrived) if zero_copy(scope) else None
-            data = ready.at_once(scope) if ready is not None else None
+            try:
+                data = ready.at_once(scope) if ready is not None else None
+            except OSError as e:  # a block's mapping, say: the ordinary way answers (and reports) it
+                log.warning("%s %s: a ranged answer failed, answered the ordinary way: %s", scope["method"],
+                            _target(scope), e)
+                return None
             sent = data.body.length if data is not None else 0
         if data is None or ready is None:
             return None

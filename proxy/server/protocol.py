@@ -126,6 +126,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         # The app's ready answers, written here at once (server/front.py); None for another app.
         self.at_once: Callable[[Any], bytes | None] | None = getattr(self.app, "answer_at_once", None)
         self.answered = False  # the request being parsed was answered at once
+        self.parsing = False  # a request's head is being parsed (its scope and fields are being made)
 
     # Connections
 
@@ -189,6 +190,7 @@ class EdgeProtocol(ZeroCopyProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.fields = 0
+        self.parsing = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields += 1
@@ -198,6 +200,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self.parsing = False
         self.meter.end()
         self.head_since = None
         if len(self.pipeline) >= self.limits.pipelined:
@@ -251,6 +254,8 @@ class EdgeProtocol(ZeroCopyProtocol):
         data = at_once(scope)
         if data is None:
             return False
+        # A wait armed by an answer at once earlier in the same bytes must not cut this one.
+        self._unset_keepalive_if_required()
         if isinstance(data, bytes):
             self.transport.write(data)
             self.answered = True
@@ -303,7 +308,12 @@ class EdgeProtocol(ZeroCopyProtocol):
         if not rest:
             body.close()
             return True
-        later = body.kept(rest)  # (the loop runs before they are sent)
+        try:
+            later = body.kept(rest)  # (the loop runs before they are sent)
+        except OSError as e:  # no descriptor to spare, say: part of the answer is out, it cannot be whole
+            log.error("a ready answer's body could not go on: %s", e)
+            transport.abort()
+            return True
         self.cycle = cycle = self.cycle_class(
             scope=self.scope, transport=transport, flow=self.flow, logger=self.logger,
             access_logger=self.access_logger, access_log=self.access_log,
@@ -319,12 +329,14 @@ class EdgeProtocol(ZeroCopyProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.response_complete and not cycle.more_body and not self.pipeline:
+        if cycle is not None and cycle.response_complete and not cycle.more_body and not self.pipeline and \
+                not self.parsing:
             # An idle keep-alive connection holds nothing of the request it answered (its scope,
             # fields, body, cycle): thousands of them cost a few KiB each (uvicorn starts a new
             # cycle with the next request's head, and handles a connection without one). Not
             # while the request's body is still coming: an answer given before reading it (a
-            # refusal) leaves the rest of it to be read, and dropped, through the cycle.
+            # refusal) leaves the rest of it to be read, and dropped, through the cycle; nor while
+            # the next request's head is coming (its scope and fields are the ones being made).
             self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
 
     # Limits

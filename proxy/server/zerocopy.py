@@ -335,7 +335,7 @@ def send_more(sock: int, data: bytes) -> int:
     it failed, or the call is missing: then the caller's transport writes them, and sees why)."""
     if _send is None:
         return 0
-    return max(_send(sock, data, len(data), socket.MSG_MORE), 0)
+    return max(_send(sock, data, len(data), socket.MSG_MORE | socket.MSG_NOSIGNAL), 0)
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:
