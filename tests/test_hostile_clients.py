@@ -99,8 +99,11 @@ def test_slowloris_connections_are_closed_on_time_while_others_are_served(site: 
         assert refusals(edge.url, "head_timeout") == len(loris)
 
 
-@pytest.mark.parametrize("warm", [True, False], ids=["hits", "misses"])
-def test_clients_that_never_read_give_back_every_descriptor(site: Path, warm: bool) -> None:
+@pytest.mark.parametrize("warm, pipelined", [(True, False), (False, False), (True, True)],
+                         ids=["hits", "misses", "hits, another request pipelined"])
+def test_clients_that_never_read_give_back_every_descriptor(site: Path, warm: bool, pipelined: bool) -> None:
+    """A response the client takes no bytes of for send_timeout is cut, whatever waits behind it on
+    the connection (a pipelined request queued behind the one being sent)."""
     with edge_process(site, send_timeout=2) as edge:
         if warm:
             assert httpx.get(edge.url + "/big.bin", timeout=30).content == pattern(BIG, 5)
@@ -114,7 +117,8 @@ def test_clients_that_never_read_give_back_every_descriptor(site: Path, warm: bo
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that takes almost nothing
             s.connect(("127.0.0.1", edge.port))
-            s.sendall(f"GET /{'big' if warm else 'cold'}.bin HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            s.sendall(f"GET /{'big' if warm else 'cold'}.bin HTTP/1.1\r\nHost: a\r\n\r\n".encode() *
+                      (2 if pipelined else 1))
             clients.append(s)
         deadline = time.monotonic() + 10
         while edge.descriptors() < baseline + 2 * len(clients) and time.monotonic() < deadline:

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import httptools
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from .. import pagecache
 from ..cache.replies import InHand
@@ -127,6 +128,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.at_once: Callable[[Any], bytes | None] | None = getattr(self.app, "answer_at_once", None)
         self.answered = False  # the request being parsed was answered at once
         self.parsing = False  # a request's head is being parsed (its scope and fields are being made)
+        self.sending: RequestResponseCycle | None = None  # a response going out with a request queued behind it
 
     # Connections
 
@@ -151,6 +153,12 @@ class EdgeProtocol(ZeroCopyProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        sending = self.sending
+        if sending is not None and not sending.response_complete:  # (uvicorn tells only the queued cycle)
+            sending.disconnected = True
+            sending.message_event.set()
+            if isinstance(sending, ZeroCopyCycle):
+                sending.lost()
         book = self.book
         if self in book.open:
             book.open.discard(self)
@@ -209,7 +217,10 @@ class EdgeProtocol(ZeroCopyProtocol):
         if self.at_once is not None and self._answer_at_once(self.at_once):
             return
         self._unset_keepalive_if_required()  # armed by an answer at once earlier in the same bytes
+        before = self.cycle
         super().on_headers_complete()
+        if before is not None and self.cycle is not before and not before.response_complete:
+            self.sending = before  # uvicorn queued the new cycle: this one's response is still going out
         now = self.loop.time()
         self.body = BodyClock(self.limits.body_timeout, self.limits.body_min_rate, now, now)
 
@@ -365,10 +376,19 @@ class EdgeProtocol(ZeroCopyProtocol):
                 self.timed_out(Refusal(408, BODY_TIMEOUT, f"the request body stopped coming (client_body_timeout "
                                        f"{limits.body_timeout:g} s, client_body_min_rate {limits.body_min_rate} B/s)"))
 
+    def under_way(self) -> RequestResponseCycle | None:
+        """The cycle whose response is going out: the one before a queued pipelined request's, else
+        the connection's."""
+        sending = self.sending
+        if sending is not None and not sending.response_complete:
+            return sending
+        self.sending = None
+        return self.cycle
+
     def check_sending(self, now: float) -> None:
         """A response the client takes no bytes of, for send_timeout seconds: the connection is
         aborted (what the transport holds is dropped, as the client is not taking it)."""
-        cycle = self.cycle
+        cycle = self.under_way()
         waiting = isinstance(cycle, ZeroCopyCycle) and cycle.waiting
         held = self.transport.get_write_buffer_size()
         if not held and not waiting:
@@ -423,7 +443,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         """Shutdown, after the grace period: a request not answered yet gets a 503, a response
         under way is cut, an idle connection closed."""
         self.done = True
-        cycle = self.cycle
+        cycle = self.under_way()
         if cycle is None or cycle.response_complete:
             self.transport.close()
             return
