@@ -9,7 +9,7 @@ from ..http.cache import Fwd
 from ..http.cachestatus import cache_status
 from ..http.directives import Fields, Headers
 from ..origins.base import OriginResponse, text_response
-from ..streaming import Chunk, FileSpan
+from ..streaming import Chunk, FileSpan, size_of
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class InHand:
 
     @property
     def length(self) -> int:
-        return sum(len(c) if isinstance(c, bytes) else c.count for c in self.chunks)
+        return sum(map(size_of, self.chunks))
 
     def close(self) -> None:
         if not self.borrowed:

@@ -37,7 +37,7 @@ from ..cache.replies import InHand
 from ..config import Settings
 from ..ops import metrics
 from ..request.client import Network, is_trusted
-from ..streaming import FileSpan
+from ..streaming import FileSpan, Given, send_in_hand
 from .limits import (
     BODY_TIMEOUT,
     HEAD_TIMEOUT,
@@ -53,7 +53,7 @@ from .limits import (
     refusal_bytes,
 )
 from .ready import FileAnswer
-from .zerocopy import EXTENSION, GONE, ON_LOOP, ZeroCopyCycle, ZeroCopyProtocol, send_more
+from .zerocopy import GONE, ON_LOOP, ZeroCopyCycle, ZeroCopyProtocol, send_more
 
 log = logging.getLogger("edgecache.server")
 TIMED_OUT = "edgecache.timed_out"  # scope key: the Refusal of a request whose body stopped coming
@@ -280,12 +280,13 @@ class EdgeProtocol(ZeroCopyProtocol):
         most ON_LOOP bytes); what is left goes out through a cycle of its own, as any response
         (True: all of it went now; the descriptors are closed once the body is sent)."""
         transport, body = self.transport, answer.body
+        sock = transport.get_extra_info("socket").fileno()
         chunks = body.chunks
         head = answer.head
         if chunks and isinstance(chunks[0], FileSpan) and not transport.get_write_buffer_size():
             # Held by the kernel to go out with the first bytes sendfile sends (one segment and one
             # wake-up of the client, not two); what the socket does not take, the transport writes.
-            head = head[send_more(transport.get_extra_info("socket").fileno(), head):]
+            head = head[send_more(sock, head):]
         if head:
             transport.write(head)
         budget, at = ON_LOOP, 0
@@ -299,8 +300,7 @@ class EdgeProtocol(ZeroCopyProtocol):
                         pagecache.resident(chunk.fd, chunk.offset, chunk.count)):
                     break
                 else:
-                    sent = os.sendfile(transport.get_extra_info("socket").fileno(), chunk.fd, chunk.offset,
-                                       chunk.count)
+                    sent = os.sendfile(sock, chunk.fd, chunk.offset, chunk.count)
                     if sent < chunk.count:  # the socket took part of it (0 for a file cut short, too)
                         chunks = [FileSpan(chunk.fd, chunk.offset + sent, chunk.count - sent), *chunks[at + 1:]]
                         at = 0
@@ -467,18 +467,13 @@ async def _send_rest(cycle: EdgeCycle, body: InHand) -> None:
     """The rest of a file answer, through its cycle (which waits for room, and sees the client
     go); then its descriptors are closed. A body that fails is left cut, and the connection with it."""
     try:
-        for chunk in body.chunks:
-            if isinstance(chunk, bytes):
-                await cycle.send({"type": "http.response.body", "body": chunk, "more_body": True})
-            else:
-                await cycle.send({"type": EXTENSION, "file": chunk.fd, "offset": chunk.offset, "count": chunk.count,
-                                  "more_body": True})
-        await cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
-    except Exception as e:  # noqa: BLE001 - a file cut short, say: nothing more can be sent
+        await send_in_hand(Given(*body.chunks), cycle.send, zerocopy=True)
+    except Exception as e:  # noqa: BLE001 - nothing more can be sent
         log.error("a ready answer's body failed: %s", e)
-        cycle.transport.abort()
     finally:
         body.close()
+        if not cycle.response_complete:
+            cycle.transport.abort()
 
 
 def protocol_for(settings: Settings) -> Any:

@@ -93,7 +93,12 @@ class Ready:
 
     def field(self, name: bytes) -> bytes:
         """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
-        return next((value for field_name, value in self.headers if field_name == name), b"")
+        return field_of(self.headers, name)
+
+
+def field_of(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    """The value of one of a kept answer's fields (b"" when absent)."""
+    return next((value for field_name, value in headers if field_name == name), b"")
 
 
 _SPAN_FIELDS = (b"content-range", b"content-length")
@@ -115,7 +120,7 @@ class Ranged:
 
     def field(self, name: bytes) -> bytes:
         """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
-        return next((value for field_name, value in self.headers if field_name == name), b"")
+        return field_of(self.headers, name)
 
     async def send(self, scope: Scope, send: Send) -> bool:
         """Answer the request of `scope`; False (nothing sent) when the read path must."""
@@ -140,7 +145,7 @@ class Ranged:
         body = self.again(scope, True)  # (the server sends what it can at once, and keeps the rest)
         if body is None:
             return None
-        span = {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
+        span = _span(body)
         length = span[b"content-length"]
         if not length.isdigit() or int(length) != body.length:
             body.close()
@@ -163,8 +168,13 @@ class Ranged:
         return tuple(lines) if self.status in STATUS_LINE and names.count(b"content-length") == 1 else ()
 
     def _fields(self, body: InHand) -> list[tuple[bytes, bytes]]:
-        span = {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
+        span = _span(body)
         return [(name, span.get(name.lower(), value)) for name, value in self.headers]
+
+
+def _span(body: InHand) -> dict[bytes, bytes]:
+    """The values of Content-Range and Content-Length of an answer in hand (b"" when absent)."""
+    return {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -220,6 +230,16 @@ def _key_size(key: RequestKey) -> int:
         len(b"".join(chain.from_iterable(line for line in lines if line is not None))) + _FIELD * len(lines)
 
 
+def _any_range(key: RequestKey, names: tuple[bytes, ...]) -> RequestKey | None:
+    """A request's key (its lines those of `names`) as a ranged answer's: its Range lines None; None
+    when Range is not one of the names."""
+    if _RANGE not in names:
+        return None
+    at = names.index(_RANGE)
+    asked, lines = key
+    return asked, (*lines[:at], None, *lines[at + 1:])
+
+
 class ReadyAnswers:
     """Answers kept by what their requests asked, at most READY_BYTES of them; the oldest go
     first. An answer is kept the second time its request comes (within the last SEEN requests
@@ -257,11 +277,8 @@ class ReadyAnswers:
         """The ranged answer kept for this request (`key` its own), if it still holds at `now`:
         asked of it (Ranged.send), it answers this request whatever its Range (not tallied)."""
         names = self._read.get(key[0], ())  # (gone if the answer just found no longer held)
-        if _RANGE not in names:
-            return None
-        at = names.index(_RANGE)
-        asked, lines = key
-        ranged = self._holding((asked, (*lines[:at], None, *lines[at + 1:])), now)
+        any_range = _any_range(key, names)
+        ranged = self._holding(any_range, now) if any_range is not None else None
         return ranged if isinstance(ranged, Ranged) else None
 
     def _holding(self, key: RequestKey, now: float) -> Ready | Ranged | None:
@@ -298,10 +315,10 @@ class ReadyAnswers:
             key: RequestKey = (asked, lines)
             self._add(key, union, _key_size(key) + len(body) + fields,
                       lambda size: Ready(status, headers, body, steady, size))
-        if again is not None and _RANGE in union:
-            at = union.index(_RANGE)
-            key = (asked, (*lines[:at], None, *lines[at + 1:]))
-            self._add(key, union, _key_size(key) + fields, lambda size: Ranged(status, headers, steady, again, size))
+        any_range = _any_range((asked, lines), union) if again is not None else None
+        if again is not None and any_range is not None:
+            self._add(any_range, union, _key_size(any_range) + fields,
+                      lambda size: Ranged(status, headers, steady, again, size))
 
     def _add(self, key: RequestKey, union: tuple[bytes, ...], size: int, made: Callable[[int], Ready | Ranged]) -> None:
         """Keep an answer under `key` (its lines those of `union`) if it was offered before and is not large."""
