@@ -2,6 +2,7 @@
 the Python ceiling (bench/ceiling.py: a bare ASGI app serving the same files under uvicorn).
 
     python bench/hits.py [--seconds 5] [--rounds 3] [--workers 2] [--also-one-worker] [--origin-delay-ms 20]
+                         [--figures browser revalidations ...]
 
 Both proxies run with the same number of workers in front of the same slow local origin
 (bench/origin.py: edgecache serving a directory uncached, each request delayed, counting
@@ -223,8 +224,8 @@ class Figures:
 
 
 def figures_of(server: Server) -> Figures:
-    def median_run(figure: str) -> WrkResult:
-        runs = sorted(server.runs[figure], key=lambda r: r.req_per_s)
+    def median_run(figure: str) -> WrkResult:  # (an empty result for a figure not measured)
+        runs = sorted(server.runs.get(figure, [WrkResult("", "")]), key=lambda r: r.req_per_s)
         return runs[len(runs) // 2]
 
     memory = server.memory
@@ -236,8 +237,8 @@ def figures_of(server: Server) -> Figures:
                  for pid in sorted(memory.peaks)]
     return Figures(
         *(median_run(f) for f in FIGURES),
-        ranges_p99_ms=_median([r.p99_ms for r in server.runs["ranges"]]),
-        browser_p99_ms=_median([r.p99_ms for r in server.runs["browser"]]),
+        ranges_p99_ms=_median([r.p99_ms for r in server.runs.get("ranges", [])]),
+        browser_p99_ms=_median([r.p99_ms for r in server.runs.get("browser", [])]),
         cpu_us_per_request=_median(server.cpu_us),
         rss_worker=max(workers, default=0) / (1 << 20),
         rss_total=max(memory.peak_total, *memory.peaks.values()) / (1 << 20),
@@ -258,7 +259,7 @@ def is_worker(cmdline: str, leader: bool, alone: bool) -> bool:
 
 
 def measure_all(servers: list[Server], files: dict[str, bytes], origin_port: int, seconds: int, threads: int,
-                rounds: int) -> dict[str, Figures]:
+                rounds: int, figures: list[str]) -> dict[str, Figures]:
     """Warm and check every proxy, then measure: in each round, each figure for each proxy in
     turn, so that a change in the machine's speed over the run falls on all of them alike."""
     for server in servers:
@@ -270,7 +271,7 @@ def measure_all(servers: list[Server], files: dict[str, bytes], origin_port: int
     try:
         for round_ in range(1, rounds + 1):
             print(f"\nround {round_} of {rounds}", flush=True)
-            for figure in FIGURES:
+            for figure in figures:
                 for server in servers:
                     run_figure(server, figure, seconds, threads, origin_port, len(files[BIG]))
     finally:
@@ -300,30 +301,33 @@ def edgecache_version() -> str:
 
 # --- the table ----------------------------------------------------------------------------------
 
-ROWS = (  # label, figure, format
-    ("64 MiB GET, 1 connection, MiB/s", lambda f: f.full.mib_per_s, "{:,.0f}"),
-    ("random 1 MiB ranges, 64 connections, MiB/s", lambda f: f.ranges.mib_per_s, "{:,.0f}"),
-    ("... p99 latency, ms", lambda f: f.ranges_p99_ms, "{:,.1f}"),
-    ("browsers' 1 MiB ranges at any byte, their own fields, MiB/s", lambda f: f.browser.mib_per_s, "{:,.0f}"),
-    ("... p99 latency, ms", lambda f: f.browser_p99_ms, "{:,.1f}"),
-    ("1 KiB hits, 64 connections, req/s", lambda f: f.small.req_per_s, "{:,.0f}"),
-    ("... server CPU per request, us", lambda f: f.cpu_us_per_request, "{:,.1f}"),
-    ("... each request distinct, req/s", lambda f: f.distinct.req_per_s, "{:,.0f}"),
-    ("304 revalidations, 64 connections, req/s", lambda f: f.revalidations.req_per_s, "{:,.0f}"),
-    ("... with If-Modified-Since, req/s", lambda f: f.since.req_per_s, "{:,.0f}"),
-    ("peak memory (RSS) per worker, MiB", lambda f: f.rss_worker, "{:,.1f}"),
-    ("peak memory (RSS) total, MiB", lambda f: f.rss_total, "{:,.1f}"),
+ROWS = (  # label, the figure it comes from (None: the whole run), figure, format
+    ("64 MiB GET, 1 connection, MiB/s", "full", lambda f: f.full.mib_per_s, "{:,.0f}"),
+    ("random 1 MiB ranges, 64 connections, MiB/s", "ranges", lambda f: f.ranges.mib_per_s, "{:,.0f}"),
+    ("... p99 latency, ms", "ranges", lambda f: f.ranges_p99_ms, "{:,.1f}"),
+    ("browsers' 1 MiB ranges at any byte, their own fields, MiB/s", "browser", lambda f: f.browser.mib_per_s,
+     "{:,.0f}"),
+    ("... p99 latency, ms", "browser", lambda f: f.browser_p99_ms, "{:,.1f}"),
+    ("1 KiB hits, 64 connections, req/s", "small", lambda f: f.small.req_per_s, "{:,.0f}"),
+    ("... server CPU per request, us", "small", lambda f: f.cpu_us_per_request, "{:,.1f}"),
+    ("... each request distinct, req/s", "distinct", lambda f: f.distinct.req_per_s, "{:,.0f}"),
+    ("304 revalidations, 64 connections, req/s", "revalidations", lambda f: f.revalidations.req_per_s, "{:,.0f}"),
+    ("... with If-Modified-Since, req/s", "since", lambda f: f.since.req_per_s, "{:,.0f}"),
+    ("peak memory (RSS) per worker, MiB", None, lambda f: f.rss_worker, "{:,.1f}"),
+    ("peak memory (RSS) total, MiB", None, lambda f: f.rss_total, "{:,.1f}"),
 )
 
 
-def table(rows: dict[str, Figures], reference: str) -> str:
+def table(rows: dict[str, Figures], reference: str, figures: list[str]) -> str:
     names = list(rows)
     others = [n for n in names if n != reference]
     head = ["metric", reference]
     for n in others:
         head += [n, "ratio"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for label, figure, fmt in ROWS:
+    for label, measured, figure, fmt in ROWS:
+        if measured is not None and measured not in figures:
+            continue
         cells = [label, fmt.format(figure(rows[reference]))]
         for n in others:
             e, ref = figure(rows[n]), figure(rows[reference])
@@ -346,6 +350,8 @@ def main() -> None:
     parser.add_argument("--also-one-worker", action="store_true", help="also measure edgecache with 1 worker")
     parser.add_argument("--origin-delay-ms", type=float, default=20, help="each origin request waits that long")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (1 for the 1-connection run)")
+    parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES),
+                        help="measure only these figures (the table shows only their rows)")
     args = parser.parse_args()
     wrk_binary()
     command = "python " + shlex.join(sys.argv)
@@ -397,7 +403,8 @@ def main() -> None:
                         print(f"{name}: not installed, skipped")
                         continue
                     servers.append(Server(name, *started))
-                rows = measure_all(servers, files, origin_port, args.seconds, args.wrk_threads, args.rounds)
+                rows = measure_all(servers, files, origin_port, args.seconds, args.wrk_threads, args.rounds,
+                                   args.figures)
             finally:
                 for server in servers:
                     stop(server.proc)
@@ -415,7 +422,7 @@ def main() -> None:
           "proxies taking turns; ratio = this column / nginx. The Python ceiling "
           "is a bare ASGI app answering the same requests from the same files with no cache logic "
           "(bench/ceiling.py: pread + send, no zero-copy).\n")
-    print(table(rows, reference))
+    print(table(rows, reference, args.figures))
     print(f"\nwrk -t{args.wrk_threads} (-t1 for the 1 connection) --timeout 30s. MiB/s count the response "
           "bytes, headers included. CPU per request: utime+stime of all the server's processes over a "
           "1 KiB run, divided by wrk's requests (the median of the runs). RSS per worker: the largest "
