@@ -9,9 +9,12 @@ Without it (tests, an app embedded in-process) the values live in this process.
 """
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import re
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -154,7 +157,10 @@ def mark_dead_workers(directory: str) -> None:
 
 
 def scrape(store: StoreFigures | None) -> bytes:
-    """The exposition text of every worker's metrics and the store's (blocking: run in a thread)."""
+    """The exposition text of every worker's metrics and the store's (blocking: run in a thread).
+    This process's counts not yet written are written first; other workers' are written at their
+    loop's next turn."""
+    write_counted()
     registry = CollectorRegistry(auto_describe=False)
     directory = os.environ.get(MULTIPROC_ENV) if in_files() else None
     if directory:
@@ -175,33 +181,67 @@ def in_files() -> bool:
     return values.ValueClass is not values.MutexValue
 
 
+def write_counted() -> None:
+    """Write every meter's counts of this process to its counters now."""
+    for meter in list(_METERS):
+        meter.write()
+
+
 def worker_exit() -> None:
-    """A worker's goodbye: its live gauges stop counting."""
+    """A worker's goodbye: what it counted is written, and its live gauges stop counting."""
+    write_counted()
     directory = os.environ.get(MULTIPROC_ENV) if in_files() else None
     if directory:
         mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
 
 
+_METERS: weakref.WeakSet[RequestMeter] = weakref.WeakSet()  # every meter of this process (see write_counted)
 _SOURCES = {b"HIT": "cache", b"STALE": "cache", b"MISS": "origin", b"BYPASS": "origin", b"": "edge"}
 
 
 class RequestMeter:
-    """Counts one answered request: two counter increments, label children looked up once each."""
+    """Counts answered requests: added up in the process, and written to the two counters once per
+    turn of the event loop (each increment of a worker's counter writes its memory-mapped file,
+    after a getpid(): per request, that cost as much as the rest of a ready answer) and before any
+    scrape. Label children are looked up once each."""
 
     def __init__(self) -> None:
         self._requests: dict[tuple[bytes, int], Counter] = {}
         self._bytes: dict[bytes, Counter] = {}
+        self._counted: dict[tuple[bytes, int], int] = {}  # not yet written to the counters
+        self._sent: dict[bytes, int] = {}
+        self._lock = threading.Lock()  # (a scrape in a worker thread writes them too)
+        self._due = False  # a write is due at the loop's next turn
+        _METERS.add(self)
 
     def record(self, x_cache: bytes, status: int, sent: int) -> None:
         if x_cache not in _SOURCES:  # a relayed origin's own X-Cache is no label of ours
             x_cache = b""
-        child = self._requests.get((x_cache, status))
-        if child is None:
-            label = x_cache.decode("latin-1").lower() or "none"
-            child = self._requests[(x_cache, status)] = REQUESTS.labels(label, str(status))
-        child.inc()
-        if sent:
+        with self._lock:
+            counted, key = self._counted, (x_cache, status)
+            counted[key] = counted.get(key, 0) + 1
+            if sent:
+                self._sent[x_cache] = self._sent.get(x_cache, 0) + sent
+            if self._due:
+                return
+            self._due = True
+        try:
+            asyncio.get_running_loop().call_soon(self.write)
+        except RuntimeError:  # no loop: written now
+            self.write()
+
+    def write(self) -> None:
+        """Write what was counted to the counters."""
+        with self._lock:
+            counted, sent, self._counted, self._sent, self._due = self._counted, self._sent, {}, {}, False
+        for (x_cache, status), count in counted.items():
+            child = self._requests.get((x_cache, status))
+            if child is None:
+                label = x_cache.decode("latin-1").lower() or "none"
+                child = self._requests[(x_cache, status)] = REQUESTS.labels(label, str(status))
+            child.inc(count)
+        for x_cache, count in sent.items():
             source = self._bytes.get(x_cache)
             if source is None:
                 source = self._bytes[x_cache] = RESPONSE_BYTES.labels(_SOURCES[x_cache])
-            source.inc(sent)
+            source.inc(count)

@@ -4,7 +4,9 @@
 - A request head is counted as its bytes arrive and cut at `max_header_bytes` (414 while the
   request line is still coming, 431 after), its fields at `max_header_count` (431): memory
   stays flat whatever a client sends.
-- A sweep, once a second or so, closes what has had its time: a head not complete after
+- A sweep, once a second or so, closes what has had its time: a connection idle for
+  `keepalive_timeout` after an answer the server wrote at once (uvicorn arms a timer after
+  the others), a head not complete after
   `client_header_timeout` (408, or closed without a word if nothing came), a body with no
   bytes for `client_body_timeout` or slower than `client_body_min_rate` (the app answers
   408: its upload sees the client gone, with the reason in the scope under TIMED_OUT), a
@@ -15,6 +17,10 @@
   deeper pipeline is read no further, and the connection closes after the answers queued
   (RFC 9112 section 9.3.2: the client sends the rest again).
 - At shutdown, after the grace period, a request not yet answered gets a 503 (`stop_now`).
+- A ready answer the server writes itself is written at the end of the loop's turn, with those
+  of every other connection read in that turn (`Connections.write_soon`), not as its request
+  is parsed: a client woken once per turn, not once per answer, costs the server less (it
+  doubled the rate of 304s under wrk). Anything else written on that connection first writes it.
 
 Each refusal is counted in the metrics (edgecache_client_refusals) and logged once.
 """
@@ -80,7 +86,20 @@ class Connections:
         self.open: set[EdgeProtocol] = set()
         self.per_client: Counter[str] = Counter()
         self.sweeping: asyncio.TimerHandle | None = None
+        self.due: list[EdgeProtocol] = []  # connections with answers to write at the end of the turn
         self.interval = min(1.0, limits.head_timeout / 4, limits.body_timeout / 4, limits.send_timeout / 4)
+
+    def write_soon(self, connection: EdgeProtocol, loop: asyncio.AbstractEventLoop) -> None:
+        """Write `connection`'s answers at the end of this turn of the loop (see the module's docstring)."""
+        due = self.due
+        due.append(connection)
+        if len(due) == 1:
+            loop.call_soon(self._write_due)
+
+    def _write_due(self) -> None:
+        due, self.due = self.due, []
+        for connection in due:
+            connection.write_answers()
 
     def add(self, connection: EdgeProtocol, loop: asyncio.AbstractEventLoop) -> None:
         self.open.add(connection)
@@ -129,6 +148,8 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.answered = False  # the request being parsed was answered at once
         self.parsing = False  # a request's head is being parsed (its scope and fields are being made)
         self.sending: RequestResponseCycle | None = None  # a response going out with a request queued behind it
+        self.idle_since: float | None = None  # when an answer at once left the connection waiting (loop time)
+        self.answers: list[bytes] = []  # answers at once not written yet (Connections.write_soon)
 
     # Connections
 
@@ -174,6 +195,7 @@ class EdgeProtocol(ZeroCopyProtocol):
     def data_received(self, data: bytes) -> None:
         if self.done:
             return
+        self.idle_since = None
         self._unset_keepalive_if_required()
         meter = self.meter
         if meter.active:
@@ -199,6 +221,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         super().on_message_begin()
         self.fields = 0
         self.parsing = True
+        self.idle_since = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields += 1
@@ -236,8 +259,8 @@ class EdgeProtocol(ZeroCopyProtocol):
             self.answered = False
             self.server_state.total_requests += 1
             self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                                self.timeout_keep_alive_handler)
+            # keepalive_timeout, kept by the sweep (a timer per answer costs more than the answer)
+            self.idle_since = self.loop.time()
             return
         super().on_message_complete()
 
@@ -268,7 +291,9 @@ class EdgeProtocol(ZeroCopyProtocol):
         # A wait armed by an answer at once earlier in the same bytes must not cut this one.
         self._unset_keepalive_if_required()
         if isinstance(data, bytes):
-            self.transport.write(data)
+            if not self.answers:
+                self.book.write_soon(self, self.loop)
+            self.answers.append(data)
             self.answered = True
         else:
             self.answered = self._send_at_once(data)
@@ -279,6 +304,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         loop, while its pages are in memory and the socket takes them (as ZeroCopyCycle does, at
         most ON_LOOP bytes); what is left goes out through a cycle of its own, as any response
         (True: all of it went now; the descriptors are closed once the body is sent)."""
+        self.write_answers()
         transport, body = self.transport, answer.body
         sock = transport.get_extra_info("socket").fileno()
         chunks = body.chunks
@@ -337,6 +363,22 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.tasks.add(task)
         return False
 
+    def write_answers(self) -> None:
+        """Write the answers at once not written yet (before anything else is written after them)."""
+        answers = self.answers
+        if answers:
+            self.answers = []
+            if not self.transport.is_closing():
+                self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+
+    def send_400_response(self, msg: str) -> None:
+        self.write_answers()
+        super().send_400_response(msg)
+
+    def shutdown(self) -> None:
+        self.write_answers()
+        super().shutdown()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         cycle = self.cycle
@@ -357,6 +399,9 @@ class EdgeProtocol(ZeroCopyProtocol):
         if not self.transport.is_closing():
             self.check_receiving(now)
         self.check_sending(now)
+        idle = self.idle_since
+        if idle is not None and now - idle > self.timeout_keep_alive and not self.transport.is_closing():
+            self.transport.close()  # waited keepalive_timeout for a request after an answer at once
 
     def check_receiving(self, now: float) -> None:
         """A head or a body that has had its time."""
@@ -415,6 +460,7 @@ class EdgeProtocol(ZeroCopyProtocol):
             self.flow.pause_reading()
             cycle.keep_alive = False
             return
+        self.write_answers()
         if refusal.status:
             self.transport.write(refusal_bytes(refusal, self.limits.server))
         if linger:
@@ -429,6 +475,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.count(refusal)
         self.done = True
         self.body = None
+        self.write_answers()
         self.flow.pause_reading()
         cycle = self.cycle
         if isinstance(cycle, EdgeCycle) and not cycle.response_complete:
@@ -443,6 +490,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         """Shutdown, after the grace period: a request not answered yet gets a 503, a response
         under way is cut, an idle connection closed."""
         self.done = True
+        self.write_answers()
         cycle = self.under_way()
         if cycle is None or cycle.response_complete:
             self.transport.close()
