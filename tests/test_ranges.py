@@ -170,3 +170,11 @@ def test_multipart_framing_parses_back_to_the_slices(data: bytes, field: str) ->
     for (fields, part), (first, last) in zip(parts, decision.spans, strict=True):
         assert fields == {"Content-Type": "video/mp4", "Content-Range": f"bytes {first}-{last}/{len(data)}"}
         assert part == data[first : last + 1]
+
+
+@given(first=st.text("0123456789", min_size=1, max_size=25), last=st.text("0123456789", max_size=25))
+def test_a_players_range_is_parsed_at_once_as_the_general_parse_does(first: str, last: str) -> None:
+    """`bytes=a-b` (what players send) is parsed at once; the same field written any other way
+    a client may (the unit's case, white space) takes the general parse: both agree."""
+    field = f"bytes={first}-{last}"
+    assert parse_range(field) == parse_range(f"Bytes={first}-{last}") == parse_range(f" bytes={first}-{last}\t")

@@ -696,8 +696,12 @@ def needed_blocks(obj: CachedObject, plan: ResponsePlan | None, method: str) -> 
         return []
     if plan is None:  # a stored status other than 200: its whole body, one block
         return [0] if obj.status not in (204, 304) and obj.size > 0 else []
-    indexes: dict[int, None] = {}
     size = obj.block_size
+    if len(plan.body) == 1:  # (one span: most answers)
+        segment = plan.body[0]
+        return list(range(segment.start // size, (segment.end - 1) // size + 1)) \
+            if isinstance(segment, Span) and segment.end > segment.start else []
+    indexes: dict[int, None] = {}
     for segment in plan.body:
         if isinstance(segment, Span) and segment.end > segment.start:
             indexes.update(dict.fromkeys(range(segment.start // size, (segment.end - 1) // size + 1)))

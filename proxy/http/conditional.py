@@ -53,15 +53,15 @@ class Conditions:
     if_range: str | None = None
 
 
+NO_CONDITIONS = Conditions()
+
+
 def conditions_from(headers: Headers) -> Conditions:
-    """The conditional fields of a request, repeated lines joined (RFC 9110 section 5.3)."""
-    return Conditions(
-        if_match=get(headers, "if-match"),
-        if_none_match=get(headers, "if-none-match"),
-        if_modified_since=get(headers, "if-modified-since"),
-        if_unmodified_since=get(headers, "if-unmodified-since"),
-        if_range=get(headers, "if-range"),
-    )
+    """The conditional fields of a request, repeated lines joined (RFC 9110 section 5.3); one
+    shared NO_CONDITIONS for most requests, which have none (a key found at once)."""
+    fields = (get(headers, "if-match"), get(headers, "if-none-match"), get(headers, "if-modified-since"),
+              get(headers, "if-unmodified-since"), get(headers, "if-range"))
+    return NO_CONDITIONS if fields == (None, None, None, None, None) else Conditions(*fields)
 
 
 def _if_match(field: str, current: ETag | None) -> bool:

@@ -36,10 +36,12 @@ class Fields(list[tuple[str, str]]):
         self._reindex()
 
     def _reindex(self) -> None:
-        lines: dict[str, list[str]] = {}
-        for name, value in self:
-            lines.setdefault(name.lower(), []).append(value)
-        self.joined = {name: ", ".join(values) for name, values in lines.items()}
+        joined: dict[str, str] = {}
+        for name, value in self:  # (most names have one line: no list, no join)
+            low = name.lower()
+            before = joined.get(low)
+            joined[low] = value if before is None else f"{before}, {value}"
+        self.joined = joined
 
     def _changes(method: Any) -> Any:  # noqa: N805 (applied in the class body below)
         def changed(self: Fields, *args: Any, **kwargs: Any) -> Any:

@@ -10,6 +10,7 @@ _MAX_DIGITS = 19
 _HUGE = 10**_MAX_DIGITS
 _INT_RANGE = re.compile(r"([0-9]+)-([0-9]*)")
 _SUFFIX_RANGE = re.compile(r"-([0-9]+)")
+_ONE_RANGE = re.compile(r"bytes=([0-9]{1,19})-([0-9]{0,19})")  # what players send: parsed at once
 
 # (first, last) with last None for "first-"; or (None, suffix_length) for "-n".
 RangeSpec = tuple[int | None, int | None]
@@ -26,6 +27,10 @@ def parse_range(value: str) -> list[RangeSpec] | None:
     list (OWS around commas, empty members allowed); a range whose last-pos is
     less than its first-pos makes the whole field invalid. Other units are unknown.
     """
+    one = _ONE_RANGE.fullmatch(value)
+    if one is not None:
+        first, last = int(one.group(1)), int(one.group(2)) if one.group(2) else None
+        return None if last is not None and last < first else [(first, last)]
     unit, eq, range_set = value.strip(" \t").partition("=")
     if not eq or unit.lower() != "bytes":
         return None
@@ -90,7 +95,7 @@ def evaluate_range(value: str | None, size: int, max_ranges: int) -> RangeDecisi
     spans = [s for s in (resolve(spec, size) for spec in specs) if s is not None]
     if not spans:
         return Unsatisfiable()
-    merged = coalesce(spans)
+    merged = coalesce(spans) if len(spans) > 1 else (spans[0],)
     if len(merged) > max_ranges:
         return Ignore()
     return Satisfiable(merged)
