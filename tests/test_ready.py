@@ -25,6 +25,7 @@ import proxy.cache.replies
 import proxy.ops.metrics
 import proxy.server.content
 import proxy.server.front
+import proxy.server.protocol
 import proxy.server.ready
 from proxy.app import create_app
 from proxy.cache.replies import Steady
@@ -678,6 +679,76 @@ def test_answers_written_at_the_end_of_the_turn_come_before_what_follows_them(  
             last = _response(sock)
     assert last.startswith(b"HTTP/1.1 " + status + b" "), last
     assert len(front_calls) == called + (b"close" in after)  # the first three written at once
+
+
+def test_a_head_begun_after_an_answer_at_once_waits_no_longer_than_keepalive_timeout(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float]
+) -> None:
+    """The first bytes of the next request, in the same segment as one answered at once, and
+    then nothing: the connection is closed after keepalive_timeout, as after any answer."""
+    origin, _ = upstream
+    body = bytes(range(256)) * 8
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=600"})
+    get = b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n"
+    with RunningServer(dataclasses.replace(http_settings, keepalive_timeout=1, client_header_timeout=600)) as edge:
+        _exchange(edge.port, get)  # stored
+        clock.now += 0.25
+        _until_ready(edge.port, get, decisions)
+        with socket.create_connection(("127.0.0.1", edge.port)) as sock:
+            sock.sendall(get + b"GE")
+            assert _response(sock).endswith(b"\r\n\r\n" + body)
+            sock.settimeout(30)  # a bound on waiting, not a speed check
+            assert sock.recv(1) == b""  # closed
+
+
+DEFERRED_ANSWERS = proxy.server.protocol.DEFERRED // 8192
+
+
+def test_answers_at_once_pipelined_by_the_thousand_are_held_a_bounded_while(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float]
+) -> None:
+    """Thousands of requests with a ready answer, pipelined in a few reads by a client that reads
+    nothing: what the server holds for the connection stays bounded (answers kept for the end
+    of the turn are written once they pass DEFERRED, and the transport's flow control then sends
+    the rest through the app, whose pipeline is bounded: past it the connection closes after
+    the answers it owes, RFC 9112 section 9.3.2); read at last, they are whole and exact."""
+    origin, _ = upstream
+    body = random.Random(3).randbytes(8 * 1024)
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=600"})
+    get = b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n"
+    count = 2000  # 16 MB of answers
+    with RunningServer(http_settings) as edge:
+        _exchange(edge.port, get)  # stored
+        clock.now += 0.25
+        _until_ready(edge.port, get, decisions)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.connect(("127.0.0.1", edge.port))
+            sock.setblocking(False)
+            sent, data = 0, get * count
+            deadline = time.monotonic() + 30
+            while sent < len(data) and time.monotonic() < deadline:
+                try:
+                    sent += sock.send(data[sent:])
+                except BlockingIOError:
+                    break  # the server reads no more: its pipeline is full
+            time.sleep(1.0)
+            held = [(len(b"".join(c.answers)), c.transport.get_write_buffer_size())
+                    for c in edge.server.server_state.connections]
+            assert held and all(deferred <= proxy.server.protocol.DEFERRED and buffered <= 4 * 1024 * 1024
+                                for deferred, buffered in held), held
+            sock.setblocking(True)
+            sock.settimeout(30)
+            received = b""
+            while more := sock.recv(1 << 20):  # the server closes after what it read (a deep pipeline)
+                received += more
+    answers = 0
+    while received:  # whole answers, each exact, one after the other
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ncontent-length: 8192" in head, head
+        assert rest[:len(body)] == body
+        received, answers = rest[len(body):], answers + 1
+    assert answers > DEFERRED_ANSWERS
 
 
 def _response(sock: socket.socket) -> bytes:

@@ -65,6 +65,7 @@ log = logging.getLogger("edgecache.server")
 TIMED_OUT = "edgecache.timed_out"  # scope key: the Refusal of a request whose body stopped coming
 SHUT_DOWN = "edgecache.shut_down"  # scope key: the server stopped this request at shutdown (503, or cut)
 LINGER = 0.25  # seconds a refused connection is read (and dropped) before it closes
+DEFERRED = 64 * 1024  # bytes of answers at once a connection holds for the end of the turn, at most
 _SHUTDOWN = Refusal(503, "shutdown", "the server is shutting down; try again")
 
 
@@ -99,7 +100,11 @@ class Connections:
     def _write_due(self) -> None:
         due, self.due = self.due, []
         for connection in due:
-            connection.write_answers()
+            try:
+                connection.write_answers()
+            except Exception as e:  # noqa: BLE001 - one connection's failure is not the others'
+                log.error("an answer could not be written: %s", e)
+                connection.transport.abort()
 
     def add(self, connection: EdgeProtocol, loop: asyncio.AbstractEventLoop) -> None:
         self.open.add(connection)
@@ -150,6 +155,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.sending: RequestResponseCycle | None = None  # a response going out with a request queued behind it
         self.idle_since: float | None = None  # when an answer at once left the connection waiting (loop time)
         self.answers: list[bytes] = []  # answers at once not written yet (Connections.write_soon)
+        self.deferred = 0  # their bytes
 
     # Connections
 
@@ -221,7 +227,6 @@ class EdgeProtocol(ZeroCopyProtocol):
         super().on_message_begin()
         self.fields = 0
         self.parsing = True
-        self.idle_since = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields += 1
@@ -234,6 +239,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.parsing = False
         self.meter.end()
         self.head_since = None
+        self.idle_since = None  # (a head begun but never ended still waits only keepalive_timeout)
         if len(self.pipeline) >= self.limits.pipelined:
             raise _Stop(Refusal(0, TOO_DEEP_PIPELINE, f"over {self.limits.pipelined} requests sent ahead of their "
                                 "answers (max_pipelined_requests): the rest is not read"))
@@ -294,6 +300,9 @@ class EdgeProtocol(ZeroCopyProtocol):
             if not self.answers:
                 self.book.write_soon(self, self.loop)
             self.answers.append(data)
+            self.deferred += len(data)
+            if self.deferred > DEFERRED:  # many pipelined in one read: written now (the transport's
+                self.write_answers()  # flow control then sends the next ones through the app)
             self.answered = True
         else:
             self.answered = self._send_at_once(data)
@@ -367,7 +376,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         """Write the answers at once not written yet (before anything else is written after them)."""
         answers = self.answers
         if answers:
-            self.answers = []
+            self.answers, self.deferred = [], 0
             if not self.transport.is_closing():
                 self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
 
@@ -399,8 +408,9 @@ class EdgeProtocol(ZeroCopyProtocol):
         if not self.transport.is_closing():
             self.check_receiving(now)
         self.check_sending(now)
-        idle = self.idle_since
-        if idle is not None and now - idle > self.timeout_keep_alive and not self.transport.is_closing():
+        idle, cycle = self.idle_since, self.cycle
+        if idle is not None and now - idle > self.timeout_keep_alive and not self.transport.is_closing() and \
+                (cycle is None or cycle.response_complete):
             self.transport.close()  # waited keepalive_timeout for a request after an answer at once
 
     def check_receiving(self, now: float) -> None:
