@@ -677,6 +677,40 @@ def _cycle_output(cycle_class, method: str, keep_alive: bool, expect: bool, mess
     return b"".join(transport.out), transport.closed, cycle.keep_alive, cycle.response_complete, None
 
 
+class _Closed(_Transport):
+    """A transport the server closed, not yet reported lost: uvloop refuses writes then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+
+@pytest.mark.parametrize("messages", [
+    [{"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]},
+     {"type": "http.response.body", "body": b"abc", "more_body": False}],
+    [{"type": "http.response.start", "status": 304, "headers": []},
+     {"type": "http.response.body", "body": b"", "more_body": False}],
+])
+def test_a_response_on_a_connection_the_server_closed_ends_as_for_a_client_gone(messages) -> None:  # type: ignore[no-untyped-def]
+    """A response still to be sent when the server has closed its connection (a request queued
+    behind one that ended it, say) is dropped, as once the client is gone: not an exception in the app."""
+    transport = _Closed()
+    logger = logging.getLogger("test")
+    scope = {"type": "http", "method": "GET", "headers": [], "http_version": "1.1"}
+
+    async def run() -> RequestResponseCycle:
+        cycle = zerocopy.ZeroCopyCycle(scope, transport, FlowControl(transport), logger, logger, False, [],
+                                       asyncio.Event(), False, True, lambda: None)
+        for message in messages:
+            await cycle.send(message)
+        return cycle
+
+    assert asyncio.run(run()).disconnected and not transport.out
+
+
 _FIELD = st.sampled_from([(b"etag", b'"v1"'), (b"Content-Type", b"video/mp4"), (b"connection", b"close"),
                           (b"Connection", b"keep-alive"), (b"transfer-encoding", b"chunked"), (b"x-a", b"1\t2"),
                           (b"bad name", b"x"), (b"x-b", b"a\r\nInjected: 1"),

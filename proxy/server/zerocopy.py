@@ -148,6 +148,11 @@ class ZeroCopyCycle(RequestResponseCycle):
     rooms = 0  # waits for room that ended: progress, as a send timeout sees it
 
     async def send(self, message: Any) -> None:
+        if not self.disconnected and self.transport.is_closing():
+            # Closed by the server (a response before it that ended the connection, a refusal, a
+            # time-out), and not yet reported lost: uvloop refuses any write now. This response ends
+            # as for a client gone, not as an exception in the app.
+            self.disconnected = True
         kind = message["type"]
         if kind == "http.response.start" and self._start_encoded(message):
             return
