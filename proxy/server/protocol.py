@@ -245,7 +245,6 @@ class EdgeProtocol(ZeroCopyProtocol):
                                 "answers (max_pipelined_requests): the rest is not read"))
         if self.at_once is not None and self._answer_at_once(self.at_once):
             return
-        self._unset_keepalive_if_required()  # armed by an answer at once earlier in the same bytes
         before = self.cycle
         super().on_headers_complete()
         if before is not None and self.cycle is not before and not before.response_complete:
@@ -264,7 +263,6 @@ class EdgeProtocol(ZeroCopyProtocol):
         if self.answered:  # no cycle: the connection waits for the next request, as after any answer
             self.answered = False
             self.server_state.total_requests += 1
-            self._unset_keepalive_if_required()
             # keepalive_timeout, kept by the sweep (a timer per answer costs more than the answer)
             self.idle_since = self.loop.time()
             return
@@ -294,8 +292,6 @@ class EdgeProtocol(ZeroCopyProtocol):
         data = at_once(scope)
         if data is None:
             return False
-        # A wait armed by an answer at once earlier in the same bytes must not cut this one.
-        self._unset_keepalive_if_required()
         if isinstance(data, bytes):
             if not self.answers:
                 self.book.write_soon(self, self.loop)
@@ -378,7 +374,7 @@ class EdgeProtocol(ZeroCopyProtocol):
         if answers:
             self.answers, self.deferred = [], 0
             if not self.transport.is_closing():
-                self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+                self.transport.write(b"".join(answers))
 
     def send_400_response(self, msg: str) -> None:
         self.write_answers()
