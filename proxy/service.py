@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from .cache.hits import FLUSH_INTERVAL
 from .cache.reads import ProxyRequest, ReadPath
-from .cache.replies import Reply, relay, relay_forwarded, text_reply
+from .cache.replies import Reply, Twin, relay, relay_forwarded, text_reply
 from .config import Settings
 from .http import freshness as fr
 from .http.cache import Fwd, invalidated
@@ -22,7 +22,7 @@ from .store.disk import Store, StoreErrors
 log = logging.getLogger("edgecache")
 INVALIDATION_RETRIES = 40  # about three minutes of retries after a write whose invalidation failed
 
-__all__ = ["EdgeService", "ProxyRequest", "Reply"]
+__all__ = ["EdgeService", "ProxyRequest", "Reply", "Twin"]
 
 
 def policy_of(settings: Settings) -> fr.Policy:

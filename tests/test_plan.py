@@ -2,10 +2,13 @@
 headers list and (with several ranges) its own multipart boundary."""
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from proxy.http.conditional import Conditions
 from proxy.http.headers import format_http_date
 from proxy.http.model import Representation, Span
-from proxy.http.plan import plan_response
+from proxy.http.plan import plan_response, respan, same_but_span
 
 REP = Representation(size=100, etag='"v1"', last_modified=1_700_000_000, content_type="video/mp4",
                      extra_headers=(("Cache-Control", "max-age=60"),))
@@ -76,3 +79,54 @@ def test_long_request_fields_are_planned_afresh_not_remembered() -> None:
     assert plan("bytes=3-4", 1_800_000_000).headers[-4] == ("Content-Range", "bytes 3-4/100")
     assert plan(None, 1_800_000_000, cond=long_tag).status == 200
     assert planning._prepared.cache_info().currsize == 1
+
+
+_RANGES = st.one_of(
+    st.tuples(st.integers(0, 130), st.integers(0, 130)).map(lambda p: f"bytes={p[0]}-{p[1]}"),
+    st.integers(0, 130).map(lambda first: f"bytes={first}-"),
+    st.integers(0, 130).map(lambda n: f"bytes=-{n}"),
+    st.tuples(st.integers(0, 120), st.integers(0, 120)).map(lambda p: f"bytes=0-4, {p[0]}-{p[1]}"),
+    st.sampled_from(["bytes=x", "items=0-9", " bytes = 1-2", "BYTES=3-9", "bytes=1-2,", ""]),
+    st.none(),
+)
+_CONDITIONS = st.builds(
+    Conditions,
+    if_match=st.sampled_from([None, '"v1"', '"v2"', "*"]),
+    if_none_match=st.sampled_from([None, '"v1"', '"v2"']),
+    if_modified_since=st.sampled_from([None, format_http_date(1_600_000_000), format_http_date(1_700_000_000)]),
+    if_range=st.sampled_from([None, '"v1"', 'W/"v1"', '"v2"', format_http_date(1_700_000_000)]),
+)
+
+
+@given(size=st.integers(0, 120), etag=st.sampled_from([None, '"v1"', 'W/"v1"']),
+       dated=st.booleans(), cond=_CONDITIONS, kept=_RANGES, other=_RANGES,
+       now=st.floats(1.8e9, 1.8e9 + 0.99), later=st.floats(0, 0.99))
+def test_respan_answers_what_plan_response_answers_another_range(
+        size: int, etag: str | None, dated: bool, cond: Conditions, kept: str | None, other: str | None,
+        now: float, later: float) -> None:
+    """Where respan names a span, the plan of the same request with the other Range, later in the
+    same second, is the kept plan but for that span's Content-Range and Content-Length."""
+    extra = (("Cache-Control", "max-age=60"), *((("Date", format_http_date(1_700_000_000)),) if dated else ()))
+    rep = Representation(size=size, etag=etag, last_modified=1_700_000_000, content_type="video/mp4",
+                         extra_headers=extra)
+    first = plan(kept, now, boundary="b", rep=rep, cond=cond)
+    span = respan(first, other, size, 16)
+    if span is None:
+        return
+    second = plan(other, min(now + later, 1.8e9 + 0.999), boundary="b", rep=rep, cond=cond)
+    assert second.status == 206 and second.body == [Span(span[0], span[1] + 1)]
+    assert same_but_span(first, second)
+    assert ("Content-Range", f"bytes {span[0]}-{span[1]}/{size}") in second.headers
+    assert ("Content-Length", str(span[1] - span[0] + 1)) in second.headers
+
+
+def test_respan_leaves_to_plan_response_what_is_not_one_span_of_a_206() -> None:
+    ranged = plan("bytes=0-9", 1_800_000_000)
+    assert respan(ranged, "bytes=20-29", 100, 16) == (20, 29)
+    assert respan(ranged, "bytes=90-200", 100, 16) == (90, 99)
+    assert respan(ranged, "bytes=0-1,50-51", 100, 16) is None  # multipart
+    assert respan(ranged, "bytes=200-300", 100, 16) is None  # 416
+    assert respan(ranged, "bytes=x", 100, 16) is None  # Range ignored: a 200
+    assert respan(ranged, None, 100, 16) is None
+    assert respan(plan(None, 1_800_000_000), "bytes=20-29", 100, 16) is None  # a 200 kept: another status
+    assert respan(plan("bytes=0-1,50-51", 1_800_000_000, boundary="b"), "bytes=20-29", 100, 16) is None

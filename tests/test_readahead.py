@@ -57,32 +57,32 @@ async def test_sequential_reads_fill_the_next_blocks_at_most_n_at_a_time() -> No
     fills = Fills()
     ahead = ReadAhead(2, fills.prefetch, asyncio.get_running_loop().create_task)
     obj = video()
-    ahead.served(obj, TARGET, [], 0)
+    ahead.served(obj, TARGET, lambda: [], 0)
     await settle()
     assert fills.started == []  # one block is no sequence yet
-    ahead.served(obj, TARGET, [], 1)
+    ahead.served(obj, TARGET, lambda: [], 1)
     await settle()
     assert fills.started == [2, 3] and ahead.in_flight() == 2
     for index in (2, 3, 4):  # the reader catches up while blocks 2 and 3 are still being filled
-        ahead.served(obj, TARGET, [], index)
+        ahead.served(obj, TARGET, lambda: [], index)
         await settle()
     assert fills.started == [2, 3] and fills.most == 2
     fills.finish(2)
     await settle()
-    ahead.served(obj, TARGET, [], 4)  # block 4 again: one fill ended, so one more starts
+    ahead.served(obj, TARGET, lambda: [], 4)  # block 4 again: one fill ended, so one more starts
     await settle()
     assert fills.started == [2, 3, 5] and fills.most == 2
     for index in (3, 5):
         fills.finish(index)
     await settle()
-    ahead.served(obj, TARGET, [], 5)
+    ahead.served(obj, TARGET, lambda: [], 5)
     await settle()
     assert fills.started == [2, 3, 5, 6, 7]  # blocks known to be filled are not asked for again
     for index in (6, 7):
         fills.finish(index)
     await settle()
-    ahead.served(obj, TARGET, [], 8)
-    ahead.served(obj, TARGET, [], 9)  # the last block: nothing past the end
+    ahead.served(obj, TARGET, lambda: [], 8)
+    ahead.served(obj, TARGET, lambda: [], 9)  # the last block: nothing past the end
     await settle()
     assert fills.started == [2, 3, 5, 6, 7] and ahead.in_flight() == 0
 
@@ -94,16 +94,16 @@ async def test_seeks_other_files_and_off_start_nothing() -> None:
     ahead = ReadAhead(3, fills.prefetch, spawn)
     obj = video()
     for index in (7, 2, 5, 0, 9):  # a player seeking about
-        ahead.served(obj, TARGET, [], index)
+        ahead.served(obj, TARGET, lambda: [], index)
     for other in (video(content_type="application/octet-stream"), video(sliceable=False)):
-        ahead.served(other, TARGET, [], 0)
-        ahead.served(other, TARGET, [], 1)
+        ahead.served(other, TARGET, lambda: [], 0)
+        ahead.served(other, TARGET, lambda: [], 1)
     off = ReadAhead(0, fills.prefetch, spawn)
-    off.served(obj, TARGET, [], 3)
-    off.served(obj, TARGET, [], 4)
+    off.served(obj, TARGET, lambda: [], 3)
+    off.served(obj, TARGET, lambda: [], 4)
     await settle()
     assert fills.started == [] and ahead.in_flight() == 0
-    ahead.served(obj, TARGET, [], 6)  # after block 5: sequential again
+    ahead.served(obj, TARGET, lambda: [], 6)  # after block 5: sequential again
     await settle()
     assert fills.started == [7, 8, 9]
 

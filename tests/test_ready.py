@@ -912,6 +912,9 @@ def test_a_ranged_answer_is_the_full_paths_answer_for_any_range(  # type: ignore
         # A 206 for another span: its own Content-Range and Content-Length.
         @example(path="/big", kept="bytes=5-14", other="bytes=300000-310000", fields={}, version="HTTP/1.1", agent="a")
         @example(path="/big", kept="bytes=5-14", other="bytes=300000-310000", fields={}, version="HTTP/1.0", agent="a")
+        # Several spans asked: a multipart answer, only the read path's.
+        @example(path="/big", kept="bytes=5-14", other="bytes=0-9,300000-310000", fields={}, version="HTTP/1.1",
+                 agent="a")
         @given(path=st.sampled_from(["/big", "/weak", "/one", "/vary"]), kept=_range(len(_BIG)),
                other=_range(len(_BIG)),
                fields=st.dictionaries(st.sampled_from(sorted(conditions)), st.sampled_from(['"v1"', "*"]),

@@ -316,13 +316,13 @@ async def test_a_worker_that_did_not_serve_the_manifest_finds_it(tmp_path: Path)
         body = vod("w", 10)[raw].body
         obj = stored_playlist(stores[0], raw, body)
         seek, seeked = segment("/w/s4.ts")
-        other.served(seek, [], seeked)  # before any worker served the playlist: nothing to go by
+        other.served(seek, lambda: [], seeked)  # before any worker served the playlist: nothing to go by
         await tasks.settled()
         assert reads[1].started == []
-        one.served(Target(raw[1:], raw), [], obj, read_manifest(body, MANIFEST_BASE + raw))
+        one.served(Target(raw[1:], raw), lambda: [], obj, read_manifest(body, MANIFEST_BASE + raw))
         await tasks.settled()
         assert reads[0].started == ["/w/s0.ts", "/w/s1.ts"]
-        other.served(seek, [], seeked)  # the listings moved: read again, the playlist read from the store
+        other.served(seek, lambda: [], seeked)  # the listings moved: read again, the playlist read from the store
         await tasks.settled()
         assert reads[1].started == ["/w/s5.ts", "/w/s6.ts"]
         for read in reads:
@@ -351,29 +351,29 @@ async def test_prefetch_is_bounded_per_rendition_and_in_all(tmp_path: Path) -> N
             obj = stored_playlist(store, raw, body)
             playlists[name] = (Target(raw[1:], raw), obj, read_manifest(body, MANIFEST_BASE + raw))
         target, obj, parsed = playlists["a"]
-        prefetch.served(target, [], obj, parsed)
+        prefetch.served(target, lambda: [], obj, parsed)
         await tasks.settled()
         assert reads.started == ["/a/s0.ts", "/a/s1.ts", "/a/s2.ts"]  # at most 3 per rendition
         target, obj, parsed = playlists["b"]
-        prefetch.served(target, [], obj, parsed)
+        prefetch.served(target, lambda: [], obj, parsed)
         await tasks.settled()
         assert reads.started[3:] == ["/b/s0.ts"] and prefetch.fills == 4  # at most 4 in all
 
         seek, seeked = segment("/a/s5.ts")
-        prefetch.served(seek, [], seeked)  # a seek: nothing more while the caps are reached
+        prefetch.served(seek, lambda: [], seeked)  # a seek: nothing more while the caps are reached
         await tasks.settled()
         assert len(reads.started) == 4
         for raw in ("/a/s0.ts", "/b/s0.ts"):
             reads.finish(raw)
         await tasks.settled()
         assert prefetch.fills == 2
-        prefetch.served(seek, [], seeked)  # from the new position, within the rendition's cap
+        prefetch.served(seek, lambda: [], seeked)  # from the new position, within the rendition's cap
         await tasks.settled()
         assert reads.started[4:] == ["/a/s6.ts"]
         for raw in ("/a/s1.ts", "/a/s2.ts", "/a/s6.ts"):
             reads.finish(raw)
         await tasks.settled()
-        prefetch.served(seek, [], seeked)  # what was filled is not asked for again
+        prefetch.served(seek, lambda: [], seeked)  # what was filled is not asked for again
         await tasks.settled()
         assert reads.started[5:] == ["/a/s7.ts", "/a/s8.ts"]
         for raw in ("/a/s7.ts", "/a/s8.ts"):

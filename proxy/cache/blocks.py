@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import IO
 
@@ -76,14 +76,15 @@ class BlockSource:
         for index in range(first, last + 1):
             if index < last and obj.sliceable and not self.open_blocks.holds(obj.block_key(index + 1)):
                 self.filler.spawn(self._prefetch_next(obj, target, headers, index + 1))
-            self.read_ahead.served(obj, target, headers, index)
+            self.read_ahead.served(obj, target, lambda: headers, index)
             block_start, block_end = obj.block_span(index)
             lo, hi = max(start, block_start) - block_start, min(end, block_end) - block_start
             async for chunk in self.block(obj, target, headers, index, lo, hi):
                 yield chunk
 
     def at_hand(
-        self, obj: CachedObject, target: Target, headers: Headers, start: int, end: int, borrow: bool = False
+        self, obj: CachedObject, target: Target, fields: Callable[[], Headers], start: int, end: int,
+        borrow: bool = False
     ) -> list[Chunk] | None:
         """Bytes [start, end) of the object when they lie in at most AT_HAND_BLOCKS stored blocks,
         all kept at hand (a hit), else None: then `read` them. Bytes, or spans of descriptors
@@ -111,7 +112,7 @@ class BlockSource:
                     chunks.append(FileSpan(held, lo, hi - lo, self.open_blocks.pages(key) if borrow else None))
                 else:
                     chunks.append(held[lo:hi] if lo or hi < len(held) else held)
-                self.read_ahead.served(obj, target, headers, index)
+                self.read_ahead.served(obj, target, fields, index)
             complete = True
             return chunks
         finally:

@@ -49,8 +49,9 @@ class ReadAhead:
     def in_flight(self) -> int:
         return sum(len(reads.in_flight) for reads in self._objects.values())
 
-    def served(self, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
-        """The read path serves block `index` of `obj`: read ahead if it follows the one before."""
+    def served(self, obj: CachedObject, target: Target, fields: Callable[[], Headers], index: int) -> None:
+        """The read path serves block `index` of `obj`: read ahead if it follows the one before
+        (with the request's `fields`, made only then)."""
         if not self.depth or not obj.sliceable or not _is_media(obj, target):
             return
         vid = version_id(obj)
@@ -69,7 +70,7 @@ class ReadAhead:
                 return
             if ahead not in reads.in_flight and ahead not in reads.known:
                 reads.in_flight.add(ahead)
-                self.spawn(self._fill(reads, obj, target, headers, ahead))
+                self.spawn(self._fill(reads, obj, target, fields(), ahead))
 
     async def _fill(self, reads: _Reads, obj: CachedObject, target: Target, headers: Headers, index: int) -> None:
         try:

@@ -23,19 +23,19 @@ from ..http.headers import format_http_date
 from ..http.lifetimes import Changes, changes_of
 from ..http.manifests import stored_whole
 from ..http.model import ResponsePlan, Span
-from ..http.plan import one_span, plan_response, same_but_span
-from ..http.ranges import parse_range
+from ..http.plan import one_span, plan_response, respan, same_but_span
+from ..http.ranges import content_range, parse_range
 from ..http.tags import response_tags
 from ..origins.base import Origin, OriginError, OriginResponse, Target
 from ..store.disk import Store, StoreErrors
 from ..store.objects import CachedObject, meta_key
 from ..streaming import Chunk, FileSpan, Given, multipart_boundary, plan_chunks, size_of
-from .blocks import AT_HAND_BLOCKS, IN_MEMORY, BlockSource, Coming
+from .blocks import IN_MEMORY, BlockSource, Coming
 from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
 from .hits import HitTally
-from .replies import InHand, Reply, Steady, nothing_to_close, relay, relay_forwarded, text_reply
+from .replies import InHand, Reply, Steady, Twin, nothing_to_close, relay, relay_forwarded, text_reply
 from .segments import MANIFEST_BASE, Parsed, SegmentPrefetch, read_manifest
 from .spool import Spool
 from .threads import StoreThreads
@@ -231,33 +231,38 @@ class ReadPath:
         return reply
 
     def _rerange(self, target: Target, read: set[str], obj: CachedObject, age: float, until: float, status: str,
-                 xcache: str, plan: ResponsePlan) -> Callable[[Fields, bool], InHand | None]:
+                 xcache: str, plan: ResponsePlan) -> Callable[[Twin, bool], InHand | None]:
         """The hit just served (of `target`, its rules having read the fields named in `read`), for
         a request that differs from its own only in its Range and in fields no rule read
         (replies.Reply.rerange); None where that is not so, its blocks are not at hand, or it is
         `until` (the hit's steady time: until then nothing else it depends on can change). Holds
         nothing of the request it was made for but those names."""
-        blocks = self.blocks
+        blocks, size, max_ranges = self.blocks, obj.size, self.settings.max_ranges
 
-        def again(headers: Fields, borrow: bool) -> InHand | None:
+        def again(twin: Twin, borrow: bool) -> InHand | None:
             now = time.time()
             if now >= until:
                 return None
-            headers.reads = set()
-            req = ProxyRequest("GET", target, headers)
-            new = self._plan(req, obj, now)
-            if new is None or not same_but_span(plan, new) or not headers.reads <= read:
-                return None
-            needed = needed_blocks(obj, new, "GET")
-            if len(needed) > AT_HAND_BLOCKS:
-                return None
-            held, active = blocks.open_blocks, self.filler.active
-            for index in needed:
-                key = obj.block_key(index)
-                if key in active or not held.holds(key):
+            span = respan(plan, twin.range, size, max_ranges)  # most often the Range alone decides
+            if span is not None:
+                first, last = span
+                start, end = first, last + 1
+                fields: Headers = [("Content-Range", content_range(first, last, size)),
+                                   ("Content-Length", str(end - start))]
+            else:
+                headers = twin.fields()
+                headers.reads = set()
+                new = self._plan(ProxyRequest("GET", target, headers), obj, now)
+                if new is None or not same_but_span(plan, new) or not headers.reads <= read:
                     return None
-            reply = self._serve(req, obj, age, status, xcache, now=now, plan=new, borrow=borrow)
-            return InHand(reply.headers, reply.chunks.rest(), borrow) if isinstance(reply.chunks, Given) else None
+                whole = new.body[0]
+                assert isinstance(whole, Span)  # (same_but_span: one span)
+                start, end, fields = whole.start, whole.end, new.headers
+            chunks = blocks.at_hand(obj, target, twin.fields, start, end, borrow)
+            if chunks is None:
+                return None
+            self._get_served(target, twin.fields, obj)  # (once it is the answer: else the read path plans)
+            return InHand(fields, chunks, borrow)
         return again
 
     async def _fill_missing(self, ex: _Exchange, obj: CachedObject, needed: list[int]) -> Coming | None:
@@ -615,10 +620,17 @@ class ReadPath:
         return obj.age(time.time())
 
     def _served(self, req: ProxyRequest, obj: CachedObject, parsed: Parsed | None = None) -> None:
-        """A client's GET is answered from `obj` (or by storing it): the segments its player asks
-        for next are planned (`parsed`: its manifest, read as it was stored)."""
-        if self.segments is not None and req.method == "GET" and not req.prefetch and obj.status == 200:
-            self.segments.served(req.target, req.headers, obj, parsed)
+        """A client's GET is answered from `obj` (or by storing it): see _get_served."""
+        if req.method == "GET" and not req.prefetch:
+            self._get_served(req.target, lambda: req.headers, obj, parsed)
+
+    def _get_served(self, target: Target, fields: Callable[[], Headers], obj: CachedObject,
+                    parsed: Parsed | None = None) -> None:
+        """A client's GET of `target` is answered from `obj`: the segments its player asks for
+        next are planned (`fields`: the request's, made when needed; `parsed`: its manifest,
+        read as it was stored)."""
+        if self.segments is not None and obj.status == 200:
+            self.segments.served(target, fields, obj, parsed)
 
     def _plan(self, req: ProxyRequest, obj: CachedObject, now: float) -> ResponsePlan | None:
         """What the response rules make of a stored 200 for this request (None: another status)."""
@@ -663,7 +675,8 @@ class ReadPath:
         blocks = self.blocks
         if len(plan.body) == 1 and isinstance(plan.body[0], Span):
             span = plan.body[0]
-            chunks = blocks.at_hand(obj, req.target, req.headers, span.start, span.end, borrow) if body is None \
+            chunks = blocks.at_hand(obj, req.target, lambda: req.headers, span.start, span.end, borrow) \
+                if body is None \
                 else [body[span.start:span.end]]
             if chunks is not None:
                 fds = [chunk.fd for chunk in chunks if isinstance(chunk, FileSpan) and not borrow]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from ..http.cache import Fwd
@@ -39,9 +39,30 @@ class Reply:
     whole: bytes | None = None  # the whole body when it is bytes in hand (b"" for none)
     steady: Steady | None = None  # set when identical requests may be answered with this again
     # ... and, for a hit of one span in hand, how the read path answers the same request with another
-    # Range (its fields but for Content-Range and Content-Length, or None: ask the read path)
-    # (its second argument: borrow the blocks' descriptors, see InHand)
-    rerange: Callable[[Fields, bool], InHand | None] | None = None
+    # Range: the body, and its Content-Range and Content-Length among the InHand's fields (the rest
+    # as this reply's); None: ask the read path. Its second argument: borrow the blocks' descriptors.
+    rerange: Callable[[Twin, bool], InHand | None] | None = None
+
+
+@dataclass
+class Twin:
+    """A request that asks what a kept hit's request asked but for its Range (Reply.rerange): its
+    one Range line (None: none, or several), and its fields, made the first time they are needed."""
+
+    range: str | None
+    make: Callable[[], Fields]
+    _fields: Fields | None = None
+
+    @classmethod
+    def of(cls, lines: Iterable[tuple[bytes, bytes]], make: Callable[[], Fields]) -> Twin:
+        """The twin whose header lines (ASGI's: lower-case names) are `lines`."""
+        ranges = [value for name, value in lines if name == b"range"]
+        return cls(ranges[0].decode("latin-1") if len(ranges) == 1 else None, make)
+
+    def fields(self) -> Fields:
+        if self._fields is None:
+            self._fields = self.make()
+        return self._fields
 
 
 @dataclass(frozen=True)

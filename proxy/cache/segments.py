@@ -128,17 +128,19 @@ class SegmentPrefetch:
         self._renditions: OrderedDict[str, _Rendition] = OrderedDict()
 
     # --- what the read path tells ------------------------------------------------------
-    def served(self, target: Target, headers: Headers, obj: CachedObject, parsed: Parsed | None = None) -> None:
+    def served(self, target: Target, fields: Callable[[], Headers], obj: CachedObject,
+               parsed: Parsed | None = None) -> None:
         """A client's GET of `target` is answered from the stored `obj` (or by storing it);
-        `parsed`: its manifest, parsed as it was stored. Plans in the background."""
+        `fields`: the request's, made only when needed; `parsed`: its manifest, parsed as it was
+        stored. Plans in the background."""
         if parsed is not None:
             self._keep(obj, parsed, target.raw)
             if parsed.folders:
                 self.spawn(self._listed_in(parsed.folders, target.raw))
-            self._start_playlist(parsed.manifest, fetch_headers(headers, None))  # (the client's fields, copied now)
+            self._start_playlist(parsed.manifest, fetch_headers(fields(), None))  # (the client's fields, copied now)
             return
         if obj.changes is not None:  # a manifest the edge understood when it stored it
-            self.spawn(self._manifest_served(target.raw, obj, fetch_headers(headers, None)))
+            self.spawn(self._manifest_served(target.raw, obj, fetch_headers(fields(), None)))
             return
         path = target.raw.partition("?")[0]
         content_type = get(obj.headers, "content-type") or ""
@@ -149,10 +151,10 @@ class SegmentPrefetch:
         folder = self._folders.get(name)
         if folder is not None and not folder.manifests and folder.mark == self.store.listings.mark(name):
             return  # no manifest lists segments there, as far as the listings have said since
-        specs = parse_range(get(headers, "range") or "") or []
+        specs = parse_range(get(fields(), "range") or "") or []
         first, last = specs[0] if len(specs) == 1 else (None, None)
         ref = Ref(url, None if first is None else (first, last if last is not None else first))
-        self.spawn(self._segment_served(ref, fetch_headers(headers, None)))
+        self.spawn(self._segment_served(ref, fetch_headers(fields(), None)))
 
     async def _manifest_served(self, raw: str, obj: CachedObject, headers: Headers) -> None:
         parsed = await self._parsed(obj, raw)

@@ -154,3 +154,20 @@ def same_but_span(old: ResponsePlan, new: ResponsePlan) -> bool:
         if name != old_name or (value != old_value and name.lower() not in _SPAN_FIELDS):
             return False
     return True
+
+
+def respan(plan: ResponsePlan, range_field: str | None, size: int, max_ranges: int) -> tuple[int, int] | None:
+    """The one span (first, last) another Range field asks of the `size` bytes a single-part 206
+    `plan` answers: that request's plan is then `plan` but for its Content-Range and Content-Length
+    (same_but_span), when it asks the same with the same conditions, within the second of the
+    plan's Date; None when only plan_response can say (another status, several spans, 416).
+
+    What a 206's plan depends on but its Range (its preconditions' outcome, that If-Range let
+    the Range apply: RFC 9110 sections 13.2.2, 13.1.5) is the same for the same conditions, and
+    the Range alone picks the one span (section 14.2)."""
+    if plan.status != 206 or not one_span(plan):
+        return None
+    decision = evaluate_range(range_field, size, max_ranges)
+    if isinstance(decision, Satisfiable) and len(decision.spans) == 1:
+        return decision.spans[0]
+    return None

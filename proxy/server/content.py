@@ -17,7 +17,7 @@ from ..http.directives import Fields
 from ..request.client import forwarding_headers
 from ..request.paths import BadPath, HiddenPath, clean_path
 from ..request.target import content_path, target_of
-from ..service import EdgeService, ProxyRequest, Reply
+from ..service import EdgeService, ProxyRequest, Reply, Twin
 from ..streaming import send_response, zero_copy
 from ..writes import signing
 from ..writes.guard import WriteGuard
@@ -113,7 +113,8 @@ class ContentRoute:
                 offer.body = b"" if method == "HEAD" else reply.whole
             rerange = reply.rerange
             if rerange is not None:
-                offer.again = lambda scope, borrow: rerange(self.fields_of(scope), borrow)
+                offer.again = lambda scope, borrow: rerange(Twin.of(scope["headers"], lambda: self.fields_of(scope)),
+                                                            borrow)
         return ReplyResponse(reply, head=method == "HEAD")
 
     def fields_of(self, scope: Scope) -> Fields:
