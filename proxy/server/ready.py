@@ -101,7 +101,7 @@ def field_of(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
     return next((value for field_name, value in headers if field_name == name), b"")
 
 
-_SPAN_FIELDS = (b"content-range", b"content-length")
+_SPAN_FIELDS = (("content-range", b"content-range"), ("content-length", b"content-length"))
 _RANGE = b"range"
 
 
@@ -116,7 +116,7 @@ class Ranged:
     steady: Steady
     again: Callable[[Scope, bool], InHand | None]
     size: int  # approximate bytes held
-    _lines: tuple[bytes | None, ...] | None = None  # see _encoded, once worked out
+    _template: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # see _encoded, once worked out
 
     def field(self, name: bytes) -> bytes:
         """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
@@ -138,9 +138,10 @@ class Ranged:
         """The answer to the request of `scope` for the server to write itself, at once (its head
         as the server writes it on a keep-alive connection, server/zerocopy.py); None when the read
         path must answer, or the server must see the head."""
-        if self._lines is None:
-            self._lines = self._encoded()
-        if not self._lines:
+        if self._template is None:
+            self._template = self._encoded()
+        fixed, names = self._template
+        if not fixed:
             return None
         body = self.again(scope, True)  # (the server sends what it can at once, and keeps the rest)
         if body is None:
@@ -150,22 +151,31 @@ class Ranged:
         if not length.isdigit() or int(length) != body.length:
             body.close()
             return None
-        head = b"".join(line if line is not None else b"%s: %s\r\n" % (name.lower(), span[name.lower()])
-                        for (name, _), line in zip(self.headers, self._lines, strict=True))
-        return FileAnswer(STATUS_LINE[self.status] + head + b"\r\n", body)
+        parts = [fixed[0]]
+        for name, after in zip(names, fixed[1:], strict=True):
+            parts += (b"%s: %s\r\n" % (name, span[name]), after)
+        return FileAnswer(b"".join(parts), body)
 
-    def _encoded(self) -> tuple[bytes | None, ...]:
-        """Its fields' lines as the server writes them, None in place of Content-Range and
-        Content-Length (each answer's own); () when the server must see them (or its status)."""
-        lines: list[bytes | None] = []
+    def _encoded(self) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """Its head as the server writes it, cut where its Content-Range and Content-Length lines
+        go (each answer's own): the bytes before, between and after them, and their names in
+        order; ((), ()) when the server must see its fields (or its status)."""
+        fixed, names, lines = [], [], [STATUS_LINE.get(self.status, b"")]
         for name, value in self.headers:
-            span = name.lower() in _SPAN_FIELDS
-            line = None if span else encoded_line(name, value)
-            if line is None and not span:
-                return ()
+            low = name.lower()
+            if any(low == span for _, span in _SPAN_FIELDS):
+                fixed.append(b"".join(lines))
+                names.append(low)
+                lines = []
+                continue
+            line = encoded_line(name, value)
+            if line is None:
+                return (), ()
             lines.append(line)
-        names = [name.lower() for name, _ in self.headers]
-        return tuple(lines) if self.status in STATUS_LINE and names.count(b"content-length") == 1 else ()
+        fixed.append(b"".join(lines) + b"\r\n")
+        if self.status not in STATUS_LINE or names.count(b"content-length") != 1:
+            return (), ()
+        return tuple(fixed), tuple(names)
 
     def _fields(self, body: InHand) -> list[tuple[bytes, bytes]]:
         span = _span(body)
@@ -174,7 +184,7 @@ class Ranged:
 
 def _span(body: InHand) -> dict[bytes, bytes]:
     """The values of Content-Range and Content-Length of an answer in hand (b"" when absent)."""
-    return {name: (get(body.headers, name.decode("latin-1")) or "").encode("latin-1") for name in _SPAN_FIELDS}
+    return {low: (get(body.headers, name) or "").encode("latin-1") for name, low in _SPAN_FIELDS}
 
 
 @dataclass(frozen=True)

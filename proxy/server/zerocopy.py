@@ -340,7 +340,10 @@ def send_more(sock: int, data: bytes) -> int:
     it failed, or the call is missing: then the caller's transport writes them, and sees why)."""
     if _send is None:
         return 0
-    return max(_send(sock, data, len(data), socket.MSG_MORE | socket.MSG_NOSIGNAL), 0)
+    return max(_send(sock, data, len(data), _MORE), 0)
+
+
+_MORE = int(socket.MSG_MORE | socket.MSG_NOSIGNAL)
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:
