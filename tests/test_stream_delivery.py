@@ -150,11 +150,12 @@ def test_a_live_playlist_polled_by_50_clients(settings: Settings, make_server,  
     async def poll(client: httpx.AsyncClient, seen: list[tuple[float, int]]) -> None:
         end = time.monotonic() + RUN
         while time.monotonic() < end:
+            sent = time.monotonic()
             r = await client.get("/live/index.m3u8")
             assert r.status_code == 200 and r.content.startswith(b"#EXTM3U\n")
             sequence = re.search(rb"#EXT-X-MEDIA-SEQUENCE:(\d+)", r.content)
             assert sequence is not None
-            seen.append((time.monotonic(), int(sequence[1])))
+            seen.append((sent, int(sequence[1])))
             await asyncio.sleep(POLL)
 
     async def pollers(url: str) -> list[tuple[float, int]]:
@@ -175,8 +176,11 @@ def test_a_live_playlist_polled_by_50_clients(settings: Settings, make_server,  
     finally:
         stop.set()
         thread.join()
-    # Never older than a target duration: when a response was received, the playlist that
-    # followed the one it carries was not published more than TARGET seconds before.
+    # Never older than a target duration: when a request was sent, the playlist that followed
+    # the one its answer carries was not published more than TARGET seconds before. (From the
+    # moment it was sent, not received: 50 pollers in one process on a loaded machine may read
+    # an answer late, and that wait is theirs, not the edge's; an edge that refreshes late still
+    # fails, its copy aging by a second a second.)
     late = [(at - published[n + 1], n) for at, n in seen if n + 1 in published and published[n + 1] < at]
     assert all(age <= TARGET for age, _ in late), max(late)
     # One origin request per refresh: never two at a time, at most one per second (half the
