@@ -11,9 +11,9 @@ own; each is warmed and checked (every 4 MiB slice of the big object and the sma
 answer HIT, the bytes equal the origin's, If-None-Match gets 304) before anything is
 measured, and the origin must see no request while they are measured. The machine's speed
 drifts over minutes, so the proxies take turns: in each of --rounds rounds, each figure is
-measured for each proxy in turn, and the table shows each figure's median run. The load
-generator is wrk (never Python), with --timeout 30s so that slow answers count in the
-latency instead of being dropped.
+measured for each proxy in turn (another proxy first in each round), and the table shows each
+figure's median run. The load generator is wrk (never Python), with --timeout 30s so that slow
+answers count in the latency instead of being dropped.
 
 Figures, each run over --seconds: a 64 MiB GET on 1 connection (MiB/s); random 1 MiB ranges,
 half aligned on 1 MiB and half not, on 64 connections (MiB/s, p99 ms; bench/wrk_ranges.lua);
@@ -261,7 +261,8 @@ def is_worker(cmdline: str, leader: bool, alone: bool) -> bool:
 def measure_all(servers: list[Server], files: dict[str, bytes], origin_port: int, seconds: int, threads: int,
                 rounds: int, figures: list[str]) -> dict[str, Figures]:
     """Warm and check every proxy, then measure: in each round, each figure for each proxy in
-    turn, so that a change in the machine's speed over the run falls on all of them alike."""
+    turn (another going first each round), so that a change in the machine's speed over the run
+    falls on all of them alike."""
     for server in servers:
         print(f"\n{server.name} (port {server.port})", flush=True)
         server.etag, server.last_modified = warm_and_check(server.name, server.port, files)
@@ -271,8 +272,9 @@ def measure_all(servers: list[Server], files: dict[str, bytes], origin_port: int
     try:
         for round_ in range(1, rounds + 1):
             print(f"\nround {round_} of {rounds}", flush=True)
+            turn = (round_ - 1) % len(servers)  # each round another proxy goes first: no order favours one
             for figure in figures:
-                for server in servers:
+                for server in servers[turn:] + servers[:turn]:
                     run_figure(server, figure, seconds, threads, origin_port, len(files[BIG]))
     finally:
         for server in servers:
