@@ -1099,3 +1099,36 @@ def test_a_response_that_ends_while_the_next_head_is_coming_leaves_that_head_who
         assert _response(sock).endswith(b"\r\n\r\n" + b"x" * 100)  # the miss, answered while the head waits
         sock.sendall(b"st: edge\r\n\r\n")
         assert _response(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_ranged_answer_whose_segment_planning_fails_closes_its_descriptors(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, decisions: list[float], ranged_replays: list[int],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the app (`Connection: close`: not written at once), a ranged answer's blocks are
+    descriptors of its own: when what runs once the blocks are in hand fails (the segment
+    planner, say), they are closed, not left open for good."""
+    origin, _ = upstream
+    body = random.Random(5).randbytes(2 * 1024 * 1024)
+    origin.objects["/v"] = Obj(body, {"cache-control": "max-age=600"})
+    settings = dataclasses.replace(http_settings, block_size=1024 * 1024)
+    kept = b"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes=5-14\r\n\r\n"
+    with RunningServer(settings) as edge:
+        _exchange(edge.port, b"GET /v HTTP/1.1\r\nHost: edge\r\n\r\n")  # stored
+        for offset in (0, 1_500_000):  # each block read and held
+            _exchange(edge.port, f"GET /v HTTP/1.1\r\nHost: edge\r\nRange: bytes={offset}-{offset}\r\n\r\n".encode())
+        clock.now += 0.25
+        _until_ready(edge.port, kept, decisions)
+        time.sleep(0.1)
+        descriptors, replayed, made = _block_files_open(settings), len(ranged_replays), len(decisions)
+        monkeypatch.setattr(proxy.cache.reads.ReadPath, "_get_served", _fails)
+        for _ in range(3):  # across both blocks, through the app: its own descriptors
+            answer = _exchange(edge.port, b"GET /v HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n"
+                               b"Range: bytes=1000000-1100000\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 500 ")
+        assert len(ranged_replays) == replayed and len(decisions) == made  # the ranged answer's, failed
+        assert _block_files_open(settings) == descriptors
+
+
+def _fails(*_: Any) -> None:
+    raise RuntimeError("the segment planner failed")

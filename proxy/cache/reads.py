@@ -261,8 +261,13 @@ class ReadPath:
             chunks = blocks.at_hand(obj, target, twin.fields, start, end, borrow)
             if chunks is None:
                 return None
-            self._get_served(target, twin.fields, obj)  # (once it is the answer: else the read path plans)
-            return InHand(fields, chunks, borrow)
+            body = InHand(fields, chunks, borrow)
+            try:
+                self._get_served(target, twin.fields, obj)  # (once it is the answer: else the read path plans)
+            except BaseException:
+                body.close()  # (descriptors of its own, unless borrowed)
+                raise
+            return body
         return again
 
     async def _fill_missing(self, ex: _Exchange, obj: CachedObject, needed: list[int]) -> Coming | None:

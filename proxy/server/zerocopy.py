@@ -343,7 +343,7 @@ def send_more(sock: int, data: bytes) -> int:
     return max(_send(sock, data, len(data), _MORE), 0)
 
 
-_MORE = int(socket.MSG_MORE | socket.MSG_NOSIGNAL)
+_MORE = getattr(socket, "MSG_MORE", 0) | getattr(socket, "MSG_NOSIGNAL", 0)  # (Linux's: elsewhere _send is None)
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:
