@@ -182,6 +182,8 @@ def test_a_damaged_database_of_passing_things_starts_empty(tmp_path: Path, datab
 def test_damage_found_at_run_time_is_healed_once_and_every_store_of_the_directory_goes_on(tmp_path: Path) -> None:
     one, two = Store(str(tmp_path), LIMIT), Store(str(tmp_path), LIMIT)  # two workers of one cache directory
     stored = _stored(one, 20)
+    primaries = ["/" + obj.key.rsplit("|", 1)[1].lstrip("/") for obj, _ in stored]
+    marks = {primary: one.change_mark(primary) for primary in primaries}
     path = tmp_path / "index" / "cache.db"
     for cache in (one.index, two.index):
         cache._sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -202,6 +204,8 @@ def test_damage_found_at_run_time_is_healed_once_and_every_store_of_the_director
         time.sleep(0.05)
     time.sleep(0.2)
     assert one.integrity_figures()["rebuilt_index"] == 1  # healed once
+    for store in (one, two):  # what any process remembers of a key (ready answers, say) is given no more
+        assert all(store.change_mark(p) != marks[p] for p in primaries)
     for store in (one, two):  # both use the new database (their connections were opened again)
         for obj, _ in stored:
             primary = "/" + obj.key.rsplit("|", 1)[1].lstrip("/")

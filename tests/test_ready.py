@@ -10,6 +10,7 @@ import random
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -422,6 +423,59 @@ async def test_a_replayed_answer_is_the_answer_of_the_full_path(  # type: ignore
 LATER = (0.6, 1.05, 1.7, 2.2, 2.95, 3.05, 3.6, 4.2, 4.95, 5.05, 5.5, 6.5)  # seconds after the start
 
 
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The requests the read path answered (a replayed answer, renewed or not, takes none)."""
+    made: list[int] = []
+    read = proxy.cache.reads.ReadPath.read
+
+    async def counted(self: Any, req: Any) -> Any:
+        made.append(1)
+        return await read(self, req)
+
+    monkeypatch.setattr(proxy.cache.reads.ReadPath, "read", counted)
+    return made
+
+
+async def replayed_then_decided(
+    settings: Settings, clock: Clock, reads: list[int], method: str, kept: dict[str, str],
+    asked: Callable[[int], dict[str, str]],
+) -> tuple[list[float], list[float]]:
+    """/x kept for a request with the fields `kept` (asked twice, 0.1 s after it was stored), then asked
+    at each of LATER with the fields `asked(i)`: the moments replayed, each answer compared with a
+    second edge's on the same cache that keeps no answers ready, asked at the same moment (the
+    read path answers nothing of a replay); and the moments the read path answered (then the
+    answer may rightly differ: the edge asked first revalidates, and the other would find another
+    stored response: they are not compared)."""
+    full_path = create_app(settings)
+    full_path.app.answers = None  # EdgeApp -> Front, answering nothing ready
+    replayed, decided = [], []
+    async with in_process(settings) as c, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=full_path), base_url="http://edge.test") as reference:
+        for _ in range(2):  # stored, and its blocks read and held (a ranged answer answers from them)
+            await c.get("/x", headers={name: value for name, value in kept.items() if name != "range"})
+        start = clock.now
+        clock.now = start + 0.1
+        for _ in range(2):
+            await c.request(method, "/x", headers=kept)  # offered twice: kept
+        for i, later in enumerate(LATER):
+            clock.now = start + later
+            made = len(reads)
+            again = await c.request(method, "/x", headers=asked(i))
+            if len(reads) > made:
+                decided.append(later)
+                continue
+            replayed.append(later)
+            full = await reference.request(method, "/x", headers=asked(i))
+            assert answer(again) == answer(full), later
+    return replayed, decided
+
+
+def fresh_until(limit: float) -> list[float]:
+    """The moments of LATER before `limit`, and the one at which the read path must answer."""
+    return [t for t in LATER if t < limit] + [min(t for t in LATER if t >= limit)]
+
+
 @pytest.mark.parametrize("asked", [
     {},
     {"range": "bytes=10-99"},
@@ -432,54 +486,48 @@ LATER = (0.6, 1.05, 1.7, 2.2, 2.95, 3.05, 3.6, 4.2, 4.95, 5.05, 5.5, 6.5)  # sec
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("origin_dated", [False, True])
 async def test_a_renewed_answer_is_the_answer_of_the_full_path(  # type: ignore[no-untyped-def]
-    upstream, http_settings: Settings, clock: Clock, monkeypatch: pytest.MonkeyPatch, asked: dict[str, str],
-    method: str, origin_dated: bool,
+    upstream, http_settings: Settings, clock: Clock, reads: list[int], asked: dict[str, str], method: str,
+    origin_dated: bool,
 ) -> None:
     """Kept once, an answer goes on past its steady time without the read path (renewed) while the
     rules still serve it fresh: each time, it is the full path's answer at that moment, Date and
-    Age included, whether the edge dates it or the origin did. Once they would not (a request's
-    max-age or min-fresh, the stored response's own age) the edge asked first revalidates, and
-    the full path asked after it would see another stored response: that is not compared."""
+    Age included, whether the edge dates it or the origin did; once they would not (a request's
+    max-age or min-fresh, the stored response's own age), the read path answers."""
     origin, _ = upstream
-    body = bytes(range(256)) * 4
     fields = {"cache-control": "max-age=5"}
     if origin_dated:
         fields["date"] = format_http_date(clock.now - 1)  # its Age counts from then
-    origin.objects["/x"] = Obj(body, fields)
-    reads: list[int] = []
-    read = proxy.cache.reads.ReadPath.read
-
-    async def counted(self: Any, req: Any) -> Any:
-        reads.append(1)
-        return await read(self, req)
-
-    monkeypatch.setattr(proxy.cache.reads.ReadPath, "read", counted)
-    full_path = create_app(http_settings)
-    full_path.app.answers = None  # EdgeApp -> Front, answering nothing ready
-    async with in_process(http_settings) as c, httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=full_path), base_url="http://edge.test") as reference:
-        await c.get("/x")
-        start = clock.now
-        clock.now = start + 0.1
-        for _ in range(2):
-            await c.request(method, "/x", headers=asked)  # offered twice: kept
-        replayed, decided = [], []
-        for later in LATER:
-            clock.now = start + later
-            made = len(reads)
-            again = await c.request(method, "/x", headers=asked)
-            if len(reads) > made:
-                decided.append(later)  # the read path answered: the answer may have changed (revalidated)
-                continue
-            replayed.append(later)
-            full = await reference.request(method, "/x", headers=asked)  # at the same moment
-            assert answer(again) == answer(full), later
+    origin.objects["/x"] = Obj(bytes(range(256)) * 4, fields)
+    replayed, decided = await replayed_then_decided(http_settings, clock, reads, method, asked, lambda i: asked)
     # Replayed (renewed, after the first second) while fresh to the rules: its age (from the origin's
     # Date, 1.125 s before the start, when it has one) below the object's max-age of 5, the request's
     # max-age of 3, or 5 - its min-fresh of 3; then revalidated by the read path (and kept anew).
     limit = {"max-age=3": 3, "min-fresh=3": 2}.get(asked.get("cache-control", ""), 5) - (1.125 if origin_dated else 0)
-    assert [t for t in replayed if t < decided[0]] == [t for t in LATER if t < limit]
-    assert decided[0] == min(t for t in LATER if t >= limit)
+    assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(limit)
+
+
+@pytest.mark.parametrize("origin_dated", [False, True])
+async def test_a_renewed_ranged_answer_is_the_full_paths_for_any_range(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, reads: list[int], origin_dated: bool,
+) -> None:
+    """A ranged answer renewed answers each later request, with a Range of its own, as the full path
+    does, for a response that varies (on Accept-Language) and came with the next hop's
+    Cache-Status and X-Cache, until it is stale."""
+    origin, _ = upstream
+    fields = {"cache-control": "max-age=5", "vary": "accept-language", "cache-status": "origin; hit; ttl=100",
+              "x-cache": "MISS from origin"}
+    if origin_dated:
+        fields["date"] = format_http_date(clock.now - 1)
+    origin.objects["/x"] = Obj(random.Random(5).randbytes(600_000), fields)  # three 256 KiB blocks
+    french = {"accept-language": "fr", "user-agent": "a player"}
+
+    def another_range(i: int) -> dict[str, str]:
+        first = 37_001 * i * i % 550_000
+        return {**french, "range": f"bytes={first}-{first + 20_000 + 999 * i}", "user-agent": f"player {i}"}
+
+    replayed, decided = await replayed_then_decided(http_settings, clock, reads, "GET",
+                                                    {**french, "range": "bytes=10-99"}, another_range)
+    assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(5 - (1.125 if origin_dated else 0))
 
 
 # --- differential: a request answered ready gets what the full path gives it -------------

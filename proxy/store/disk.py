@@ -269,6 +269,9 @@ class Store:
                     self._open(database).close()
                 self.tallies.replaced(database)  # every connection to it, in every process, opens the new one
                 self._repair({database: (cure, aside, reason or error)}, running=True)
+                # What every process remembers of any key (its metadata, the answers it keeps ready)
+                # was read from the damaged database: each key's change counter moves.
+                self.epochs.bump_all()
         except Exception as e:  # noqa: BLE001 - a heal that fails leaves the store failing as it was
             log.error("cache database %s could not be healed: %s", FILES[database], e)
         finally:
