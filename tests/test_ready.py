@@ -530,6 +530,28 @@ async def test_a_renewed_ranged_answer_is_the_full_paths_for_any_range(  # type:
     assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(5 - (1.125 if origin_dated else 0))
 
 
+@pytest.mark.parametrize("body, kind, renewed", [
+    (b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:1,\ns0.ts\n#EXT-X-ENDLIST\n",
+     "application/vnd.apple.mpegurl", False),
+    (b"segment 0", "video/mp2t", True),
+])
+async def test_a_manifest_the_segment_planner_follows_is_not_renewed(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, reads: list[int], body: bytes, kind: str, renewed: bool,
+) -> None:
+    """With the segment prefetch on, a playlist's kept answer ends at its steady time as before:
+    the read path answers it again, and plans what its players ask for next, at least once a
+    second while clients ask. A segment's is renewed."""
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=5", "content-type": kind})
+    origin.objects["/s0.ts"] = Obj(b"segment 0", {"content-type": "video/mp2t"})
+    settings = dataclasses.replace(http_settings, prefetch_segments=3)
+    replayed, decided = await replayed_then_decided(settings, clock, reads, "GET", {}, lambda i: {})
+    if renewed:
+        assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(5)
+    else:  # the first answer after each step is the read path's (within the step, kept ones)
+        assert decided[:2] == [1.05, 2.2] and 1.7 in replayed
+
+
 # --- differential: a request answered ready gets what the full path gives it -------------
 
 _ETAG = '"v1"'

@@ -236,7 +236,12 @@ class ReadPath:
         again, on the same stored response, for a request asking the same (its fields those they
         read); while that is a fresh hit, only its Date (when the edge dated it: `date` is the
         hit's), Age and ttl differ (http.cache.steady_until). None when the hit's Date cannot be
-        told apart from the stored response's own (stored in the second it was answered in)."""
+        told apart from the stored response's own (stored in the second it was answered in); and
+        for a manifest the segment planner follows: each answer of one by the read path plans the
+        segments its players ask for next (a live playlist's plan moves with time), as it did
+        when every kept answer ended within a second."""
+        if self.segments is not None and obj.changes is not None:
+            return None
         stored_date, dated_now = get(obj.fields, "date"), format_http_date(ex.now)
         if date is None or (date == dated_now) == (date == stored_date):
             return None
