@@ -207,8 +207,7 @@ def test_damage_found_at_run_time_is_healed_once_and_every_store_of_the_director
     for store in (one, two):  # what any process remembers of a key (ready answers, say) is given no more
         assert all(store.change_mark(p) != marks[p] for p in primaries)
     for store in (one, two):  # both use the new database (their connections were opened again)
-        for obj, _ in stored:
-            primary = "/" + obj.key.rsplit("|", 1)[1].lstrip("/")
+        for (obj, _), primary in zip(stored, primaries, strict=True):
             assert store.get_meta(obj.key, store.generation(primary), fresh=True) == obj
         assert store.take_lease("l", "me", 5)
         store.release_lease("l", "me")

@@ -269,9 +269,6 @@ class Store:
                     self._open(database).close()
                 self.tallies.replaced(database)  # every connection to it, in every process, opens the new one
                 self._repair({database: (cure, aside, reason or error)}, running=True)
-                # What every process remembers of any key (its metadata, the answers it keeps ready)
-                # was read from the damaged database: each key's change counter moves.
-                self.epochs.bump_all()
         except Exception as e:  # noqa: BLE001 - a heal that fails leaves the store failing as it was
             log.error("cache database %s could not be healed: %s", FILES[database], e)
         finally:
@@ -314,6 +311,8 @@ class Store:
             outcome = f"rebuilt with {kept} entries" if kept else "started empty"
             log.error("cache database %s was damaged (%s): moved aside to %s, %s", name, reason, aside, outcome)
             self.tallies.healed(database, rebuilt=kept > 0)
+        if remedies:  # what any running process remembers of any key (its metadata, the answers it
+            self.epochs.bump_all()  # keeps ready) may come from what was damaged: each key changed
 
     def _salvage(self, aside: str) -> int:
         """Copy the rows of the damaged objects database that can be read (and whose files are there,

@@ -53,15 +53,18 @@ class Epochs:
         """Count `by` changes; a read-modify-write under a lock held by one process at a time,
         so that two writers never both write the same new value."""
         with self._lock, _locked(self._fd):
-            value = _COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0]
-            _COUNTER.pack_into(self._map, slot * _COUNTER.size, (value + by) % 2**64)
+            self._add(slot, by)
 
     def bump_all(self) -> None:
         """Count a change of every key at once (what any process remembers of any key is stale)."""
         with self._lock, _locked(self._fd):
             for slot in range(self.slots):
-                value = _COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0]
-                _COUNTER.pack_into(self._map, slot * _COUNTER.size, (value + 1) % 2**64)
+                self._add(slot, 1)
+
+    def _add(self, slot: int, by: int) -> None:
+        """(Under the locks.)"""
+        value = _COUNTER.unpack_from(self._map, slot * _COUNTER.size)[0]
+        _COUNTER.pack_into(self._map, slot * _COUNTER.size, (value + by) % 2**64)
 
     def settle(self, slot: int, by: int) -> None:
         """Take `by` off the slot's count, never below zero (a count of something owed)."""
