@@ -109,7 +109,8 @@ def test_disconnect_mid_stream_stops_reading_and_closes_the_file(
     received = 0
     while received < 1024 * 1024:
         received += len(s.recv(65536))
-    assert _open_fds_to(big) >= 1
+    if not cached:  # streamed straight from the file; a fill opens the origin's file per block
+        assert _open_fds_to(big) >= 1
     ahead = received + s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) + _max_send_buffer()
     s.close()
     deadline = time.monotonic() + 10
