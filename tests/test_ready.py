@@ -10,6 +10,7 @@ import random
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE
 import proxy.app
 import proxy.cache.reads
 import proxy.cache.replies
+import proxy.http.directives
 import proxy.ops.metrics
 import proxy.server.content
 import proxy.server.front
@@ -233,6 +235,94 @@ def test_a_ranged_answer_is_found_for_any_range_and_the_same_other_fields() -> N
     assert k is not None and ready.current(k, 100.25) is not None and ready.ranged(k, 100.25) is not None
 
 
+HIT = [(b"date", b"Tue, 14 Nov 2023 22:13:20 GMT"), (b"content-length", b"5"), (b"age", b"3"),
+       (b"cache-status", b"origin; fwd=uri-miss, edgecache; hit; ttl=7"), (b"x-cache", b"HIT")]
+
+
+def renewing(read: list[Any], answer: Any = "fresh", dated: bool = False) -> Steady:
+    """A steady hit renewed as the read path's rules would: `answer` "fresh" (a fresh hit one step
+    later, its rules reading the fields in `read[0]`), or None (no longer a fresh hit)."""
+    def renew(fields: Any, now: float) -> Any:
+        read.append(dict(fields.joined))
+        for name in read[0]:
+            proxy.http.directives.get(fields, name)
+        if answer is None:
+            return None
+        return proxy.cache.replies.Retimed(Steady(now, now + 0.5, 7, 1, "/x", (), renew),
+                                           "Tue, 14 Nov 2023 22:13:21 GMT" if dated else None, "4", 6)
+    return Steady(100.0, 100.5, 7, 1, "/x", (), renew)
+
+
+def test_a_steady_answer_past_its_time_is_renewed_with_its_time_fields_only() -> None:
+    """Past its steady time, with its stored response unchanged, an answer is the read path's
+    rules' again (asked on the key's own fields), with only its Age, Date and ttl changed."""
+    c = Counters()
+    ready = answers(c)
+    asks = (*REQUEST, (b"cache-control", b"max-age=9"))
+    for dated in (False, True):
+        read: list[Any] = [{"cache-control", "authorization"}]
+        offer_twice(ready, key("k"), 200, HIT, renewing(read, dated=dated), (), body=b"hello", request=asks,
+                    read={"cache-control", "authorization"})
+        found = find(ready, key("k"), 100.75, asks)
+        assert found is not None and found.body == b"hello" and found.steady.since == 100.75
+        assert read[1:] == [{"cache-control": "max-age=9"}]  # the key's lines, not the client's own fields
+        assert found.headers == [(b"date", b"Tue, 14 Nov 2023 22:13:21 GMT" if dated else HIT[0][1]),
+                                 (b"content-length", b"5"), (b"age", b"4"),
+                                 (b"cache-status", b"origin; fwd=uri-miss, edgecache; hit; ttl=6"),
+                                 (b"x-cache", b"HIT")]
+        assert find(ready, key("k"), 101.0, asks) is found  # within its new steady time: as it is
+        assert len(read) == 2
+    assert c.hits == ["/x"] * 4
+
+
+def test_an_answer_is_not_renewed_when_it_is_no_longer_the_same_hit() -> None:
+    """Not renewed, but gone: its stored response changed; the rules no longer serve it fresh; they
+    read a field not in its key; or, for a ranged answer, its Range (not in a ranged key)."""
+    c = Counters()
+    ready = answers(c)
+    read: list[Any] = [set()]
+    offer_twice(ready, key("k"), 200, HIT, renewing(read), (), body=b"hello")
+    c.counts[7] = 2
+    assert find(ready, key("k"), 100.75) is None and read[1:] == []
+    c.counts[7] = 1
+    offer_twice(ready, key("k"), 200, HIT, renewing(read, answer=None), (), body=b"hello")
+    assert find(ready, key("k"), 100.75) is None and find(ready, key("k"), 100.25) is None
+    offer_twice(ready, key("k"), 200, HIT, renewing([{"pragma"}]), (), body=b"hello", read={"cache-control"})
+    assert find(ready, key("k"), 100.75) is None
+    mine = ((b"host", b"edge.test"), (b"range", b"bytes=0-9"))
+    again = lambda scope, borrow: None  # noqa: E731 - never asked here
+    for fields_read in ({"if-range"}, {"range"}):
+        offer_twice(ready, key("r"), 206, HIT, renewing([fields_read]), (), request=mine, read={"range", "if-range"},
+                    again=again)
+        k = ready.key(key("r"), mine)
+        assert k is not None
+        renewed = ready.ranged(k, 100.75)
+        assert (renewed is None) == ("range" in fields_read), fields_read
+        assert renewed is None or renewed.again is again and renewed.field(b"age") == b"4"
+    offer_twice(ready, key("k"), 200, [(b"content-length", b"5")], renewing([set()]), (), body=b"hello")
+    assert find(ready, key("k"), 100.75) is None  # no Age nor Cache-Status: not a hit's fields
+
+
+@given(st.lists(st.sampled_from([b"age", b"Age", b"date", b"cache-status", b"etag", b"x-cache"]), max_size=6),
+       st.integers(0, 10**9), st.integers(-5, 10**9), st.booleans())
+def test_retimed_fields_change_only_the_time_fields(names: list[bytes], age: int, ttl: int, dated: bool) -> None:
+    headers = [(name, b"edge; hit; ttl=1, edgecache; hit; ttl=12" if name.lower() == b"cache-status" else b"v")
+               for name in names]
+    retimed = proxy.cache.replies.Retimed(steady(), "D" if dated else None, str(age), ttl)
+    out = proxy.server.ready.retimed_fields(headers, retimed)
+    lows = [name.lower() for name in names]
+    complete = b"age" in lows and b"cache-status" in lows and (b"date" in lows or not dated)
+    if not complete:
+        assert out is None
+        return
+    assert out is not None and [name for name, _ in out] == names
+    for (name, value), (_, before) in zip(out, headers, strict=True):
+        low = name.lower()
+        assert value == (str(age).encode() if low == b"age" else
+                         b"edge; hit; ttl=1, edgecache; hit; ttl=%d" % ttl if low == b"cache-status" else
+                         b"D" if low == b"date" and dated else before)
+
+
 def test_answers_are_bounded_in_bytes() -> None:
     c = Counters()
     ready = answers(c, max_bytes=64 * 1024)
@@ -328,6 +418,138 @@ async def test_a_replayed_answer_is_the_answer_of_the_full_path(  # type: ignore
             assert len(full.content) == (0 if method == "HEAD" or full.status_code == 304 else
                                          90 if "range" in asked else len(body))
     assert replayed >= 3  # the test saw replays, not only the full path
+
+
+LATER = (0.6, 1.05, 1.7, 2.2, 2.95, 3.05, 3.6, 4.2, 4.95, 5.05, 5.5, 6.5)  # seconds after the start
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The requests the read path answered (a replayed answer, renewed or not, takes none)."""
+    made: list[int] = []
+    read = proxy.cache.reads.ReadPath.read
+
+    async def counted(self: Any, req: Any) -> Any:
+        made.append(1)
+        return await read(self, req)
+
+    monkeypatch.setattr(proxy.cache.reads.ReadPath, "read", counted)
+    return made
+
+
+async def replayed_then_decided(
+    settings: Settings, clock: Clock, reads: list[int], method: str, kept: dict[str, str],
+    asked: Callable[[int], dict[str, str]],
+) -> tuple[list[float], list[float]]:
+    """/x kept for a request with the fields `kept` (asked twice, 0.1 s after it was stored), then asked
+    at each of LATER with the fields `asked(i)`: the moments replayed, each answer compared with a
+    second edge's on the same cache that keeps no answers ready, asked at the same moment (the
+    read path answers nothing of a replay); and the moments the read path answered (then the
+    answer may rightly differ: the edge asked first revalidates, and the other would find another
+    stored response: they are not compared)."""
+    full_path = create_app(settings)
+    full_path.app.answers = None  # EdgeApp -> Front, answering nothing ready
+    replayed, decided = [], []
+    async with in_process(settings) as c, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=full_path), base_url="http://edge.test") as reference:
+        for _ in range(2):  # stored, and its blocks read and held (a ranged answer answers from them)
+            await c.get("/x", headers={name: value for name, value in kept.items() if name != "range"})
+        start = clock.now
+        clock.now = start + 0.1
+        for _ in range(2):
+            await c.request(method, "/x", headers=kept)  # offered twice: kept
+        for i, later in enumerate(LATER):
+            clock.now = start + later
+            made = len(reads)
+            again = await c.request(method, "/x", headers=asked(i))
+            if len(reads) > made:
+                decided.append(later)
+                continue
+            replayed.append(later)
+            full = await reference.request(method, "/x", headers=asked(i))
+            assert answer(again) == answer(full), later
+    return replayed, decided
+
+
+def fresh_until(limit: float) -> list[float]:
+    """The moments of LATER before `limit`, and the one at which the read path must answer."""
+    return [t for t in LATER if t < limit] + [min(t for t in LATER if t >= limit)]
+
+
+@pytest.mark.parametrize("asked", [
+    {},
+    {"range": "bytes=10-99"},
+    {"if-none-match": "*"},
+    {"cache-control": "max-age=3"},
+    {"cache-control": "min-fresh=3"},
+])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("origin_dated", [False, True])
+async def test_a_renewed_answer_is_the_answer_of_the_full_path(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, reads: list[int], asked: dict[str, str], method: str,
+    origin_dated: bool,
+) -> None:
+    """Kept once, an answer goes on past its steady time without the read path (renewed) while the
+    rules still serve it fresh: each time, it is the full path's answer at that moment, Date and
+    Age included, whether the edge dates it or the origin did; once they would not (a request's
+    max-age or min-fresh, the stored response's own age), the read path answers."""
+    origin, _ = upstream
+    fields = {"cache-control": "max-age=5"}
+    if origin_dated:
+        fields["date"] = format_http_date(clock.now - 1)  # its Age counts from then
+    origin.objects["/x"] = Obj(bytes(range(256)) * 4, fields)
+    replayed, decided = await replayed_then_decided(http_settings, clock, reads, method, asked, lambda i: asked)
+    # Replayed (renewed, after the first second) while fresh to the rules: its age (from the origin's
+    # Date, 1.125 s before the start, when it has one) below the object's max-age of 5, the request's
+    # max-age of 3, or 5 - its min-fresh of 3; then revalidated by the read path (and kept anew).
+    limit = {"max-age=3": 3, "min-fresh=3": 2}.get(asked.get("cache-control", ""), 5) - (1.125 if origin_dated else 0)
+    assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(limit)
+
+
+@pytest.mark.parametrize("origin_dated", [False, True])
+async def test_a_renewed_ranged_answer_is_the_full_paths_for_any_range(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, reads: list[int], origin_dated: bool,
+) -> None:
+    """A ranged answer renewed answers each later request, with a Range of its own, as the full path
+    does, for a response that varies (on Accept-Language) and came with the next hop's
+    Cache-Status and X-Cache, until it is stale."""
+    origin, _ = upstream
+    fields = {"cache-control": "max-age=5", "vary": "accept-language", "cache-status": "origin; hit; ttl=100",
+              "x-cache": "MISS from origin"}
+    if origin_dated:
+        fields["date"] = format_http_date(clock.now - 1)
+    origin.objects["/x"] = Obj(random.Random(5).randbytes(600_000), fields)  # three 256 KiB blocks
+    french = {"accept-language": "fr", "user-agent": "a player"}
+
+    def another_range(i: int) -> dict[str, str]:
+        first = 37_001 * i * i % 550_000
+        return {**french, "range": f"bytes={first}-{first + 20_000 + 999 * i}", "user-agent": f"player {i}"}
+
+    replayed, decided = await replayed_then_decided(http_settings, clock, reads, "GET",
+                                                    {**french, "range": "bytes=10-99"}, another_range)
+    assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(5 - (1.125 if origin_dated else 0))
+
+
+@pytest.mark.parametrize("body, kind, renewed", [
+    (b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:1,\ns0.ts\n#EXT-X-ENDLIST\n",
+     "application/vnd.apple.mpegurl", False),
+    (b"segment 0", "video/mp2t", True),
+])
+async def test_a_manifest_the_segment_planner_follows_is_not_renewed(  # type: ignore[no-untyped-def]
+    upstream, http_settings: Settings, clock: Clock, reads: list[int], body: bytes, kind: str, renewed: bool,
+) -> None:
+    """With the segment prefetch on, a playlist's kept answer ends at its steady time as before:
+    the read path answers it again, and plans what its players ask for next, at least once a
+    second while clients ask. A segment's is renewed."""
+    origin, _ = upstream
+    origin.objects["/x"] = Obj(body, {"cache-control": "max-age=5", "content-type": kind})
+    origin.objects["/s0.ts"] = Obj(b"segment 0", {"content-type": "video/mp2t"})
+    settings = dataclasses.replace(http_settings, prefetch_segments=3)
+    replayed, decided = await replayed_then_decided(settings, clock, reads, "GET", {}, lambda i: {})
+    if renewed:
+        assert [t for t in replayed if t < decided[0]] + decided[:1] == fresh_until(5)
+    else:  # the first answer after each step is the read path's (within the step, kept ones)
+        assert decided[:2] == [1.05, 2.2] and 1.7 in replayed
 
 
 # --- differential: a request answered ready gets what the full path gives it -------------

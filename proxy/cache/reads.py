@@ -35,7 +35,7 @@ from .entries import Entries
 from .fills import Filler, FillFailed
 from .flights import Flight, Flights
 from .hits import HitTally
-from .replies import InHand, Reply, Steady, Twin, nothing_to_close, relay, relay_forwarded, text_reply
+from .replies import InHand, Reply, Retimed, Steady, Twin, nothing_to_close, relay, relay_forwarded, text_reply
 from .segments import MANIFEST_BASE, Parsed, SegmentPrefetch, read_manifest
 from .spool import Spool
 from .threads import StoreThreads
@@ -224,25 +224,52 @@ class ReadPath:
             if reply.in_hand and plan is not None and ex.method == "GET" and one_span(plan) and \
                     "range" not in ex.varies_on and isinstance(ex.req.headers, Fields) and \
                     ex.req.headers.reads is not None:
-                reply.rerange = self._rerange(ex.req.target, ex.req.headers.reads, obj, action.age, until, status,
-                                              xcache, plan)
+                reply.rerange = self._rerange(ex.req.target, ex.req.headers.reads, obj, plan)
             if reply.whole is not None or reply.rerange is not None:
-                reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on)
+                reply.steady = Steady(ex.now, until, *ex.mark, obj.key, ex.varies_on,
+                                      self._renewal(ex, obj, get(reply.headers, "date")))
         return reply
 
-    def _rerange(self, target: Target, read: set[str], obj: CachedObject, age: float, until: float, status: str,
-                 xcache: str, plan: ResponsePlan) -> Callable[[Twin, bool], InHand | None]:
+    def _renewal(self, ex: _Exchange, obj: CachedObject,
+                 date: str | None) -> Callable[[Fields, float], Retimed | None] | None:
+        """How the steady hit of `ex` is the answer at a later time (Steady.renew): the rules decide
+        again, on the same stored response, for a request asking the same (its fields those they
+        read); while that is a fresh hit, only its Date (when the edge dated it: `date` is the
+        hit's), Age and ttl differ (http.cache.steady_until). None when the hit's Date cannot be
+        told apart from the stored response's own (stored in the second it was answered in); and
+        for a manifest the segment planner follows: each answer of one by the read path plans the
+        segments its players ask for next (a live playlist's plan moves with time), as it did
+        when every kept answer ended within a second."""
+        if self.segments is not None and obj.changes is not None:
+            return None
+        stored_date, dated_now = get(obj.fields, "date"), format_http_date(ex.now)
+        if date is None or (date == dated_now) == (date == stored_date):
+            return None
+        edge_dated = date == dated_now
+        method, primary, mark, varies_on, policy = ex.method, ex.primary, ex.mark, ex.varies_on, self.policy
+
+        def renew(fields: Fields, now: float) -> Retimed | None:
+            # (Asked only while the stored response is unchanged: any `miss` is never the answer.)
+            action = hc.decide(hc.Request(method, fields, primary), obj, Fwd.URI_MISS, now, policy)
+            if not isinstance(action, hc.Serve):
+                return None
+            until = hc.steady_until(action, now)
+            if until <= now:
+                return None
+            return Retimed(Steady(now, until, *mark, obj.key, varies_on, renew),
+                           format_http_date(now) if edge_dated else None, hc.age_field(action.age), int(action.ttl))
+        return renew
+
+    def _rerange(self, target: Target, read: set[str], obj: CachedObject,
+                 plan: ResponsePlan) -> Callable[[Twin, bool], InHand | None]:
         """The hit just served (of `target`, its rules having read the fields named in `read`), for
-        a request that differs from its own only in its Range and in fields no rule read
-        (replies.Reply.rerange); None where that is not so, its blocks are not at hand, or it is
-        `until` (the hit's steady time: until then nothing else it depends on can change). Holds
-        nothing of the request it was made for but those names."""
+        a request that differs from its own only in its Range and in fields no rule read, while
+        the hit is steady (replies.Reply.rerange: the caller knows it is); None where that is not
+        so or its blocks are not at hand. Holds nothing of the request it was made for but those
+        names."""
         blocks, size, max_ranges = self.blocks, obj.size, self.settings.max_ranges
 
         def again(twin: Twin, borrow: bool) -> InHand | None:
-            now = time.time()
-            if now >= until:
-                return None
             span = respan(plan, twin.range, size, max_ranges)  # most often the Range alone decides
             if span is not None:
                 first, last = span
@@ -252,7 +279,7 @@ class ReadPath:
             else:
                 headers = twin.fields()
                 headers.reads = set()
-                new = self._plan(ProxyRequest("GET", target, headers), obj, now)
+                new = self._plan(ProxyRequest("GET", target, headers), obj, time.time())
                 if new is None or not same_but_span(plan, new) or not headers.reads <= read:
                     return None
                 whole = new.body[0]
@@ -657,7 +684,7 @@ class ReadPath:
         event loop (BlockSource.at_hand: the reply closes no descriptor)."""
         now = time.time() if now is None else now
         self._served(req, obj)
-        extra = [*(own or []), ("Age", str(int(max(age, 0)))), ("Cache-Status", status), ("X-Cache", xcache)]
+        extra = [*(own or []), ("Age", hc.age_field(age)), ("Cache-Status", status), ("X-Cache", xcache)]
         if obj.status != 200:
             kept = [(n, v) for n, v in obj.headers if n.lower() != "age"]  # the edge's Age replaces it
             # RFC 9110 section 8.6: no Content-Length in a 204 (nor a 304).

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..http.cache import Fwd
 from ..http.cachestatus import cache_status
@@ -24,6 +24,22 @@ class Steady:
     count: int
     hit: str  # the stored response's key, for the hit tally
     varies_on: tuple[str, ...]  # the request fields that selected the stored response
+    # The same hit at a later time, while the stored response is unchanged (see Retimed): given
+    # the fields of a request asking the same (those the rules read) and that time; None where
+    # the answer is no longer this hit's with only its time fields changed.
+    renew: Callable[[Fields, float], Retimed | None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Retimed:
+    """A steady hit's answer at a later time, for as long as `steady` says: the same answer but
+    for the fields time enters (http.cache.steady_until): its Date when the edge dated it
+    (None: the stored response's own stays), its Age, and the ttl of its Cache-Status member."""
+
+    steady: Steady
+    date: str | None
+    age: str
+    ttl: int
 
 
 @dataclass

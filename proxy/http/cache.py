@@ -238,6 +238,11 @@ def steady_until(serve: Serve, now: float) -> float:
     return now + min(date_steps, age_steps, ttl_steps)
 
 
+def age_field(age: float) -> str:
+    """The Age value of an answer `age` seconds old (RFC 9111 section 5.1: whole seconds, never negative)."""
+    return str(int(max(age, 0)))
+
+
 def validators(headers: Headers) -> Headers:
     """Conditional request fields for revalidating a stored response (RFC 9111 section 4.3.1)."""
     out = []

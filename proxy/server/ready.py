@@ -1,6 +1,9 @@
 """Ready answers: a hit that every request asking the same of the edge would get again, byte for
 byte, is kept and sent again without asking the cache, for as long as nothing it depends on can
-have changed (see cache.replies.Steady and http.cache.steady_until).
+have changed (see cache.replies.Steady and http.cache.steady_until). Past that time, with its
+stored response unchanged, the read path's rules decide again on the key's own field lines
+(Steady.renew): while that is still a fresh hit, the answer goes on with new time fields
+(`retimed_fields`: Age, Cache-Status ttl, and Date when the edge dated it).
 
 The edge's front layer (server/front.py) does it, in front of everything that shapes a response
 (the routes, the read path): it keeps the answer as it went out, when the routes offered it
@@ -19,6 +22,7 @@ with a body.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -26,12 +30,12 @@ from itertools import chain
 from starlette.types import Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from ..cache.replies import InHand, Steady
-from ..http.directives import get
+from ..cache.replies import InHand, Retimed, Steady
+from ..http.directives import Fields, get
 from ..streaming import Given, send_in_hand, zero_copy
 from .zerocopy import HEAD_KEY, EncodedHead, encoded_head, encoded_line, has_body
 
-READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process (they live a second at most)
+READY_BYTES = 8 * 1024**2  # bound on the answers kept, per process
 SEEN = 8192  # requests remembered (by hash) as asked once: an answer is kept when asked again
 OFFER = "edgecache.ready"  # the scope key of a request's Offer
 
@@ -94,6 +98,11 @@ class Ready:
     def field(self, name: bytes) -> bytes:
         """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
         return field_of(self.headers, name)
+
+    def retimed(self, retimed: Retimed) -> Ready | None:
+        """This answer at a later time (Steady.renew); None when its fields are not a hit's."""
+        headers = retimed_fields(self.headers, retimed)
+        return None if headers is None else Ready(self.status, headers, self.body, retimed.steady, self.size)
 
 
 def field_of(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
@@ -180,6 +189,33 @@ class Ranged:
     def _fields(self, body: InHand) -> list[tuple[bytes, bytes]]:
         span = _span(body)
         return [(name, span.get(name.lower(), value)) for name, value in self.headers]
+
+    def retimed(self, retimed: Retimed) -> Ranged | None:
+        """This answer at a later time (Steady.renew); None when its fields are not a hit's."""
+        headers = retimed_fields(self.headers, retimed)
+        return None if headers is None else Ranged(self.status, headers, retimed.steady, self.again, self.size)
+
+
+_TTL = re.compile(rb"(;[ \t]*ttl=)-?[0-9]+")
+
+
+def retimed_fields(headers: list[tuple[bytes, bytes]], retimed: Retimed) -> list[tuple[bytes, bytes]] | None:
+    """A kept hit's fields at a later time: its Age, its Date when the edge dated it, and the ttl of
+    the last Cache-Status member (the edge's own: RFC 9211 section 2) as `retimed` says, the rest
+    as they are; None when one of those is missing (it was not a hit)."""
+    out, found = [], 0
+    for name, value in headers:
+        low = name.lower()
+        if low == b"age":
+            value, found = retimed.age.encode("latin-1"), found | 1
+        elif low == b"cache-status":
+            before, comma, own = value.rpartition(b",")
+            own, changes = _TTL.subn(lambda m: m.group(1) + b"%d" % retimed.ttl, own, count=1)
+            value, found = before + comma + own, found | (2 if changes else 0)
+        elif low == b"date" and retimed.date is not None:
+            value, found = retimed.date.encode("latin-1"), found | 4
+        out.append((name, value))
+    return out if found == (7 if retimed.date is not None else 3) else None
 
 
 def _span(body: InHand) -> dict[bytes, bytes]:
@@ -296,10 +332,39 @@ class ReadyAnswers:
         if kept is None:
             return None
         steady = kept.steady
-        if steady.since <= now < steady.until and self._changes_at(steady.slot) == steady.count:
-            return kept
+        if self._changes_at(steady.slot) == steady.count:
+            if steady.since <= now < steady.until:
+                return kept
+            renewed = self._renewed(key, kept, now) if now >= steady.until else None
+            if renewed is not None:
+                self._answers[key] = renewed  # (its size is the same)
+                return renewed
         self._drop(key)
         return None
+
+    def _renewed(self, key: RequestKey, kept: Ready | Ranged, now: float) -> Ready | Ranged | None:
+        """The answer kept under `key`, its stored response unchanged, at `now`, past its steady
+        time: the read path's rules decide again on the key's own lines (Steady.renew), and they
+        must read no other field (a ranged answer's key has no Range: they must not read it)."""
+        renew = kept.steady.renew
+        if renew is None:
+            return None
+        asked, lines = key
+        names = self._read.get(asked, ())
+        if len(names) != len(lines):
+            return None
+        pairs, known = [], set()
+        for name, values in zip(names, lines, strict=True):
+            if values is not None:
+                text = name.decode("latin-1")
+                known.add(text)
+                pairs += [(text, value.decode("latin-1")) for value in values]
+        fields = Fields(pairs)
+        fields.reads = set()
+        retimed = renew(fields, now)
+        if retimed is None or not fields.reads <= known:
+            return None
+        return kept.retimed(retimed)
 
     def tally(self, ready: Ready | Ranged) -> None:
         """An answer given: a hit of its stored response."""
