@@ -487,6 +487,36 @@ def test_a_span_is_resident_when_every_page_it_touches_is(evicted_file, offset, 
     assert not mapped.resident(offset, count)  # unmapped: never resident
 
 
+def test_a_block_at_hand_trusts_runs_found_in_memory_for_a_while(evicted_file, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A Mapped remembers each run of TRUSTED_PAGES pages it found wholly in memory, for TRUSTED
+    seconds; a run found partly in memory is not remembered, and a remembered one is asked again
+    once the time is up."""
+    pagecache = zerocopy.pagecache
+    monkeypatch.setattr(pagecache, "TRUSTED_PAGES", 16)  # four runs in the file's 64 pages
+    monkeypatch.setattr(pagecache, "TRUSTED", 3600.0)
+    evict = lambda: os.posix_fadvise(evicted_file, 0, 0, os.POSIX_FADV_DONTNEED)  # noqa: E731
+    mapped = pagecache.mapped(evicted_file, 64 * PAGE)
+    assert mapped is not None
+    try:
+        os.pread(evicted_file, 20 * PAGE, 16 * PAGE)  # pages 16 to 35: run 1 whole, run 2 in part
+        assert mapped.resident(18 * PAGE, 16 * PAGE)  # runs 1 and 2: the span's pages are all there
+        assert not mapped.resident(30 * PAGE, 8 * PAGE)  # pages 36 and 37 are not
+        evict()
+        assert not pagecache.resident(evicted_file, 16 * PAGE, 16 * PAGE)
+        assert mapped.resident(16 * PAGE + 1, 16 * PAGE - 1)  # run 1 was whole: remembered
+        assert not mapped.resident(32 * PAGE, PAGE)  # run 2 was not
+        assert not mapped.resident(31 * PAGE, 2 * PAGE)  # across both: run 2 is asked again
+        monkeypatch.setattr(pagecache, "TRUSTED", 0.0)
+        os.pread(evicted_file, 64 * PAGE, 0)
+        assert mapped.resident(40 * PAGE, 20 * PAGE)  # runs 2 and 3, trusted for no time
+        evict()
+        assert not mapped.resident(40 * PAGE, 20 * PAGE)
+        assert mapped.resident(16 * PAGE, PAGE)  # (still the hour it was given)
+    finally:
+        mapped.close()
+    assert not mapped.resident(16 * PAGE, PAGE)  # unmapped: never resident
+
+
 def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # type: ignore[no-untyped-def]
     os.pread(evicted_file, 64 * PAGE, 0)
     assert zerocopy.pagecache.resident(evicted_file, 0, 64 * PAGE)
