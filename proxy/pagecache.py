@@ -10,8 +10,10 @@ connection of the worker with it, so it goes to a thread.
 A block at hand is asked about for every request that reads it (`Mapped`): there each run of
 TRUSTED_PAGES pages found wholly in memory is taken to stay there for TRUSTED seconds, so a hot
 block costs a `mincore` per run and interval instead of one per request (one per 1 MiB range, it
-was about 5 % of the CPU such a range costs). Pages being sent are the last the kernel evicts;
-one evicted within that time costs one send that waits for the disk on the loop.
+was about 5 % of the CPU such a range costs). The kernel's LRU evicts recently used pages last,
+but it may: each send that touches a page evicted within that time waits for the disk, on the
+loop, until the run is asked again. A run found partly on disk is remembered as such for as long,
+and meanwhile only a span's own pages are asked about, as for a file not at hand.
 
 The kernel reports the page cache only for files the process owns or may write (the cache's
 own block files); for others every page reads as absent, so their spans take a thread. Where
@@ -108,13 +110,17 @@ def _mapped_pages(address: int, length: int) -> bytes | None:
 class Mapped:
     """A file's first `length` bytes mapped once, never read through the mapping (no page of it is
     faulted in, nor counted in the process's memory): `resident` asks `mincore` of a span with no
-    mapping made and unmade each time, and remembers for TRUSTED seconds each run of
-    TRUSTED_PAGES pages it found in memory. close() unmaps it; after that it answers False."""
+    mapping made and unmade each time, and remembers for TRUSTED seconds which runs of
+    TRUSTED_PAGES pages it found wholly in memory and which not. close() unmaps it; after that it
+    answers False."""
 
     def __init__(self, address: int, length: int) -> None:
         self.address: int | None = address
         self.length = length
-        self._trusted = [0.0] * -(-length // (TRUSTED_PAGES * PAGE))  # until when (monotonic) each run is
+        self._run = TRUSTED_PAGES * PAGE
+        runs = -(-length // self._run)
+        self._whole = [0.0] * runs  # until when (monotonic) each run is taken as wholly in memory
+        self._partial = [0.0] * runs  # until when each is known to have a page that is not
 
     def resident(self, offset: int, count: int) -> bool:
         """As resident() for bytes [offset, offset + count) of the file (False past `length`), the
@@ -122,29 +128,32 @@ class Mapped:
         address = self.address
         if address is None or count <= 0 or offset < 0 or offset + count > self.length:
             return False
-        trusted, now, run = self._trusted, time.monotonic(), TRUSTED_PAGES * PAGE
+        whole, now, run = self._whole, time.monotonic(), self._run
         first, last = offset // run, (offset + count - 1) // run
-        while first <= last and trusted[first] > now:
+        while first <= last and whole[first] > now:
             first += 1
-        while last > first and trusted[last] > now:
+        while last > first and whole[last] > now:
             last -= 1
         if first > last:
             return True
-        start, end = first * run, min((last + 1) * run, self.length)  # the runs not trusted, whole
+        start, end = first * run, min((last + 1) * run, self.length)  # the runs not trusted
+        low, high = max(offset, start), min(offset + count, end)  # the span's bytes in them
+        partial = self._partial
+        if any(partial[index] > now for index in range(first, last + 1)):  # the span's own pages only
+            low -= low % PAGE
+            pages = _mapped_pages(address + low, high - low)
+            return pages is not None and b"\x00" not in pages
         pages = _mapped_pages(address + start, end - start)
         if pages is None:
             return False
-        until, whole = now + TRUSTED, True
+        until, every = now + TRUSTED, run // PAGE
         for index in range(first, last + 1):
-            at = (index - first) * TRUSTED_PAGES
-            if b"\x00" in pages[at:at + TRUSTED_PAGES]:
-                whole = False
+            at = (index - first) * every
+            if b"\x00" in pages[at:at + every]:
+                whole[index], partial[index] = 0.0, until
             else:
-                trusted[index] = until
-        if whole:
-            return True
-        low, high = max(offset, start) - start, min(offset + count, end) - start  # the span's own pages
-        return b"\x00" not in pages[low // PAGE:(high - 1) // PAGE + 1]
+                whole[index] = until
+        return b"\x00" not in pages[(low - start) // PAGE:(high - 1 - start) // PAGE + 1]
 
     def close(self) -> None:
         if self.address is not None and _calls is not None:

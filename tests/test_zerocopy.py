@@ -504,8 +504,14 @@ def test_a_block_at_hand_trusts_runs_found_in_memory_for_a_while(evicted_file, m
         evict()
         assert not pagecache.resident(evicted_file, 16 * PAGE, 16 * PAGE)
         assert mapped.resident(16 * PAGE + 1, 16 * PAGE - 1)  # run 1 was whole: remembered
-        assert not mapped.resident(32 * PAGE, PAGE)  # run 2 was not
-        assert not mapped.resident(31 * PAGE, 2 * PAGE)  # across both: run 2 is asked again
+        asked = []
+        real = pagecache._mapped_pages
+        monkeypatch.setattr(pagecache, "_mapped_pages", lambda address, length: asked.append(length) or
+                            real(address, length))
+        assert not mapped.resident(32 * PAGE, PAGE)  # run 2 was not, and is known not to be:
+        assert not mapped.resident(31 * PAGE, 2 * PAGE)  # only the span's own pages are asked
+        assert asked == [PAGE, PAGE]
+        monkeypatch.setattr(pagecache, "_mapped_pages", real)
         monkeypatch.setattr(pagecache, "TRUSTED", 0.0)
         os.pread(evicted_file, 64 * PAGE, 0)
         assert mapped.resident(40 * PAGE, 20 * PAGE)  # runs 2 and 3, trusted for no time
@@ -515,6 +521,31 @@ def test_a_block_at_hand_trusts_runs_found_in_memory_for_a_while(evicted_file, m
     finally:
         mapped.close()
     assert not mapped.resident(16 * PAGE, PAGE)  # unmapped: never resident
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 64), st.integers(0, 64),
+       st.lists(st.tuples(st.integers(0, 64 * PAGE - 101), st.integers(1, 64 * PAGE)), min_size=1, max_size=12))
+def test_a_block_at_hand_answers_as_its_pages_while_they_stay(evicted_file, monkeypatch, a, b,  # type: ignore[no-untyped-def]
+                                                                spans) -> None:
+    """Whatever the runs it remembers, a block at hand answers each span as its pages are, while
+    they stay where they are: runs of 12 pages, a file of 64 pages less 100 bytes."""
+    monkeypatch.setattr(zerocopy.pagecache, "TRUSTED_PAGES", 12)
+    monkeypatch.setattr(zerocopy.pagecache, "TRUSTED", 3600.0)
+    os.posix_fadvise(evicted_file, 0, 0, os.POSIX_FADV_DONTNEED)
+    low, high = min(a, b), max(a, b)
+    if high > low:
+        os.pread(evicted_file, (high - low) * PAGE, low * PAGE)  # pages low to high - 1 only
+    length = 64 * PAGE - 100
+    mapped = zerocopy.pagecache.mapped(evicted_file, length)
+    assert mapped is not None
+    try:
+        for offset, count in spans:
+            count = min(count, length - offset)
+            touched = range(offset // PAGE, (offset + count - 1) // PAGE + 1)
+            assert mapped.resident(offset, count) == (touched[0] >= low and touched[-1] < high)
+    finally:
+        mapped.close()
 
 
 def test_residency_cannot_be_known_is_never_resident(evicted_file) -> None:  # type: ignore[no-untyped-def]
