@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -42,6 +43,28 @@ def origin_dir(tmp_path: Path) -> Path:
     os.symlink(tmp_path / "outside.txt", root / "escape.txt")
     os.symlink(root / "small.txt", root / "inside-link.txt")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _stores_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every store an app opens during a test is closed after it. An app used in-process without
+    its lifespan never closes its own: its keeper and scrub threads would walk its directory for
+    the rest of the session, and hundreds of them slowed the whole suite down."""
+    import proxy.app
+
+    opened: list[Any] = []
+    real = proxy.app.open_store
+
+    def recorded(settings: Settings) -> Any:
+        store = real(settings)
+        if store is not None:
+            opened.append(store)
+        return store
+
+    monkeypatch.setattr(proxy.app, "open_store", recorded)
+    yield
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

@@ -210,8 +210,13 @@ class Store:
         # the blocks read again and checked, scrub_rate bytes a second (0: no scrub), by the keeping process
         self.scrub = Scrub(scrub_rate, self.stored_blocks, self.scrub_block, self.keeper.keeping,
                            self._scrubbed) if scrub_rate else None
+        self.closed = False
 
     def close(self) -> None:
+        """Stop the keeper and the scrub (the policy saved) and close every file; once (again: nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         if self.scrub is not None:
             self.scrub.close()
         self.keeper.close()
