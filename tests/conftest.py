@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from proxy.app import create_app
 from proxy.config import Settings
 from proxy.server.run import Listener, server_for
+from proxy.store.disk import Store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SIZE = 3 * 1024 * 1024 + 12345  # several chunks, not a multiple of any
@@ -52,10 +52,10 @@ def _stores_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     the rest of the session, and hundreds of them slowed the whole suite down."""
     import proxy.app
 
-    opened: list[Any] = []
+    opened: list[Store] = []
     real = proxy.app.open_store
 
-    def recorded(settings: Settings) -> Any:
+    def recorded(settings: Settings) -> Store | None:
         store = real(settings)
         if store is not None:
             opened.append(store)

@@ -382,13 +382,12 @@ def answer(r: httpx.Response) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return r.status_code, r.headers.raw, r.content
 
 
-@pytest.mark.parametrize("asked", [
-    {},
-    {"range": "bytes=10-99"},
-    {"if-none-match": "*"},
-    {"cache-control": "max-age=3"},
-    {"cache-control": "min-fresh=3"},
-])
+# Requests that ask the same in different ways: plainly, a Range, a condition, a max-age, a min-fresh.
+ASKED = [{}, {"range": "bytes=10-99"}, {"if-none-match": "*"}, {"cache-control": "max-age=3"},
+         {"cache-control": "min-fresh=3"}]
+
+
+@pytest.mark.parametrize("asked", ASKED)
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_a_replayed_answer_is_the_answer_of_the_full_path(  # type: ignore[no-untyped-def]
     upstream, http_settings: Settings, clock: Clock, decisions: list[float], asked: dict[str, str], method: str,
@@ -476,13 +475,7 @@ def fresh_until(limit: float) -> list[float]:
     return [t for t in LATER if t < limit] + [min(t for t in LATER if t >= limit)]
 
 
-@pytest.mark.parametrize("asked", [
-    {},
-    {"range": "bytes=10-99"},
-    {"if-none-match": "*"},
-    {"cache-control": "max-age=3"},
-    {"cache-control": "min-fresh=3"},
-])
+@pytest.mark.parametrize("asked", ASKED)
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("origin_dated", [False, True])
 async def test_a_renewed_answer_is_the_answer_of_the_full_path(  # type: ignore[no-untyped-def]

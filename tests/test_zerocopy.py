@@ -489,8 +489,8 @@ def test_a_span_is_resident_when_every_page_it_touches_is(evicted_file, offset, 
 
 def test_a_block_at_hand_trusts_runs_found_in_memory_for_a_while(evicted_file, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A Mapped remembers each run of TRUSTED_PAGES pages it found wholly in memory, for TRUSTED
-    seconds; a run found partly in memory is not remembered, and a remembered one is asked again
-    once the time is up."""
+    seconds, and each it found partly on disk (then it asks of a span's own pages only); a
+    remembered run is asked again once the time is up."""
     pagecache = zerocopy.pagecache
     monkeypatch.setattr(pagecache, "TRUSTED_PAGES", 16)  # four runs in the file's 64 pages
     monkeypatch.setattr(pagecache, "TRUSTED", 3600.0)
