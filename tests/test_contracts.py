@@ -13,9 +13,14 @@ import httptools
 import pytest
 import uvicorn
 from diskcache.core import MODE_BINARY, UNKNOWN
+from hypothesis import given
+from hypothesis import strategies as st
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from proxy.server.limits import Limits
+from proxy.server.protocol import EdgeProtocol
 
 SEE = "(see docs/architecture.md, 'Dependency contracts')"
 
@@ -119,3 +124,27 @@ def test_the_versions_are_those_the_bounds_admit() -> None:
         assert f'"{name}' in text and "<" in text.split(f'"{name}', 1)[1].split('"', 1)[0], \
             f"pyproject.toml must bound {name} from above {SEE}"
     assert version("uvicorn").startswith("0.55.") and version("diskcache").startswith("5.6."), SEE
+
+
+_NAMES = st.sampled_from([b"Expect", b"expect", b"EXPECT", b"Host", b"X-A", b"Range"])
+_VALUES = st.lists(st.sampled_from([b"100-continue", b"100-Continue", b" ", b"\t", b"a", b"x y", b"\xff"]),
+                   max_size=4).map(b"".join)
+
+
+def _taken(cls: type[HttpToolsProtocol], lines: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The fields and the Expect flag `cls.on_header` keeps of `lines` (on an instance with nothing
+    else: on_header is all that is asked)."""
+    protocol = cls.__new__(cls)
+    protocol.headers, protocol.expect_100_continue = [], False
+    if issubclass(cls, EdgeProtocol):
+        protocol.fields, protocol.limits = 0, Limits()
+    for name, value in lines:
+        cls.on_header(protocol, name, value)
+    return protocol.headers, protocol.expect_100_continue
+
+
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=6))
+def test_field_lines_are_taken_as_uvicorn_takes_them(lines: list[tuple[bytes, bytes]]) -> None:
+    """EdgeProtocol.on_header does uvicorn's work itself (one call per line, not two): the same
+    fields (names lower-case, values without trailing whitespace) and the same Expect flag."""
+    assert _taken(EdgeProtocol, lines) == _taken(HttpToolsProtocol, lines), SEE

@@ -229,11 +229,17 @@ class EdgeProtocol(ZeroCopyProtocol):
         self.parsing = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """A field line, counted; then as uvicorn takes it, in this one call (it runs for every line
+        of every request): the name lower-case, the value without the trailing whitespace llhttp
+        keeps (RFC 9110 section 5.5), and `Expect: 100-continue` noted."""
         self.fields += 1
         if self.fields > self.limits.head_fields:
             raise _Stop(Refusal(431, TOO_MANY_FIELDS,
                                 f"the request has over {self.limits.head_fields} header fields (max_header_count)"))
-        super().on_header(name, value)
+        name, value = name.lower(), value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.parsing = False
