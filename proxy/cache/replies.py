@@ -72,8 +72,11 @@ class Twin:
     @classmethod
     def of(cls, lines: Iterable[tuple[bytes, bytes]], make: Callable[[], Fields]) -> Twin:
         """The twin whose header lines (ASGI's: lower-case names) are `lines`."""
-        ranges = [value for name, value in lines if name == b"range"]
-        return cls(ranges[0].decode("latin-1") if len(ranges) == 1 else None, make)
+        found, count = b"", 0
+        for name, value in lines:
+            if name == b"range":
+                found, count = value, count + 1
+        return cls(found.decode("latin-1") if count == 1 else None, make)
 
     def fields(self) -> Fields:
         if self._fields is None:

@@ -92,7 +92,11 @@ def evaluate_range(value: str | None, size: int, max_ranges: int) -> RangeDecisi
         return Ignore()
     if size == 0 and any(first is None and last for first, last in specs):
         return Ignore()
-    spans = [s for s in (resolve(spec, size) for spec in specs) if s is not None]
+    spans = []
+    for spec in specs:
+        span = resolve(spec, size)
+        if span is not None:
+            spans.append(span)
     if not spans:
         return Unsatisfiable()
     merged = coalesce(spans) if len(spans) > 1 else (spans[0],)

@@ -142,11 +142,11 @@ class Front:
                 log.warning("%s %s: a ranged answer failed, answered the ordinary way: %s", scope["method"],
                             _target(scope), e)
                 return None
-            sent = data.body.length if data is not None else 0
+            sent = data.length if data is not None else 0
         if data is None or ready is None:
             return None
         answers.tally(ready)
-        status, x_cache = ready.status, ready.field(b"x-cache")
+        status, x_cache = ready.status, ready.x_cache
         self.meter.record(x_cache, status, sent)
         if self.write is not None or status >= 500:
             self._log(scope, arrived, time.perf_counter() - started, status, sent, x_cache,

@@ -31,7 +31,7 @@ from starlette.types import Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..cache.replies import InHand, Retimed, Steady
-from ..http.directives import Fields, get
+from ..http.directives import Fields
 from ..streaming import Given, send_in_hand, zero_copy
 from .zerocopy import HEAD_KEY, EncodedHead, encoded_head, encoded_line, has_body
 
@@ -61,6 +61,10 @@ class Ready:
     wire: bytes | None = None  # the whole response as the server writes it (see `written`)
     wired: bool = False  # `wire` worked out
     body_sent: int = 0  # body bytes in `wire`
+    x_cache: bytes = field(init=False, repr=False)  # its X-Cache (b"" when absent), asked of every answer
+
+    def __post_init__(self) -> None:
+        self.x_cache = field_of(self.headers, b"x-cache")
 
     async def send(self, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
@@ -110,7 +114,7 @@ def field_of(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
     return next((value for field_name, value in headers if field_name == name), b"")
 
 
-_SPAN_FIELDS = (("content-range", b"content-range"), ("content-length", b"content-length"))
+_SPAN_FIELDS = {"content-range": b"content-range", "content-length": b"content-length"}
 _RANGE = b"range"
 
 
@@ -126,6 +130,10 @@ class Ranged:
     again: Callable[[Scope, bool], InHand | None]
     size: int  # approximate bytes held
     _template: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # see _encoded, once worked out
+    x_cache: bytes = field(init=False, repr=False)  # its X-Cache (b"" when absent), asked of every answer
+
+    def __post_init__(self) -> None:
+        self.x_cache = field_of(self.headers, b"x-cache")
 
     def field(self, name: bytes) -> bytes:
         """The value of one of its fields (b"" when absent), as the edge's observation reads it."""
@@ -155,15 +163,15 @@ class Ranged:
         body = self.again(scope, True)  # (the server sends what it can at once, and keeps the rest)
         if body is None:
             return None
-        span = _span(body)
-        length = span[b"content-length"]
-        if not length.isdigit() or int(length) != body.length:
+        span, length = _span(body), body.length
+        sent = span[b"content-length"]
+        if not sent.isdigit() or int(sent) != length:
             body.close()
             return None
         parts = [fixed[0]]
         for name, after in zip(names, fixed[1:], strict=True):
             parts += (b"%s: %s\r\n" % (name, span[name]), after)
-        return FileAnswer(b"".join(parts), body)
+        return FileAnswer(b"".join(parts), body, length)
 
     def _encoded(self) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
         """Its head as the server writes it, cut where its Content-Range and Content-Length lines
@@ -172,7 +180,7 @@ class Ranged:
         fixed, names, lines = [], [], [STATUS_LINE.get(self.status, b"")]
         for name, value in self.headers:
             low = name.lower()
-            if any(low == span for _, span in _SPAN_FIELDS):
+            if low in _SPAN_FIELDS.values():
                 fixed.append(b"".join(lines))
                 names.append(low)
                 lines = []
@@ -219,8 +227,14 @@ def retimed_fields(headers: list[tuple[bytes, bytes]], retimed: Retimed) -> list
 
 
 def _span(body: InHand) -> dict[bytes, bytes]:
-    """The values of Content-Range and Content-Length of an answer in hand (b"" when absent)."""
-    return {low: (get(body.headers, name) or "").encode("latin-1") for name, low in _SPAN_FIELDS}
+    """The values of Content-Range and Content-Length of an answer in hand (b"" when absent; the
+    lines of one joined, as directives.get joins them), in one pass over its few fields."""
+    span = {b"content-range": b"", b"content-length": b""}
+    for name, value in body.headers:
+        low = _SPAN_FIELDS.get(name.lower())
+        if low is not None:
+            span[low] = (span[low] + b", " if span[low] else b"") + value.encode("latin-1")
+    return span
 
 
 @dataclass(frozen=True)
@@ -230,6 +244,7 @@ class FileAnswer:
 
     head: bytes
     body: InHand
+    length: int  # the body's bytes
 
 
 def asked_of(scope: Scope) -> Asked | None:
@@ -257,7 +272,7 @@ def lines_of(headers: Iterable[tuple[bytes, bytes]], names: tuple[bytes, ...]) -
     for name, value in headers:
         if name in names:
             found.setdefault(name, []).append(value)
-    return tuple(tuple(found.get(name, ())) for name in names)
+    return tuple([tuple(found[name]) if name in found else () for name in names])  # (no generator: a hit's path)
 
 
 _FIELD = 100  # bytes a header field takes beyond its name and value (a tuple, two bytes objects)
