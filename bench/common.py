@@ -345,15 +345,17 @@ SLICE = 4 << 20  # bytes: the slice size of nginx and the block size of edgecach
 
 def nginx_proxy(workdir: Path, origin_port: int, workers: int, http_extra: str = "",
                 tls: tuple[Path, Path] | None = None, max_size: str = "20g",
-                connections: int = 1024) -> tuple[subprocess.Popen, int] | None:
+                connections: int = 1024, reuseport: bool = False) -> tuple[subprocess.Popen, int] | None:
     """nginx proxy_cache + slice (4 MiB, with a cache lock) in front of the origin; X-Cache says HIT or MISS.
     `http_extra`: more directives for its http block; `tls`: (certificate, key) to serve HTTPS;
-    `max_size`: its cache's limit (proxy_cache_path max_size, nginx's units); `connections` per worker."""
+    `max_size`: its cache's limit (proxy_cache_path max_size, nginx's units); `connections` per worker;
+    `reuseport`: a listening socket per worker (`listen ... reuseport`), as edgecache has on Linux."""
     cache = workdir / "nginx-cache"
     http_extra = (f"proxy_cache_path {cache} levels=1:2 keys_zone=edge:32m max_size={max_size} inactive=1h "
                   f"use_temp_path=off; {http_extra}")
-    listen = f"listen 127.0.0.1:{{port}} ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls \
-        else "listen 127.0.0.1:{port};"
+    each = " reuseport" if reuseport else ""
+    listen = f"listen 127.0.0.1:{{port}} ssl{each}; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls \
+        else f"listen 127.0.0.1:{{port}}{each};"
     server = f"""server {{
     {listen}
     location / {{

@@ -2,7 +2,7 @@
 the Python ceiling (bench/ceiling.py: a bare ASGI app serving the same files under uvicorn).
 
     python bench/hits.py [--seconds 5] [--rounds 3] [--workers 2] [--also-one-worker] [--origin-delay-ms 20]
-                         [--figures browser revalidations ...]
+                         [--figures browser revalidations ...] [--nginx-reuseport]
 
 Both proxies run with the same number of workers in front of the same slow local origin
 (bench/origin.py: edgecache serving a directory uncached, each request delayed, counting
@@ -354,6 +354,9 @@ def main() -> None:
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (1 for the 1-connection run)")
     parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES),
                         help="measure only these figures (the table shows only their rows)")
+    parser.add_argument("--nginx-reuseport", action="store_true",
+                        help="nginx with a listening socket per worker too (listen ... reuseport), as edgecache "
+                             "has on Linux: the kernel spreads connections evenly over the workers")
     args = parser.parse_args()
     wrk_binary()
     command = "python " + shlex.join(sys.argv)
@@ -387,7 +390,8 @@ def main() -> None:
             wait_port(origin_port, origin)
             upstream = f"http://127.0.0.1:{origin_port}"
             starters = [  # each proxy has a cache of its own: each starts cold
-                (f"{nginx}, {args.workers} workers", lambda: nginx_proxy(work, origin_port, args.workers)),
+                (f"{nginx}{' reuseport' if args.nginx_reuseport else ''}, {args.workers} workers",
+                 lambda: nginx_proxy(work, origin_port, args.workers, reuseport=args.nginx_reuseport)),
                 (f"edgecache, {args.workers} workers",
                  lambda: start_edgecache(upstream, work / "edgecache-cache", args.workers, block_size=str(SLICE))),
                 (f"Python ceiling (bench/ceiling.py), {args.workers} workers",

@@ -1,0 +1,143 @@
+"""The listening sockets of the workers (server/run.py, listeners_for): on Linux a set of its own
+for each worker, bound to one port with SO_REUSEPORT, over which the kernel spreads connections;
+never a port some other socket already listens on."""
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy.config import Settings
+from proxy.server import run
+from proxy.server.run import Listener, close_all, listeners_for
+
+linux_only = pytest.mark.skipif(not run.BALANCED, reason="the kernel balances SO_REUSEPORT sockets on Linux only")
+
+
+@pytest.fixture
+def sets() -> Iterator[list[list[list[Listener]]]]:
+    """Sets made in a test, closed after it."""
+    made: list[list[list[Listener]]] = []
+    yield made
+    for each in made:
+        close_all(each)
+
+
+def _settings(tmp_path: Path, **options: object) -> Settings:
+    return Settings(origin=str(tmp_path), cache_dir=str(tmp_path / "cache"), host="127.0.0.1",
+                    **options)  # type: ignore[arg-type]
+
+
+def _reuse_port(listener: Listener) -> int:
+    return listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@linux_only
+def test_each_worker_has_sockets_of_its_own_on_the_same_ports(tmp_path: Path, sets: list) -> None:  # type: ignore[type-arg]
+    tls_port = _free_port()
+    made = listeners_for(_settings(tmp_path, port=0, tls_port=tls_port, workers=3, tls_cert=str(tmp_path / "c.pem"),
+                                   tls_key=str(tmp_path / "k.pem")), 3)  # (only their names are read here)
+    sets.append(made)
+    assert len(made) == 3 and all(len(listeners) == 2 for listeners in made)
+    port = made[0][0].sock.getsockname()[1]
+    assert port != 0
+    assert [[listener.sock.getsockname()[1] for listener in listeners] for listeners in made] == [[port, tls_port]] * 3
+    assert [[listener.tls for listener in listeners] for listeners in made] == [[False, True]] * 3
+    assert len({listener.sock.fileno() for listeners in made for listener in listeners}) == 6
+    assert all(_reuse_port(listener) for listeners in made for listener in listeners)
+
+
+@linux_only
+def test_the_kernel_spreads_connections_over_the_workers_sockets(tmp_path: Path, sets: list) -> None:  # type: ignore[type-arg]
+    """64 connections to the port land on both workers' sockets (each would get none with
+    probability 2**-64), and every one on exactly one."""
+    made = listeners_for(_settings(tmp_path, port=0, workers=2), 2)
+    sets.append(made)
+    port = made[0][0].sock.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]
+    try:
+        accepted = []
+        for (listener,) in made:
+            listener.sock.setblocking(False)
+            count = 0
+            while True:
+                try:
+                    connection, _ = listener.sock.accept()
+                except BlockingIOError:
+                    break
+                connection.close()
+                count += 1
+            accepted.append(count)
+        assert sum(accepted) == 64 and min(accepted) > 0, accepted
+    finally:
+        for client in clients:
+            client.close()
+
+
+@linux_only
+@pytest.mark.parametrize("holder", ["a plain socket", "another edge's workers"])
+def test_a_port_another_socket_listens_on_is_refused(tmp_path: Path, sets: list, holder: str) -> None:  # type: ignore[type-arg]
+    """SO_REUSEPORT would let the new sockets share the port with the old ones: the edge checks
+    that it is free first, and fails to start as it does with a single socket."""
+    if holder == "a plain socket":
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+    else:
+        other = listeners_for(_settings(tmp_path, port=0, workers=2), 2)
+        sets.append(other)
+        held, port = None, other[0][0].sock.getsockname()[1]
+    try:
+        with pytest.raises(OSError):
+            listeners_for(_settings(tmp_path, port=port, workers=2), 2)
+    finally:
+        if held is not None:
+            held.close()
+
+
+def test_one_worker_or_no_balancing_means_one_shared_set(tmp_path: Path, sets: list,  # type: ignore[type-arg]
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    one = listeners_for(_settings(tmp_path, port=0), 1)
+    sets.append(one)
+    assert len(one) == 1 and len(one[0]) == 1 and not _reuse_port(one[0][0])
+    monkeypatch.setattr(run, "BALANCED", False)
+    shared = listeners_for(_settings(tmp_path, port=0, workers=3), 3)
+    sets.append(shared)
+    assert len(shared) == 1 and not _reuse_port(shared[0][0])
+
+
+def test_a_worker_started_again_gets_the_sockets_of_the_one_it_replaces() -> None:
+    """Supervisor._start(index): worker `index`'s own set, or the one shared set."""
+    started: list[list[Listener]] = []
+
+    class Recorded:
+        def __init__(self, target: object, args: tuple[list[Listener]], name: str) -> None:
+            started.append(args[0])
+
+        def start(self) -> None:
+            pass
+
+    class Context:
+        Process = Recorded
+
+    a, b = [Listener(socket.socket(), False)], [Listener(socket.socket(), False)]
+    try:
+        supervisor = run.Supervisor(2, [a, b], 1.0)
+        supervisor.context = Context()  # type: ignore[assignment]
+        for index in (0, 1, 1, 0):
+            supervisor._start(index)
+        shared = run.Supervisor(2, [a], 1.0)
+        shared.context = Context()  # type: ignore[assignment]
+        shared._start(1)
+        assert started == [a, b, b, a, a]
+    finally:
+        close_all([a, b])
