@@ -4,6 +4,7 @@ never a port some other socket already listens on."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,18 +65,18 @@ def test_the_kernel_spreads_connections_over_the_workers_sockets(tmp_path: Path,
     port = made[0][0].sock.getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]
     try:
-        accepted = []
+        accepted = [0] * len(made)
         for (listener,) in made:
             listener.sock.setblocking(False)
-            count = 0
-            while True:
+        deadline = time.monotonic() + 10
+        while sum(accepted) < 64 and time.monotonic() < deadline:  # (a handshake may still be on its way)
+            for at, (listener,) in enumerate(made):
                 try:
                     connection, _ = listener.sock.accept()
                 except BlockingIOError:
-                    break
+                    continue
                 connection.close()
-                count += 1
-            accepted.append(count)
+                accepted[at] += 1
         assert sum(accepted) == 64 and min(accepted) > 0, accepted
     finally:
         for client in clients:
@@ -141,3 +142,45 @@ def test_a_worker_started_again_gets_the_sockets_of_the_one_it_replaces() -> Non
         assert started == [a, b, b, a, a]
     finally:
         close_all([a, b])
+
+
+@linux_only
+def test_a_failure_part_way_closes_every_socket_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third worker's socket cannot be made: the first two workers' are closed, and the error
+    is the caller's (the edge does not start)."""
+    made: list[socket.socket] = []
+    real = run.listen
+
+    def listen(at: run.Where, reuse_port: bool = False) -> socket.socket:
+        if len(made) == 2:
+            raise OSError("no more descriptors")
+        sock = real(at, reuse_port)
+        made.append(sock)
+        return sock
+
+    monkeypatch.setattr(run, "listen", listen)
+    with pytest.raises(OSError, match="no more descriptors"):
+        listeners_for(_settings(tmp_path, port=0, workers=3), 3)
+    assert len(made) == 2 and all(sock.fileno() == -1 for sock in made)
+
+
+@linux_only
+def test_a_fixed_port_is_checked_and_bound_before_a_port_0(tmp_path: Path, sets: list,  # type: ignore[type-arg]
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port 0 is bound last, so that the kernel cannot give it a fixed port not yet bound (which
+    SO_REUSEPORT would then share between HTTP and HTTPS); the fixed one is checked alone first."""
+    bound: list[tuple[int, bool]] = []
+    real = run.listen
+
+    def listen(at: run.Where, reuse_port: bool = False) -> socket.socket:
+        bound.append((at[3][1], reuse_port))
+        return real(at, reuse_port)
+
+    monkeypatch.setattr(run, "listen", listen)
+    tls_port = _free_port()
+    made = listeners_for(_settings(tmp_path, port=0, tls_port=tls_port, workers=2, tls_cert=str(tmp_path / "c.pem"),
+                                   tls_key=str(tmp_path / "k.pem")), 2)
+    sets.append(made)
+    port = made[0][0].sock.getsockname()[1]
+    assert bound == [(tls_port, False), (tls_port, True), (0, True), (port, True), (tls_port, True)]
+    assert [listener.tls for listener in made[0]] == [False, True]

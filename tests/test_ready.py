@@ -1347,3 +1347,14 @@ def test_a_ranged_answer_whose_segment_planning_fails_closes_its_descriptors(  #
 
 def _fails(*_: Any) -> None:
     raise RuntimeError("the segment planner failed")
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Content-Range", "content-length", "CONTENT-LENGTH", "X-Cache"]),
+                          st.sampled_from(["", "5", "bytes 0-4/9", "a, b"])), max_size=5))
+def test_the_span_of_an_answer_is_read_as_directives_get_reads_it(headers: list[tuple[str, str]]) -> None:
+    """Ranged.at_once reads Content-Range and Content-Length in one pass (ready._span): the values
+    directives.get gives, lines joined, empty ones included."""
+    body = proxy.cache.replies.InHand(headers, [], True)
+    assert proxy.server.ready._span(body) == {
+        low: (proxy.http.directives.get(headers, low.decode()) or "").encode("latin-1")
+        for low in (b"content-range", b"content-length")}

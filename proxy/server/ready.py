@@ -22,9 +22,10 @@ with a body.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 
 from starlette.types import Scope, Send
@@ -61,7 +62,7 @@ class Ready:
     wire: bytes | None = None  # the whole response as the server writes it (see `written`)
     wired: bool = False  # `wire` worked out
     body_sent: int = 0  # body bytes in `wire`
-    x_cache: bytes = field(init=False, repr=False)  # its X-Cache (b"" when absent), asked of every answer
+    x_cache: bytes = dataclasses.field(init=False, repr=False)  # its X-Cache (b"" when absent), asked of each answer
 
     def __post_init__(self) -> None:
         self.x_cache = field_of(self.headers, b"x-cache")
@@ -115,6 +116,7 @@ def field_of(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
 
 
 _SPAN_FIELDS = {"content-range": b"content-range", "content-length": b"content-length"}
+_SPAN_NAMES = tuple(_SPAN_FIELDS.values())
 _RANGE = b"range"
 
 
@@ -130,7 +132,7 @@ class Ranged:
     again: Callable[[Scope, bool], InHand | None]
     size: int  # approximate bytes held
     _template: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # see _encoded, once worked out
-    x_cache: bytes = field(init=False, repr=False)  # its X-Cache (b"" when absent), asked of every answer
+    x_cache: bytes = dataclasses.field(init=False, repr=False)  # its X-Cache (b"" when absent), asked of each answer
 
     def __post_init__(self) -> None:
         self.x_cache = field_of(self.headers, b"x-cache")
@@ -180,7 +182,7 @@ class Ranged:
         fixed, names, lines = [], [], [STATUS_LINE.get(self.status, b"")]
         for name, value in self.headers:
             low = name.lower()
-            if low in _SPAN_FIELDS.values():
+            if low in _SPAN_NAMES:
                 fixed.append(b"".join(lines))
                 names.append(low)
                 lines = []
@@ -229,12 +231,13 @@ def retimed_fields(headers: list[tuple[bytes, bytes]], retimed: Retimed) -> list
 def _span(body: InHand) -> dict[bytes, bytes]:
     """The values of Content-Range and Content-Length of an answer in hand (b"" when absent; the
     lines of one joined, as directives.get joins them), in one pass over its few fields."""
-    span = {b"content-range": b"", b"content-length": b""}
+    found: dict[bytes, list[str]] = {}
     for name, value in body.headers:
         low = _SPAN_FIELDS.get(name.lower())
         if low is not None:
-            span[low] = (span[low] + b", " if span[low] else b"") + value.encode("latin-1")
-    return span
+            found.setdefault(low, []).append(value)
+    return {b"content-range": ", ".join(found.get(b"content-range", ())).encode("latin-1"),
+            b"content-length": ", ".join(found.get(b"content-length", ())).encode("latin-1")}
 
 
 @dataclass(frozen=True)
@@ -456,4 +459,4 @@ class Offer:
     steady: Steady | None = None
     body: bytes | None = None
     again: Callable[[Scope, bool], InHand | None] | None = None
-    read: set[str] = field(default_factory=set)
+    read: set[str] = dataclasses.field(default_factory=set)

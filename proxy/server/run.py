@@ -78,11 +78,20 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 BALANCED = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A bound, listening socket for `host`:`port` (IPv4 or IPv6); with `reuse_port`, one of
-    several bound to it (SO_REUSEPORT)."""
+# What a listening socket is made of: family, type, protocol, address (getaddrinfo's).
+Where = tuple[int, int, int, Any]
+
+
+def where(host: str, port: int) -> Where:
+    """Where to listen for `host`:`port` (IPv4 or IPv6): its first address."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
+    return family, kind, proto, address
+
+
+def listen(at: Where, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening socket; with `reuse_port`, one of several bound to one address (SO_REUSEPORT)."""
+    family, kind, proto, address = at
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -99,28 +108,37 @@ def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 def listeners_for(settings: Settings, workers: int = 1) -> list[list[Listener]]:
     """The sockets of each worker: `port` (HTTPS when a certificate is set and no `tls_port`), and
     `tls_port` (HTTPS). One set shared by all workers where the kernel does not balance
-    connections (or with one worker); else a set for each, bound to the same ports (the first
-    set's, when a port is 0: any free one), once no other socket listens there (SO_REUSEPORT
-    would let them share it with another edge left running, say, instead of failing)."""
-    addresses = [(settings.port, bool(settings.tls_cert) and not settings.tls_port)]
+    connections (or with one worker); else a set for each, each socket bound to the address of
+    the first set's (its host looked up once: a port 0 is the free one the first set got).
+
+    SO_REUSEPORT would also share a port with another process's sockets (an edge left running,
+    say) instead of failing: a fixed port is first bound alone, to check that nothing listens
+    there (two edges started at the same instant could still both pass), and fixed ports are
+    bound before a port 0, so that it is never given one of them."""
+    wanted = [(settings.port, bool(settings.tls_cert) and not settings.tls_port)]
     if settings.tls_port:
-        addresses.append((settings.tls_port, True))
+        wanted.append((settings.tls_port, True))
     each = workers > 1 and BALANCED
+    first: list[Listener | None] = [None] * len(wanted)
     sets: list[list[Listener]] = []
-    if each:  # sockets that share a port also share it with any other process's: it must be free
-        for port, _ in addresses:
-            if port:
-                listen(settings.host, port).close()
     try:
-        for _ in range(workers if each else 1):
-            ports = [port for port, _ in addresses] if not sets else \
-                [listener.sock.getsockname()[1] for listener in sets[0]]
-            made: list[Listener] = []
-            sets.append(made)
-            for port, (_, secure) in zip(ports, addresses, strict=True):
-                made.append(Listener(listen(settings.host, port, reuse_port=each), secure))
+        for index in sorted(range(len(wanted)), key=lambda i: wanted[i][0] == 0):
+            port, secure = wanted[index]
+            at = where(settings.host, port)
+            if each and port:
+                listen(at).close()
+            first[index] = Listener(listen(at, reuse_port=each), secure)
+        made = [listener for listener in first if listener is not None]
+        sets.append(made)
+        for _ in range(1, workers if each else 1):
+            more: list[Listener] = []
+            sets.append(more)
+            for listener in made:
+                sock = listener.sock
+                more.append(Listener(listen((sock.family, sock.type, sock.proto, sock.getsockname()), True),
+                                     listener.tls))
     except OSError:
-        close_all(sets)
+        close_all([*sets, [listener for listener in first if listener is not None]])
         raise
     return sets
 
