@@ -272,7 +272,8 @@ def serve(settings: Settings, announce: Callable[[], None] = lambda: None) -> in
         if settings.tls_cert:
             tls.server_context(settings.tls_cert, settings.tls_key)  # refused now, not in each worker
     except OSError as e:
-        log.error("cannot listen on %s: %s", settings.host, e.strerror or e)
+        ports = f"{settings.port} and {settings.tls_port}" if settings.tls_port else str(settings.port)
+        log.error("cannot listen on %s port %s: %s", settings.host, ports, e.strerror or e)
         return 2
     except tls.TLSError as e:
         close_all(sets)
