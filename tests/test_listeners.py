@@ -13,6 +13,7 @@ import pytest
 from proxy.config import Settings
 from proxy.server import run
 from proxy.server.run import Listener, close_all, listeners_for
+from tests.edge_process import free_port
 
 linux_only = pytest.mark.skipif(not run.BALANCED, reason="the kernel balances SO_REUSEPORT sockets on Linux only")
 
@@ -35,15 +36,9 @@ def _reuse_port(listener: Listener) -> int:
     return listener.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @linux_only
 def test_each_worker_has_sockets_of_its_own_on_the_same_ports(tmp_path: Path, sets: list) -> None:  # type: ignore[type-arg]
-    tls_port = _free_port()
+    tls_port = free_port()
     made = listeners_for(_settings(tmp_path, port=0, tls_port=tls_port, workers=3, tls_cert=str(tmp_path / "c.pem"),
                                    tls_key=str(tmp_path / "k.pem")), 3)  # (only their names are read here)
     sets.append(made)
@@ -177,7 +172,7 @@ def test_a_fixed_port_is_checked_and_bound_before_a_port_0(tmp_path: Path, sets:
         return real(at, reuse_port)
 
     monkeypatch.setattr(run, "listen", listen)
-    tls_port = _free_port()
+    tls_port = free_port()
     made = listeners_for(_settings(tmp_path, port=0, tls_port=tls_port, workers=2, tls_cert=str(tmp_path / "c.pem"),
                                    tls_key=str(tmp_path / "k.pem")), 2)
     sets.append(made)

@@ -119,7 +119,7 @@ def listeners_for(settings: Settings, workers: int = 1) -> list[list[Listener]]:
     if settings.tls_port:
         wanted.append((settings.tls_port, True))
     each = workers > 1 and BALANCED
-    first: list[Listener | None] = [None] * len(wanted)
+    bound: dict[int, Listener] = {}  # the first set's, by their place in `wanted`
     sets: list[list[Listener]] = []
     try:
         for index in sorted(range(len(wanted)), key=lambda i: wanted[i][0] == 0):
@@ -127,18 +127,17 @@ def listeners_for(settings: Settings, workers: int = 1) -> list[list[Listener]]:
             at = where(settings.host, port)
             if each and port:
                 listen(at).close()
-            first[index] = Listener(listen(at, reuse_port=each), secure)
-        made = [listener for listener in first if listener is not None]
-        sets.append(made)
+            bound[index] = Listener(listen(at, reuse_port=each), secure)
+        sets.append([bound[index] for index in range(len(wanted))])
         for _ in range(1, workers if each else 1):
             more: list[Listener] = []
             sets.append(more)
-            for listener in made:
+            for listener in sets[0]:
                 sock = listener.sock
                 more.append(Listener(listen((sock.family, sock.type, sock.proto, sock.getsockname()), True),
                                      listener.tls))
     except OSError:
-        close_all([*sets, [listener for listener in first if listener is not None]])
+        close_all([list(bound.values()), *sets[1:]])
         raise
     return sets
 
